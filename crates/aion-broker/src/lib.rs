@@ -1,0 +1,247 @@
+//! The local Kafka-protocol broker: Tansu with its SQLite storage engine, on loopback.
+//!
+//! Used by `aion broker start|stop|status`, by the one-command loop and by integration tests
+//! (a fresh broker on a free port in a temporary directory per test). Production uses a real
+//! Kafka cluster; nothing else in AION Stream depends on this crate.
+
+use std::fs;
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tracing::info;
+
+/// The pinned broker version; `scripts/setup` installs exactly this one.
+pub const TANSU_VERSION: &str = "0.6.0";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "tansu {TANSU_VERSION} not found at {0}: run `scripts/setup` (installs it into the cache) \
+         or point AION_TANSU_BIN at a tansu binary built with --features dynostore,libsql"
+    )]
+    NotInstalled(PathBuf),
+    #[error("{action} {path}: {source}")]
+    Io { action: &'static str, path: PathBuf, source: io::Error },
+    #[error("broker did not accept connections on {addr} within {secs} s; see {log}")]
+    NotReady { addr: SocketAddr, secs: u64, log: PathBuf },
+    #[error("broker exited during start-up ({status}); see {log}")]
+    Exited { status: std::process::ExitStatus, log: PathBuf },
+    #[error("no broker is running from {0} (no pid file)")]
+    NotRunning(PathBuf),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
+    move |source| Error::Io { action, path: path.to_owned(), source }
+}
+
+/// The cache directory outside any clone: `$AION_CACHE_DIR`, else `~/.cache/aion`.
+pub fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("AION_CACHE_DIR") {
+        return PathBuf::from(dir);
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    home.join(".cache").join("aion")
+}
+
+/// The tansu binary: `$AION_TANSU_BIN`, else the one `scripts/setup` installs into the cache.
+pub fn tansu_binary() -> Result<PathBuf> {
+    let path = match std::env::var_os("AION_TANSU_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => cache_dir().join(format!("tansu-{TANSU_VERSION}")).join("bin").join("tansu"),
+    };
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(Error::NotInstalled(path))
+    }
+}
+
+/// A free loopback port (the OS picks one; a tiny race with other processes is accepted).
+pub fn free_port() -> Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(io_err("binding", Path::new("127.0.0.1:0")))?;
+    let port = l.local_addr().map_err(io_err("binding", Path::new("127.0.0.1:0")))?.port();
+    Ok(port)
+}
+
+fn command(port: u16, data_dir: &Path) -> Result<Command> {
+    let url = format!("tcp://127.0.0.1:{port}");
+    let mut cmd = Command::new(tansu_binary()?);
+    cmd.arg("broker")
+        .args(["--listener-url", &url, "--advertised-listener-url", &url])
+        // Relative to the working directory: the data directory.
+        .args(["--storage-engine", "sqlite://tansu.db"])
+        .current_dir(data_dir)
+        .stdin(Stdio::null());
+    let log = log_path(data_dir);
+    let out = fs::OpenOptions::new().create(true).append(true).open(&log).map_err(io_err("opening", &log))?;
+    let err = out.try_clone().map_err(io_err("opening", &log))?;
+    cmd.stdout(out).stderr(err);
+    Ok(cmd)
+}
+
+fn log_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("broker.log")
+}
+
+fn pid_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("broker.pid")
+}
+
+fn wait_ready(child: &mut Child, addr: SocketAddr, data_dir: &Path, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(Error::Exited { status, log: log_path(data_dir) });
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            return Err(Error::NotReady { addr, secs: timeout.as_secs(), log: log_path(data_dir) });
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A broker owned by this process (tests, `aion up`); killed when dropped.
+pub struct Broker {
+    child: Child,
+    port: u16,
+    data_dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl Broker {
+    /// Starts a broker on `port` storing into `data_dir` (created if missing).
+    pub fn start(port: u16, data_dir: &Path) -> Result<Self> {
+        fs::create_dir_all(data_dir).map_err(io_err("creating", data_dir))?;
+        let mut child = command(port, data_dir)?.spawn().map_err(io_err("starting", data_dir))?;
+        wait_ready(&mut child, ([127, 0, 0, 1], port).into(), data_dir, Duration::from_secs(30))?;
+        info!(port, data_dir = %data_dir.display(), "broker started");
+        Ok(Self { child, port, data_dir: data_dir.to_owned(), _temp: None })
+    }
+
+    /// A fresh broker on a free port with its storage in a temporary directory (tests).
+    pub fn start_temporary() -> Result<Self> {
+        let temp = tempfile::Builder::new()
+            .prefix("aion-broker-")
+            .tempdir()
+            .map_err(io_err("creating", &std::env::temp_dir()))?;
+        let mut broker = Self::start(free_port()?, temp.path())?;
+        broker._temp = Some(temp);
+        Ok(broker)
+    }
+
+    /// `bootstrap.servers` for this broker.
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Kills the broker abruptly (SIGKILL) and waits for it; storage stays for [`Broker::restart`].
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the broker again on the same port and storage.
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill();
+        let mut child = command(self.port, &self.data_dir)?.spawn().map_err(io_err("starting", &self.data_dir))?;
+        wait_ready(&mut child, ([127, 0, 0, 1], self.port).into(), &self.data_dir, Duration::from_secs(30))?;
+        self.child = child;
+        Ok(())
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// State of a background broker started by `aion broker start`.
+#[derive(Debug)]
+pub enum Status {
+    Running { pid: u32, port: u16 },
+    /// A pid file exists but the process is gone (crashed or killed).
+    Stale { pid: u32 },
+    Stopped,
+}
+
+/// Starts a background broker that outlives this process; its pid and port are recorded in
+/// `data_dir`. Returns the running broker's port if one is already running there.
+pub fn start_background(port: u16, data_dir: &Path) -> Result<u16> {
+    fs::create_dir_all(data_dir).map_err(io_err("creating", data_dir))?;
+    if let Status::Running { port, .. } = status(data_dir)? {
+        return Ok(port);
+    }
+    // Its own process group: Ctrl-C in the starting terminal does not reach it.
+    let mut child = command(port, data_dir)?
+        .process_group(0)
+        .spawn()
+        .map_err(io_err("starting", data_dir))?;
+    wait_ready(&mut child, ([127, 0, 0, 1], port).into(), data_dir, Duration::from_secs(30))?;
+    let pid = pid_path(data_dir);
+    fs::write(&pid, format!("{} {port}\n", child.id())).map_err(io_err("writing", &pid))?;
+    Ok(port)
+}
+
+fn read_pid(data_dir: &Path) -> Result<Option<(u32, u16)>> {
+    let path = pid_path(data_dir);
+    match fs::read_to_string(&path) {
+        Ok(text) => {
+            let mut parts = text.split_whitespace().map(str::parse::<u32>);
+            match (parts.next(), parts.next()) {
+                (Some(Ok(pid)), Some(Ok(port))) => Ok(Some((pid, port as u16))),
+                _ => Ok(None),
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::Io { action: "reading", path, source: e }),
+    }
+}
+
+fn signal(pid: u32, sig: &str) -> bool {
+    Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+pub fn status(data_dir: &Path) -> Result<Status> {
+    Ok(match read_pid(data_dir)? {
+        None => Status::Stopped,
+        Some((pid, port)) if signal(pid, "-0") => Status::Running { pid, port },
+        Some((pid, _)) => Status::Stale { pid },
+    })
+}
+
+/// Stops a background broker (SIGTERM, then SIGKILL after 10 s) and removes its pid file.
+pub fn stop_background(data_dir: &Path) -> Result<()> {
+    let Some((pid, _)) = read_pid(data_dir)? else {
+        return Err(Error::NotRunning(data_dir.to_owned()));
+    };
+    if signal(pid, "-TERM") {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while signal(pid, "-0") && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if signal(pid, "-0") {
+            signal(pid, "-KILL");
+        }
+    }
+    let path = pid_path(data_dir);
+    fs::remove_file(&path).map_err(io_err("removing", &path))
+}

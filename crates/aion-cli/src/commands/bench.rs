@@ -1,0 +1,115 @@
+//! `aion bench`: throughput numbers side by side with their references. A benchmark, not a test:
+//! it prints, it does not assert.
+
+use std::time::{Duration, Instant};
+
+use aion_events::topics::SchemaId;
+use aion_kafka::{Reader, Sink};
+use aion_traffic::{Generator, Scenario, TrafficConfig};
+use anyhow::{bail, Result};
+use tokio_util::sync::CancellationToken;
+
+use crate::{relay, Context};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Events per measurement.
+    #[arg(long, default_value_t = 200_000)]
+    pub events: u64,
+    /// Benchmark the brokers from the configuration instead of a fresh local broker.
+    #[arg(long)]
+    pub configured_brokers: bool,
+}
+
+fn payloads(count: u64) -> Vec<Vec<u8>> {
+    let traffic = TrafficConfig {
+        seed: 1,
+        tenants: vec!["acme".into(), "globex".into(), "initech".into()],
+        count: count * 2,
+        start: chrono::Utc::now() - chrono::Duration::hours(48),
+        span: chrono::Duration::hours(48),
+        scenario: Scenario::Steady,
+        invalid_fraction: 0.0,
+        late_fraction: 0.0,
+    };
+    Generator::new(traffic).filter(|p| p.topic == aion_events::topics::RETRIEVAL).map(|p| p.bytes).collect()
+}
+
+fn rate(n: u64, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64().max(1e-9)
+}
+
+pub async fn run(args: Args, ctx: &Context) -> Result<()> {
+    let n = args.events;
+    let events = payloads(n);
+    let bytes: usize = events.iter().map(Vec::len).sum();
+    println!("{} retrieval events, mean {} bytes", events.len(), bytes / events.len().max(1));
+
+    // Decode + validate on one core.
+    let limits = ctx.decode_limits();
+    let t = Instant::now();
+    for e in &events {
+        if let Err(r) = SchemaId::Retrieval.check(e, &limits) {
+            bail!("generated event rejected: {r}");
+        }
+    }
+    let decode = rate(n, t.elapsed());
+
+    // Through the broker: publish once, then read with a bare consumer and with the relay.
+    let _broker;
+    let mut ctx = ctx.clone();
+    if !args.configured_brokers {
+        let broker = aion_broker::Broker::start_temporary()?;
+        ctx.kafka.brokers = broker.bootstrap();
+        _broker = broker;
+    }
+    let run_id = chrono::Utc::now().timestamp_millis();
+    let input = format!("bench.{run_id}");
+    ctx.config.kafka.group_prefix = format!("bench.{run_id}");
+    super::topics::create(&ctx, &[input.clone(), format!("{input}.out"), format!("{input}.dlq")], None, None).await?;
+
+    let sink = Sink::new(&ctx.kafka, "bench")?;
+    let t = Instant::now();
+    for (i, e) in events.iter().enumerate() {
+        sink.send(&input, Some(i.to_string().as_bytes()), e, None, None).await?;
+    }
+    sink.flush(Duration::from_secs(120))?;
+    let produce = rate(n, t.elapsed());
+
+    let kafka = ctx.kafka.clone();
+    let topic = input.clone();
+    let bare = tokio::task::spawn_blocking(move || -> Result<f64> {
+        let reader = Reader::new(&kafka, &[&topic], true)?;
+        let t = Instant::now();
+        let mut read = 0u64;
+        let mut payload_bytes = 0usize;
+        while read < n {
+            match reader.next(Duration::from_secs(10))? {
+                Some(r) => {
+                    payload_bytes += r.payload.len();
+                    read += 1;
+                }
+                None => bail!("bare consumer stalled after {read} records"),
+            }
+        }
+        std::hint::black_box(payload_bytes);
+        Ok(rate(n, t.elapsed()))
+    })
+    .await??;
+
+    let inputs = [relay::Input { topic: input.clone(), schema: SchemaId::Retrieval }];
+    let t = Instant::now();
+    let stats = relay::run(&ctx, &inputs, "out", Some(n), CancellationToken::new()).await?;
+    let relayed = rate(stats.forwarded, t.elapsed());
+
+    println!();
+    println!("| measurement                                   | events/s   | reference            | ratio  |");
+    println!("|-----------------------------------------------|-----------:|----------------------|-------:|");
+    println!("| decode + validate, 1 core                     | {decode:>10.0} | target 500000        | {:>5.2}x |", decode / 500_000.0);
+    println!("| produce (acks=all, idempotent)                | {produce:>10.0} |                      |        |");
+    println!("| bare rdkafka consumer (physical limit)        | {bare:>10.0} | -                    |        |");
+    println!("| relay: consume+decode+validate+produce+commit | {relayed:>10.0} | bare consumer {bare:>6.0} | {:>5.0}% |", 100.0 * relayed / bare);
+    println!();
+    println!("target: decode+validate >= 500000/s per core; relay >= 80% of the bare consumer");
+    Ok(())
+}

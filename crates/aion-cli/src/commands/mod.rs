@@ -1,0 +1,77 @@
+//! Subcommands. Each module owns its arguments and its run function.
+
+mod bench;
+mod broker;
+mod produce;
+mod tail;
+mod topics;
+mod up;
+
+use anyhow::Result;
+use clap::Subcommand;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::{relay, Context};
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the local development broker (Tansu, SQLite storage, loopback only).
+    #[command(subcommand)]
+    Broker(broker::Action),
+    /// Create or list Kafka topics (brokers here do not auto-create them).
+    #[command(subcommand)]
+    Topics(topics::Action),
+    /// Publish synthetic retrieval and answer traffic (PT-BR and EN), optionally degrading.
+    Produce(produce::Args),
+    /// Print the records of a topic as JSON lines.
+    Tail(tail::Args),
+    /// Validate application events and forward the valid ones; invalid ones go to `<topic>.dlq`.
+    Relay(RelayArgs),
+    /// Measure decode/validate speed and broker throughput against a bare consumer.
+    Bench(bench::Args),
+    /// Run the whole loop locally: broker, topics, stages and synthetic traffic, with a live summary.
+    Up(up::Args),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RelayArgs {
+    /// Topics to consume: a schema name (`retrieval.v1`) or `TOPIC=SCHEMA`. Repeatable.
+    #[arg(long = "input", default_values = ["retrieval.v1", "answer.v1"])]
+    inputs: Vec<relay::Input>,
+    /// Valid records of TOPIC are forwarded to `TOPIC.SUFFIX`.
+    #[arg(long, default_value = "valid", env = "AION_RELAY_SUFFIX")]
+    suffix: String,
+}
+
+pub async fn run(command: Command, ctx: Context) -> Result<()> {
+    match command {
+        Command::Broker(action) => broker::run(action, &ctx),
+        Command::Topics(action) => topics::run(action, &ctx).await,
+        Command::Produce(args) => produce::run(args, &ctx, shutdown_signal()).await,
+        Command::Tail(args) => tail::run(args, &ctx, shutdown_signal()).await,
+        Command::Relay(args) => {
+            relay::run(&ctx, &args.inputs, &args.suffix, None, shutdown_signal()).await.map(drop)
+        }
+        Command::Bench(args) => bench::run(args, &ctx).await,
+        Command::Up(args) => up::run(args, ctx, shutdown_signal()).await,
+    }
+}
+
+/// Cancelled on the first SIGINT or SIGTERM: stages stop reading, drain and commit.
+pub fn shutdown_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM: shutting down"),
+            _ = int.recv() => info!("SIGINT: shutting down"),
+        }
+        t.cancel();
+    });
+    token
+}

@@ -1,0 +1,122 @@
+use std::time::{Duration, Instant};
+
+use aion_kafka::Sink;
+use aion_traffic::{Generator, Scenario, TrafficConfig};
+use anyhow::{bail, Context as _, Result};
+use chrono::{DateTime, Utc};
+use clap::ValueEnum;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::Context;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ScenarioName {
+    /// Healthy traffic throughout (mean nDCG ≈ 0.9, fallback rate ≈ 10 %).
+    Steady,
+    /// From --degrade-at on, --degrade-tenants get noisy rankings and a ≈ 50 % fallback rate.
+    Degrade,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Events to publish (retrievals and answers together; each retrieval is followed by its answer).
+    #[arg(long, default_value_t = 10_000, env = "AION_PRODUCE_COUNT")]
+    pub count: u64,
+    /// Events per second; 0 publishes as fast as the broker takes them.
+    #[arg(long, default_value_t = 500, env = "AION_PRODUCE_RATE")]
+    pub rate: u64,
+    /// Tenants, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "acme,globex,initech", env = "AION_PRODUCE_TENANTS")]
+    pub tenants: Vec<String>,
+    /// Random seed; the same seed and settings publish the same events (same event ids).
+    #[arg(long, default_value_t = 42, env = "AION_PRODUCE_SEED")]
+    pub seed: u64,
+    #[arg(long, value_enum, default_value_t = ScenarioName::Steady, env = "AION_PRODUCE_SCENARIO")]
+    pub scenario: ScenarioName,
+    /// Point of the stream (0..=1) from which the degradation starts.
+    #[arg(long, default_value_t = 0.5)]
+    pub degrade_at: f64,
+    /// Tenants that degrade, comma-separated (default: the first tenant).
+    #[arg(long, value_delimiter = ',')]
+    pub degrade_tenants: Vec<String>,
+    /// Hours of event time the stream covers; events are spread evenly over them.
+    #[arg(long, default_value_t = 48)]
+    pub span_hours: i64,
+    /// Event time of the first event, RFC 3339 (default: now minus --span-hours).
+    #[arg(long)]
+    pub start: Option<DateTime<Utc>>,
+    /// Fraction of events published deliberately broken (they must land in the DLQ).
+    #[arg(long, default_value_t = 0.0)]
+    pub invalid_fraction: f64,
+    /// Fraction of events whose event time lags by up to two hours.
+    #[arg(long, default_value_t = 0.01)]
+    pub late_fraction: f64,
+}
+
+impl Args {
+    fn traffic(&self) -> Result<TrafficConfig> {
+        for (name, f) in [("--degrade-at", self.degrade_at), ("--invalid-fraction", self.invalid_fraction), ("--late-fraction", self.late_fraction)] {
+            if !(0.0..=1.0).contains(&f) {
+                bail!("{name} must be within 0..=1, got {f}");
+            }
+        }
+        if self.tenants.is_empty() {
+            bail!("--tenants must name at least one tenant");
+        }
+        for t in &self.tenants {
+            aion_events::validate_tenant_id(t).with_context(|| format!("--tenants: {t:?}"))?;
+        }
+        if self.span_hours <= 0 {
+            bail!("--span-hours must be positive");
+        }
+        let span = chrono::Duration::hours(self.span_hours);
+        let scenario = match self.scenario {
+            ScenarioName::Steady => Scenario::Steady,
+            ScenarioName::Degrade => Scenario::Degrade {
+                at: self.degrade_at,
+                tenants: if self.degrade_tenants.is_empty() { vec![self.tenants[0].clone()] } else { self.degrade_tenants.clone() },
+            },
+        };
+        Ok(TrafficConfig {
+            seed: self.seed,
+            tenants: self.tenants.clone(),
+            count: self.count,
+            start: self.start.unwrap_or_else(|| Utc::now() - span),
+            span,
+            scenario,
+            invalid_fraction: self.invalid_fraction,
+            late_fraction: self.late_fraction,
+        })
+    }
+}
+
+/// Publishes the configured traffic; returns the number of records the broker acknowledged.
+pub async fn run(args: Args, ctx: &Context, stop: CancellationToken) -> Result<()> {
+    let traffic = args.traffic()?;
+    let sink = Sink::new(&ctx.kafka, "produce")?;
+    let started = Instant::now();
+    let mut sent = 0u64;
+    for payload in Generator::new(traffic) {
+        if stop.is_cancelled() {
+            break;
+        }
+        sink.send(payload.topic, Some(payload.key.as_bytes()), &payload.bytes, None, None).await?;
+        sent += 1;
+        if args.rate > 0 {
+            let due = started + Duration::from_secs_f64(sent as f64 / args.rate as f64);
+            tokio::time::sleep_until(due.into()).await;
+        }
+        if sent % 10_000 == 0 {
+            info!(sent, "producing");
+        }
+    }
+    sink.flush(Duration::from_secs(60)).context("flushing produced events")?;
+    let failed = sink.failed_deliveries();
+    if failed > 0 {
+        bail!("{failed} of {sent} events were not acknowledged by the broker");
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!("published {sent} events in {secs:.1} s ({:.0}/s)", sent as f64 / secs.max(1e-9));
+    Ok(())
+}

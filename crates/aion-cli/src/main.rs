@@ -1,0 +1,96 @@
+//! `aion`: one binary for every AION Stream stage, the local broker and the tools around them.
+
+mod commands;
+mod config;
+mod relay;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::Config;
+
+/// AION Stream: lets a self-hosted RAG assistant improve itself from its own traffic.
+///
+/// Applications publish `retrieval.v1` and `answer.v1` events to Kafka; the stages run by this
+/// binary validate them, measure quality and feed training. Every setting can come from the TOML
+/// file, an AION_* environment variable or a flag (flags win).
+#[derive(Debug, Parser)]
+#[command(name = "aion", version, propagate_version = true)]
+struct Cli {
+    /// TOML configuration file.
+    #[arg(long, global = true, env = "AION_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Kafka bootstrap servers (overrides `kafka.brokers`).
+    #[arg(long, global = true, env = "AION_BROKERS", value_name = "HOST:PORT,...")]
+    brokers: Option<String>,
+    /// Prefix of consumer group ids (overrides `kafka.group_prefix`).
+    #[arg(long, global = true, env = "AION_GROUP_PREFIX")]
+    group_prefix: Option<String>,
+    /// Directory for local state: the development broker's storage, later shards and adapters.
+    #[arg(long, global = true, env = "AION_STATE_DIR", value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Log filter, e.g. `info` or `aion_kafka=debug,info`.
+    #[arg(long, global = true, env = "AION_LOG", default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: commands::Command,
+}
+
+/// Settings resolved from defaults, file, environment and flags.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub config: Config,
+    pub kafka: aion_kafka::KafkaConfig,
+    pub state_dir: PathBuf,
+}
+
+impl Context {
+    fn resolve(cli: &Cli) -> Result<Self> {
+        let mut config = Config::load(cli.config.as_deref())?;
+        if let Some(b) = &cli.brokers {
+            config.kafka.brokers = b.clone();
+        }
+        if let Some(p) = &cli.group_prefix {
+            config.kafka.group_prefix = p.clone();
+        }
+        let mut kafka = aion_kafka::KafkaConfig::new(config.kafka.brokers.clone());
+        kafka.properties = config.kafka.properties.clone();
+        let state_dir = cli.state_dir.clone().unwrap_or_else(config::default_state_dir);
+        Ok(Self { config, kafka, state_dir })
+    }
+
+    /// Consumer group of a stage.
+    pub fn group(&self, stage: &str) -> String {
+        format!("{}.{stage}", self.config.kafka.group_prefix)
+    }
+
+    pub fn decode_limits(&self) -> aion_events::DecodeLimits {
+        aion_events::DecodeLimits { max_bytes: self.config.decode.max_bytes }
+    }
+
+    pub fn broker_dir(&self) -> PathBuf {
+        self.config.broker.data_dir.clone().unwrap_or_else(|| self.state_dir.join("broker"))
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_new(&cli.log).unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let result = match Context::resolve(&cli) {
+        Ok(ctx) => commands::run(cli.command, ctx).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! Event types of every AION Stream topic, mirroring the JSON Schemas under `schemas/`, and the one
+//! decoder every stage uses: bytes → typed, validated event, or a [`Reject`] naming the field path and
+//! what is wrong with it (the reason a dead-letter record carries).
+//!
+//! This crate owns the wire contract. It knows nothing of Kafka, models or storage.
+
+mod decode;
+mod event;
+pub mod topics;
+
+pub use decode::{decode, DecodeLimits, Reject};
+pub use event::{
+    validate_tenant_id, AnswerEvent, Judgment, Relevance, RetrievalEvent, RetrievalResult, Schema,
+    MAX_RELEVANCE,
+};

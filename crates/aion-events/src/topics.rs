@@ -1,0 +1,48 @@
+//! Topic names. A topic carries exactly one schema; its version is part of the name so that a
+//! breaking change is a new topic, never a silent reinterpretation of old records.
+
+/// Retrieval events published by the assistant (schema `retrieval.v1`).
+pub const RETRIEVAL: &str = "retrieval.v1";
+/// Answer events published by the assistant (schema `answer.v1`).
+pub const ANSWER: &str = "answer.v1";
+
+/// Topics the applications publish to; every stage that consumes one dead-letters into [`dlq`].
+pub const INPUTS: [&str; 2] = [RETRIEVAL, ANSWER];
+
+/// Dead-letter topic of `topic`: records that failed decoding or validation, original bytes intact.
+pub fn dlq(topic: &str) -> String {
+    format!("{topic}.dlq")
+}
+
+/// The schemas a topic can carry, for stages that handle more than one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchemaId {
+    Retrieval,
+    Answer,
+}
+
+impl SchemaId {
+    pub const ALL: [SchemaId; 2] = [SchemaId::Retrieval, SchemaId::Answer];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SchemaId::Retrieval => crate::RetrievalEvent::NAME,
+            SchemaId::Answer => crate::AnswerEvent::NAME,
+        }
+    }
+
+    /// Looks a schema up by its name (`retrieval.v1`), which is also its topic's name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    /// Decodes and validates `payload`, discarding the event (gates and benchmarks).
+    pub fn check(self, payload: &[u8], limits: &crate::DecodeLimits) -> Result<(), crate::Reject> {
+        match self {
+            SchemaId::Retrieval => crate::decode::<crate::RetrievalEvent>(payload, limits).map(drop),
+            SchemaId::Answer => crate::decode::<crate::AnswerEvent>(payload, limits).map(drop),
+        }
+    }
+}
+
+use crate::Schema as _;

@@ -1,0 +1,18 @@
+mod bad_input;
+mod fuzz;
+mod schemas;
+
+use std::path::PathBuf;
+
+/// The repository's `schemas/` directory.
+pub fn schema_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../schemas")
+}
+
+/// The `examples` array of `schemas/<name>.schema.json`.
+pub fn examples(name: &str) -> Vec<serde_json::Value> {
+    let path = schema_dir().join(format!("{name}.schema.json"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let schema: serde_json::Value = serde_json::from_str(&text).unwrap();
+    schema["examples"].as_array().expect("schema has examples").clone()
+}

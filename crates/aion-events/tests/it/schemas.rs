@@ -1,0 +1,62 @@
+use aion_events::{decode, AnswerEvent, DecodeLimits, RetrievalEvent, Schema};
+
+use crate::{examples, schema_dir};
+
+fn examples_decode_and_round_trip<T: Schema + PartialEq + std::fmt::Debug>() {
+    let examples = examples(T::NAME);
+    assert!(!examples.is_empty(), "{} has no examples", T::NAME);
+    for example in examples {
+        let bytes = serde_json::to_vec(&example).unwrap();
+        let event: T = decode(&bytes, &DecodeLimits::default())
+            .unwrap_or_else(|r| panic!("{} example rejected: {r}\n{example}", T::NAME));
+        // Rust value → JSON → Rust value is the identity.
+        let again: T = decode(&serde_json::to_vec(&event).unwrap(), &DecodeLimits::default()).unwrap();
+        assert_eq!(event, again);
+    }
+}
+
+#[test]
+fn retrieval_examples_decode_and_round_trip() {
+    examples_decode_and_round_trip::<RetrievalEvent>();
+}
+
+#[test]
+fn answer_examples_decode_and_round_trip() {
+    examples_decode_and_round_trip::<AnswerEvent>();
+}
+
+/// The Rust types and the schema files must agree on which fields are required and which exist.
+fn schema_fields_match<T: Schema>(example_index: usize) {
+    let path = schema_dir().join(format!("{}.schema.json", T::NAME));
+    let schema: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let required: Vec<&str> =
+        schema["required"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    let properties: Vec<&String> = schema["properties"].as_object().unwrap().keys().collect();
+    let example = &schema["examples"][example_index];
+    let event: T = serde_json::from_value(example.clone()).unwrap();
+    let json = serde_json::to_value(&event).unwrap();
+    for field in &required {
+        assert!(json.get(field).is_some(), "{}: required {field} not serialised", T::NAME);
+        let mut without = example.clone();
+        without.as_object_mut().unwrap().remove(*field);
+        assert!(
+            serde_json::from_value::<T>(without).is_err(),
+            "{}: schema requires {field} but the Rust type accepts its absence",
+            T::NAME
+        );
+    }
+    for key in json.as_object().unwrap().keys() {
+        assert!(properties.contains(&key), "{}: Rust field {key} missing from schema", T::NAME);
+    }
+}
+
+#[test]
+fn retrieval_schema_matches_rust_type() {
+    schema_fields_match::<RetrievalEvent>(0);
+}
+
+#[test]
+fn answer_schema_matches_rust_type() {
+    schema_fields_match::<AnswerEvent>(0);
+}

@@ -1,0 +1,52 @@
+//! Explicit topic creation: Kafka-protocol brokers used here do not auto-create topics, and
+//! production clusters should not.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::{Error, KafkaConfig, Result};
+
+/// A topic to create.
+#[derive(Debug, Clone)]
+pub struct TopicSpec {
+    pub name: String,
+    pub partitions: i32,
+    pub replication: i32,
+}
+
+/// Creates the topics; ones that already exist are left as they are. Returns the names created.
+pub async fn create_topics(kafka: &KafkaConfig, topics: &[TopicSpec]) -> Result<Vec<String>> {
+    let mut c = kafka.client("admin");
+    kafka.apply_overrides(&mut c);
+    let admin: AdminClient<DefaultClientContext> = c.create()?;
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|t| NewTopic::new(&t.name, t.partitions, TopicReplication::Fixed(t.replication)))
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let mut created = Vec::new();
+    for result in admin.create_topics(&new, &options).await? {
+        match result {
+            Ok(name) => created.push(name),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => return Err(Error::CreateTopic { topic, reason: code.to_string() }),
+        }
+    }
+    Ok(created)
+}
+
+/// Number of partitions of `topic`, or [`Error::UnknownTopic`].
+pub fn partition_count(kafka: &KafkaConfig, topic: &str) -> Result<usize> {
+    let mut c = kafka.client("metadata");
+    kafka.apply_overrides(&mut c);
+    let consumer: BaseConsumer = c.create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    match metadata.topics().iter().find(|t| t.name() == topic) {
+        Some(t) if !t.partitions().is_empty() => Ok(t.partitions().len()),
+        _ => Err(Error::UnknownTopic(topic.to_owned())),
+    }
+}

@@ -1,0 +1,33 @@
+use std::collections::BTreeMap;
+
+use rdkafka::ClientConfig;
+
+/// How to reach the Kafka cluster; shared by every stage.
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    /// `client.id` prefix; the stage name is appended so broker logs tell stages apart.
+    pub client_id: String,
+    /// Extra librdkafka properties (security, tuning), applied last so they can override ours.
+    pub properties: BTreeMap<String, String>,
+}
+
+impl KafkaConfig {
+    pub fn new(brokers: impl Into<String>) -> Self {
+        Self { brokers: brokers.into(), client_id: "aion".into(), properties: BTreeMap::new() }
+    }
+
+    pub(crate) fn client(&self, role: &str) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers)
+            .set("client.id", format!("{}-{role}", self.client_id));
+        c
+    }
+
+    pub(crate) fn apply_overrides(&self, c: &mut ClientConfig) {
+        for (k, v) in &self.properties {
+            c.set(k, v);
+        }
+    }
+}

@@ -1,0 +1,14 @@
+/// Errors of the Kafka layer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kafka client error: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("creating topic {topic}: {reason}")]
+    CreateTopic { topic: String, reason: String },
+    #[error("topic {0} does not exist on the broker")]
+    UnknownTopic(String),
+    #[error("an output of {topic}/{partition} at offset {offset} could not be made durable; the stage stops so the record is replayed after restart")]
+    OutputFailed { topic: String, partition: i32, offset: i64 },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,30 @@
+//! Kafka I/O for AION Stream stages.
+//!
+//! The delivery contract every stage stands on (at-least-once in, idempotent out):
+//! - [`Source`] consumes with `enable.auto.offset.store=false`. Every record carries an [`Ack`];
+//!   a partition's offset is stored only once the record and every record before it on that
+//!   partition have been acknowledged, i.e. their outputs are durable. Stored offsets are committed
+//!   by librdkafka's auto-commit, on partition revoke and synchronously on shutdown.
+//! - [`Sink`] produces with `acks=all` and idempotence; a record's [`Ack`] is released by the
+//!   broker's delivery report, so a source offset is stored only after its output is acknowledged.
+//! - A record that cannot be processed goes to `<topic>.dlq` through [`Sink::dead_letter`] — its
+//!   offset is stored only after the dead-letter record is acknowledged.
+//!
+//! This crate knows nothing of event schemas; stages decide what is valid.
+
+mod admin;
+mod config;
+mod error;
+mod reader;
+mod sink;
+mod source;
+mod tracker;
+
+pub use admin::{create_topics, partition_count, TopicSpec};
+pub use config::KafkaConfig;
+pub use error::{Error, Result};
+pub use reader::{RawRecord, Reader};
+pub use sink::{headers, Sink};
+pub use source::{Record, Source, SourceConfig};
+pub use rdkafka::message::OwnedHeaders;
+pub use tracker::Ack;

@@ -1,0 +1,146 @@
+//! The producing half: idempotent, `acks=all`, and every record's delivery report releases the
+//! [`Ack`] of the source record it came from.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::ClientContext;
+use tracing::error;
+
+use crate::source::Record;
+use crate::{Ack, KafkaConfig, Result};
+
+/// Header names of dead-letter records.
+pub mod headers {
+    /// `<path>: <message>`, the whole reason.
+    pub const REASON: &str = "aion.dlq.reason";
+    /// JSON path of the offending field (`.` for the whole payload).
+    pub const PATH: &str = "aion.dlq.path";
+    pub const SOURCE_TOPIC: &str = "aion.source.topic";
+    pub const SOURCE_PARTITION: &str = "aion.source.partition";
+    pub const SOURCE_OFFSET: &str = "aion.source.offset";
+    /// Stage that rejected the record.
+    pub const STAGE: &str = "aion.stage";
+
+    use rdkafka::message::{Header, OwnedHeaders};
+
+    /// Source coordinates of an output record: where it came from, for lineage and replay checks.
+    pub fn lineage(topic: &str, partition: i32, offset: i64) -> OwnedHeaders {
+        OwnedHeaders::new_with_capacity(6)
+            .insert(Header { key: SOURCE_TOPIC, value: Some(topic.as_bytes()) })
+            .insert(Header { key: SOURCE_PARTITION, value: Some(partition.to_string().as_bytes()) })
+            .insert(Header { key: SOURCE_OFFSET, value: Some(offset.to_string().as_bytes()) })
+    }
+}
+
+/// Largest record the producer accepts: above the decoder's limit so that an oversized input can
+/// still be dead-lettered with its original bytes.
+const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+#[derive(Default)]
+struct SinkContext {
+    failed: AtomicU64,
+}
+
+impl ClientContext for SinkContext {}
+
+impl ProducerContext for SinkContext {
+    type DeliveryOpaque = Box<Option<Ack>>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, ack: Self::DeliveryOpaque) {
+        if let Err((error, message)) = result {
+            use rdkafka::Message;
+            error!(topic = message.topic(), %error, "delivery failed");
+            self.failed.fetch_add(1, Ordering::Relaxed);
+            if let Some(ack) = ack.as_ref() {
+                ack.fail();
+            }
+        }
+        // Dropping the token acknowledges the source record (unless failed above).
+    }
+}
+
+/// An idempotent producer whose deliveries acknowledge source records.
+pub struct Sink {
+    producer: ThreadedProducer<SinkContext>,
+    stage: String,
+}
+
+impl Sink {
+    pub fn new(kafka: &KafkaConfig, stage: &str) -> Result<Self> {
+        let mut c = kafka.client(&format!("{stage}-producer"));
+        c.set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .set("message.max.bytes", MAX_MESSAGE_BYTES.to_string());
+        kafka.apply_overrides(&mut c);
+        Ok(Self { producer: c.create_with_context(SinkContext::default())?, stage: stage.to_owned() })
+    }
+
+    /// Queues one record. `ack` (if any) is released when the broker has acknowledged it; on a
+    /// failed delivery the ack is failed and the source stops. Waits while the local queue is full.
+    pub async fn send(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        headers: Option<OwnedHeaders>,
+        ack: Option<Ack>,
+    ) -> Result<()> {
+        let mut record = BaseRecord::with_opaque_to(topic, Box::new(ack)).payload(payload);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        if let Some(headers) = headers {
+            record = record.headers(headers);
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                Err((error, r)) => {
+                    if let Some(ack) = r.delivery_opaque.as_ref() {
+                        ack.fail();
+                    }
+                    return Err(error.into());
+                }
+            }
+        }
+    }
+
+    /// Sends a record that could not be processed to `<topic>.dlq`: original key and bytes, the
+    /// reason and the source coordinates as headers. The source offset is stored only once the
+    /// dead-letter record is acknowledged.
+    pub async fn dead_letter(&self, record: Record, path: &str, message: &str) -> Result<()> {
+        let reason = format!("{path}: {message}");
+        let headers = headers::lineage(&record.topic, record.partition, record.offset)
+            .insert(Header { key: headers::REASON, value: Some(reason.as_bytes()) })
+            .insert(Header { key: headers::PATH, value: Some(path.as_bytes()) })
+            .insert(Header { key: headers::STAGE, value: Some(self.stage.as_bytes()) });
+        let dlq = format!("{}.dlq", record.topic);
+        metrics::counter!("aion_dlq_events_total", "stage" => self.stage.clone(), "topic" => record.topic.to_string())
+            .increment(1);
+        self.send(&dlq, record.key.as_deref(), &record.payload, Some(headers), Some(record.ack)).await
+    }
+
+    /// Waits until every queued record is delivered (or `timeout`).
+    pub fn flush(&self, timeout: Duration) -> Result<()> {
+        Ok(self.producer.flush(timeout)?)
+    }
+
+    /// Records the broker finally refused (after librdkafka's retries).
+    pub fn failed_deliveries(&self) -> u64 {
+        self.producer.context().failed.load(Ordering::Relaxed)
+    }
+
+    /// Records queued and not yet acknowledged by the broker.
+    pub fn in_flight(&self) -> i32 {
+        self.producer.in_flight_count()
+    }
+}

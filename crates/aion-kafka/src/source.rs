@@ -1,0 +1,226 @@
+//! The consuming half: records with acknowledgement tokens, offsets stored only behind acks.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::{ClientContext, TopicPartitionList};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::tracker::{Ack, PartitionKey, Tracker};
+use crate::{Error, KafkaConfig, Result};
+
+/// How often acknowledged offsets are handed to librdkafka (which commits them every
+/// `auto.commit.interval.ms`). Short enough that a crash replays little, long enough to batch.
+const STORE_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Consumer settings of one stage.
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    /// Stage name: metric label and client id suffix.
+    pub stage: String,
+    /// Topics to consume.
+    pub topics: Vec<String>,
+    /// Consumer group; members of one group share the partitions.
+    pub group_id: String,
+    /// On partition revoke, how long to wait for in-flight outputs of the revoked partitions before
+    /// committing what is durable. Stages whose acks wait on open windows set this to zero: their
+    /// open state is rebuilt by the next owner's replay.
+    pub revoke_wait: Duration,
+}
+
+impl SourceConfig {
+    pub fn new(stage: impl Into<String>, topics: Vec<String>, group_id: impl Into<String>) -> Self {
+        Self { stage: stage.into(), topics, group_id: group_id.into(), revoke_wait: Duration::from_secs(10) }
+    }
+}
+
+/// One consumed record. Its [`Ack`] must be kept until every output made from it is durable.
+#[derive(Debug)]
+pub struct Record {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    /// The payload; a record without one (a tombstone) has an empty payload.
+    pub payload: Vec<u8>,
+    /// Broker/producer timestamp in ms since the epoch, when the record has one.
+    pub timestamp_ms: Option<i64>,
+    pub ack: Ack,
+}
+
+pub(crate) struct SourceContext {
+    tracker: Arc<Tracker>,
+    revoke_wait: Duration,
+}
+
+impl ClientContext for SourceContext {}
+
+impl ConsumerContext for SourceContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(tpl) = rebalance else { return };
+        let keys: Vec<PartitionKey> =
+            tpl.elements().iter().map(|e| (Arc::from(e.topic()), e.partition())).collect();
+        // Flush on revoke: let in-flight outputs land, store what is durable, commit it before
+        // the partitions move, so the next owner replays as little as possible.
+        if !self.tracker.wait_settled(Some(&keys), self.revoke_wait) {
+            warn!(partitions = keys.len(), "revoked partitions still had outputs in flight; they will be replayed");
+        }
+        store(consumer, &self.tracker);
+        commit_sync(consumer);
+        self.tracker.forget(&keys);
+        info!(partitions = keys.len(), "partitions revoked");
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            info!(partitions = tpl.count(), "partitions assigned");
+        }
+    }
+}
+
+fn store<C: Consumer<SourceContext>>(consumer: &C, tracker: &Tracker) {
+    for ((topic, partition), offset) in tracker.take_storable() {
+        // `store_offset` stores `offset + 1`: the next record to read.
+        if let Err(error) = consumer.store_offset(&topic, partition, offset) {
+            // The partition was revoked meanwhile; its new owner replays from the last commit.
+            debug!(%topic, partition, offset, %error, "offset not stored");
+        }
+    }
+}
+
+fn commit_sync<C: Consumer<SourceContext>>(consumer: &C) {
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+        Err(error) => warn!(%error, "synchronous offset commit failed"),
+    }
+}
+
+/// A consumer-group member that hands out [`Record`]s and stores offsets behind their acks.
+pub struct Source {
+    consumer: StreamConsumer<SourceContext>,
+    tracker: Arc<Tracker>,
+    topics: Vec<Arc<str>>,
+    next_store: Instant,
+    stage: String,
+    received: u64,
+}
+
+impl Source {
+    /// Joins the group and subscribes. Fails if a topic does not exist, rather than idling.
+    pub fn new(kafka: &KafkaConfig, config: &SourceConfig) -> Result<Self> {
+        let tracker = Arc::new(Tracker::default());
+        let mut c = kafka.client(&config.stage);
+        c.set("group.id", &config.group_id)
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", "6000")
+            .set("heartbeat.interval.ms", "1000")
+            .set("enable.partition.eof", "false");
+        kafka.apply_overrides(&mut c);
+        let context = SourceContext { tracker: tracker.clone(), revoke_wait: config.revoke_wait };
+        let consumer: StreamConsumer<SourceContext> = c.create_with_context(context)?;
+        for topic in &config.topics {
+            let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+            if metadata.topics().iter().all(|t| t.partitions().is_empty()) {
+                return Err(Error::UnknownTopic(topic.clone()));
+            }
+        }
+        let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics)?;
+        Ok(Self {
+            consumer,
+            tracker,
+            topics: config.topics.iter().map(|t| Arc::from(t.as_str())).collect(),
+            next_store: Instant::now() + STORE_INTERVAL,
+            stage: config.stage.clone(),
+            received: 0,
+        })
+    }
+
+    /// The next record. Stores acknowledged offsets on the way, and fails once any output failed.
+    pub async fn recv(&mut self) -> Result<Record> {
+        loop {
+            self.check_failure()?;
+            if Instant::now() >= self.next_store {
+                self.store_acked();
+            }
+            tokio::select! {
+                message = self.consumer.recv() => {
+                    let message = match message {
+                        Ok(m) => m,
+                        Err(error) => {
+                            // librdkafka retries transport errors itself; report and go on.
+                            warn!(stage = %self.stage, %error, "consume error");
+                            metrics::counter!("aion_consume_errors_total", "stage" => self.stage.clone()).increment(1);
+                            continue;
+                        }
+                    };
+                    let topic = match self.topics.iter().find(|t| ***t == *message.topic()) {
+                        Some(t) => t.clone(),
+                        None => Arc::from(message.topic()),
+                    };
+                    let (partition, offset) = (message.partition(), message.offset());
+                    let ack = self.tracker.track((topic.clone(), partition), offset);
+                    self.received += 1;
+                    return Ok(Record {
+                        topic,
+                        partition,
+                        offset,
+                        key: message.key().map(<[u8]>::to_vec),
+                        payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                        timestamp_ms: message.timestamp().to_millis(),
+                        ack,
+                    });
+                }
+                _ = tokio::time::sleep_until(self.next_store) => {}
+            }
+        }
+    }
+
+    /// Hands the offsets of acknowledged records to librdkafka and reports counters.
+    pub fn store_acked(&mut self) {
+        store(&self.consumer, &self.tracker);
+        metrics::counter!("aion_received_events_total", "stage" => self.stage.clone()).increment(self.received);
+        self.received = 0;
+        self.next_store = Instant::now() + STORE_INTERVAL;
+    }
+
+    /// Records handed out and not yet acknowledged.
+    pub fn in_flight(&self) -> usize {
+        self.tracker.in_flight()
+    }
+
+    fn check_failure(&self) -> Result<()> {
+        match self.tracker.failure() {
+            Some(((topic, partition), offset)) => {
+                Err(Error::OutputFailed { topic: topic.to_string(), partition, offset })
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Graceful stop: waits up to `timeout` for in-flight outputs, stores what is durable and
+    /// commits synchronously. Whatever is still in flight is replayed by the next run.
+    pub async fn shutdown(mut self, timeout: Duration) -> Result<()> {
+        let tracker = self.tracker.clone();
+        let settled = tokio::task::spawn_blocking(move || tracker.wait_settled(None, timeout))
+            .await
+            .unwrap_or(false);
+        self.store_acked();
+        commit_sync(&self.consumer);
+        self.consumer.unsubscribe();
+        info!(stage = %self.stage, settled, in_flight = self.in_flight(), "source closed, offsets committed");
+        self.check_failure()
+    }
+
+    /// The group's committed offsets for the assigned partitions.
+    pub fn committed(&self, timeout: Duration) -> Result<TopicPartitionList> {
+        Ok(self.consumer.committed(timeout)?)
+    }
+}
