@@ -61,10 +61,19 @@ pub fn decode<T: Schema>(payload: &[u8], limits: &DecodeLimits) -> Result<T, Rej
     Ok(event)
 }
 
+/// `serde_path_to_error` writes `?` for a map key it never read (the input broke off inside an
+/// object); report the innermost known container instead.
+fn known_path(path: &str) -> String {
+    match path.trim_end_matches('?').trim_end_matches('.') {
+        "" => ".".to_owned(),
+        known => known.to_owned(),
+    }
+}
+
 fn locate_error<T: Schema>(text: &str) -> Reject {
     let mut de = serde_json::Deserializer::from_str(text);
     match serde_path_to_error::deserialize::<_, T>(&mut de) {
-        Err(e) => Reject::new(e.path().to_string(), e.inner().to_string()),
+        Err(e) => Reject::new(known_path(&e.path().to_string()), e.inner().to_string()),
         // The document itself parsed, so what failed is what follows it.
         Ok(_) => match de.end() {
             Err(e) => Reject::new(".", e.to_string()),

@@ -1,12 +1,14 @@
 //! Explicit topic creation: Kafka-protocol brokers used here do not auto-create topics, and
 //! production clusters should not.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
 
 use crate::{Error, KafkaConfig, Result};
 
@@ -20,6 +22,9 @@ pub struct TopicSpec {
 
 /// Creates the topics; ones that already exist are left as they are. Returns the names created.
 pub async fn create_topics(kafka: &KafkaConfig, topics: &[TopicSpec]) -> Result<Vec<String>> {
+    if topics.is_empty() {
+        return Ok(Vec::new());
+    }
     let mut c = kafka.client("admin");
     kafka.apply_overrides(&mut c);
     let admin: AdminClient<DefaultClientContext> = c.create()?;
@@ -49,4 +54,26 @@ pub fn partition_count(kafka: &KafkaConfig, topic: &str) -> Result<usize> {
         Some(t) if !t.partitions().is_empty() => Ok(t.partitions().len()),
         _ => Err(Error::UnknownTopic(topic.to_owned())),
     }
+}
+
+/// Offsets committed by consumer group `group` on each partition of `topic` (partitions without a
+/// commit are absent). Reads without joining the group, so it never triggers a rebalance.
+pub fn committed_offsets(kafka: &KafkaConfig, group: &str, topic: &str) -> Result<BTreeMap<i32, i64>> {
+    let mut c = kafka.client("metadata");
+    c.set("group.id", group);
+    kafka.apply_overrides(&mut c);
+    let consumer: BaseConsumer = c.create()?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partition_count(kafka, topic)? {
+        tpl.add_partition(topic, p as i32);
+    }
+    let committed = consumer.committed_offsets(tpl, Duration::from_secs(10))?;
+    Ok(committed
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some((e.partition(), o)),
+            _ => None,
+        })
+        .collect())
 }

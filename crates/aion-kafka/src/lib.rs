@@ -20,7 +20,7 @@ mod sink;
 mod source;
 mod tracker;
 
-pub use admin::{create_topics, partition_count, TopicSpec};
+pub use admin::{committed_offsets, create_topics, partition_count, TopicSpec};
 pub use config::KafkaConfig;
 pub use error::{Error, Result};
 pub use reader::{RawRecord, Reader};

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
 
 use crate::{Error, KafkaConfig, Result};
 
@@ -25,7 +26,7 @@ impl RawRecord {
     }
 }
 
-/// Reads topics from the beginning (or the end) under a throw-away group id, committing nothing.
+/// Reads every partition of some topics from the beginning (or the end), committing nothing.
 pub struct Reader {
     consumer: BaseConsumer,
 }
@@ -42,13 +43,20 @@ impl Reader {
             .set("enable.partition.eof", "false");
         kafka.apply_overrides(&mut c);
         let consumer: BaseConsumer = c.create()?;
+        // Assigned, not subscribed: no group join, so reading starts at once.
+        let start = if from_beginning { Offset::Beginning } else { Offset::End };
+        let mut tpl = TopicPartitionList::new();
         for topic in topics {
             let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-            if metadata.topics().iter().all(|t| t.partitions().is_empty()) {
+            let partitions = metadata.topics().iter().flat_map(|t| t.partitions()).map(|p| p.id()).collect::<Vec<_>>();
+            if partitions.is_empty() {
                 return Err(Error::UnknownTopic((*topic).to_owned()));
             }
+            for p in partitions {
+                tpl.add_partition_offset(topic, p, start)?;
+            }
         }
-        consumer.subscribe(topics)?;
+        consumer.assign(&tpl)?;
         Ok(Self { consumer })
     }
 

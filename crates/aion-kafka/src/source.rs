@@ -6,7 +6,7 @@ use std::time::Duration;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
-use rdkafka::{ClientContext, TopicPartitionList};
+use rdkafka::ClientContext;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -217,10 +217,5 @@ impl Source {
         self.consumer.unsubscribe();
         info!(stage = %self.stage, settled, in_flight = self.in_flight(), "source closed, offsets committed");
         self.check_failure()
-    }
-
-    /// The group's committed offsets for the assigned partitions.
-    pub fn committed(&self, timeout: Duration) -> Result<TopicPartitionList> {
-        Ok(self.consumer.committed(timeout)?)
     }
 }

@@ -61,7 +61,10 @@ fn mutate_bytes(bytes: &mut Vec<u8>, rng: &mut StdRng) {
         match rng.random_range(0..4) {
             0 => bytes[i] = rng.random(),
             1 => bytes.truncate(i),
-            2 => bytes.insert(i, *b"{}[],:\"\\0e-".get(rng.random_range(0..12)).unwrap()),
+            2 => {
+                const JSON_BYTES: &[u8] = b"{}[],:\"\\0e-";
+                bytes.insert(i, JSON_BYTES[rng.random_range(0..JSON_BYTES.len())]);
+            }
             _ => {
                 bytes.remove(i);
             }
