@@ -4,6 +4,8 @@
 //! (a fresh broker on a free port in a temporary directory per test). Production uses a real
 //! Kafka cluster; nothing else in AION Stream depends on this crate.
 
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
 use std::fs;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -25,11 +27,22 @@ pub enum Error {
     )]
     NotInstalled(PathBuf),
     #[error("{action} {path}: {source}")]
-    Io { action: &'static str, path: PathBuf, source: io::Error },
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
     #[error("broker did not accept connections on {addr} within {secs} s; see {log}")]
-    NotReady { addr: SocketAddr, secs: u64, log: PathBuf },
+    NotReady {
+        addr: SocketAddr,
+        secs: u64,
+        log: PathBuf,
+    },
     #[error("broker exited during start-up ({status}); see {log}")]
-    Exited { status: std::process::ExitStatus, log: PathBuf },
+    Exited {
+        status: std::process::ExitStatus,
+        log: PathBuf,
+    },
     #[error("no broker is running from {0} (no pid file)")]
     NotRunning(PathBuf),
 }
@@ -37,7 +50,11 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
-    move |source| Error::Io { action, path: path.to_owned(), source }
+    move |source| Error::Io {
+        action,
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// The cache directory outside any clone: `$AION_CACHE_DIR`, else `~/.cache/aion`.
@@ -45,7 +62,9 @@ pub fn cache_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("AION_CACHE_DIR") {
         return PathBuf::from(dir);
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
     home.join(".cache").join("aion")
 }
 
@@ -53,7 +72,10 @@ pub fn cache_dir() -> PathBuf {
 pub fn tansu_binary() -> Result<PathBuf> {
     let path = match std::env::var_os("AION_TANSU_BIN") {
         Some(p) => PathBuf::from(p),
-        None => cache_dir().join(format!("tansu-{TANSU_VERSION}")).join("bin").join("tansu"),
+        None => cache_dir()
+            .join(format!("tansu-{TANSU_VERSION}"))
+            .join("bin")
+            .join("tansu"),
     };
     if path.is_file() {
         Ok(path)
@@ -64,8 +86,12 @@ pub fn tansu_binary() -> Result<PathBuf> {
 
 /// A free loopback port (the OS picks one; a tiny race with other processes is accepted).
 pub fn free_port() -> Result<u16> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(io_err("binding", Path::new("127.0.0.1:0")))?;
-    let port = l.local_addr().map_err(io_err("binding", Path::new("127.0.0.1:0")))?.port();
+    let l =
+        TcpListener::bind("127.0.0.1:0").map_err(io_err("binding", Path::new("127.0.0.1:0")))?;
+    let port = l
+        .local_addr()
+        .map_err(io_err("binding", Path::new("127.0.0.1:0")))?
+        .port();
     Ok(port)
 }
 
@@ -79,7 +105,11 @@ fn command(port: u16, data_dir: &Path) -> Result<Command> {
         .current_dir(data_dir)
         .stdin(Stdio::null());
     let log = log_path(data_dir);
-    let out = fs::OpenOptions::new().create(true).append(true).open(&log).map_err(io_err("opening", &log))?;
+    let out = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .map_err(io_err("opening", &log))?;
     let err = out.try_clone().map_err(io_err("opening", &log))?;
     cmd.stdout(out).stderr(err);
     Ok(cmd)
@@ -93,18 +123,30 @@ fn pid_path(data_dir: &Path) -> PathBuf {
     data_dir.join("broker.pid")
 }
 
-fn wait_ready(child: &mut Child, addr: SocketAddr, data_dir: &Path, timeout: Duration) -> Result<()> {
+fn wait_ready(
+    child: &mut Child,
+    addr: SocketAddr,
+    data_dir: &Path,
+    timeout: Duration,
+) -> Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
         if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
             return Ok(());
         }
         if let Ok(Some(status)) = child.try_wait() {
-            return Err(Error::Exited { status, log: log_path(data_dir) });
+            return Err(Error::Exited {
+                status,
+                log: log_path(data_dir),
+            });
         }
         if Instant::now() >= deadline {
             let _ = child.kill();
-            return Err(Error::NotReady { addr, secs: timeout.as_secs(), log: log_path(data_dir) });
+            return Err(Error::NotReady {
+                addr,
+                secs: timeout.as_secs(),
+                log: log_path(data_dir),
+            });
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -122,10 +164,22 @@ impl Broker {
     /// Starts a broker on `port` storing into `data_dir` (created if missing).
     pub fn start(port: u16, data_dir: &Path) -> Result<Self> {
         fs::create_dir_all(data_dir).map_err(io_err("creating", data_dir))?;
-        let mut child = command(port, data_dir)?.spawn().map_err(io_err("starting", data_dir))?;
-        wait_ready(&mut child, ([127, 0, 0, 1], port).into(), data_dir, Duration::from_secs(30))?;
+        let mut child = command(port, data_dir)?
+            .spawn()
+            .map_err(io_err("starting", data_dir))?;
+        wait_ready(
+            &mut child,
+            ([127, 0, 0, 1], port).into(),
+            data_dir,
+            Duration::from_secs(30),
+        )?;
         info!(port, data_dir = %data_dir.display(), "broker started");
-        Ok(Self { child, port, data_dir: data_dir.to_owned(), _temp: None })
+        Ok(Self {
+            child,
+            port,
+            data_dir: data_dir.to_owned(),
+            _temp: None,
+        })
     }
 
     /// A fresh broker on a free port with its storage in a temporary directory (tests).
@@ -157,8 +211,15 @@ impl Broker {
     /// Starts the broker again on the same port and storage.
     pub fn restart(&mut self) -> Result<()> {
         self.kill();
-        let mut child = command(self.port, &self.data_dir)?.spawn().map_err(io_err("starting", &self.data_dir))?;
-        wait_ready(&mut child, ([127, 0, 0, 1], self.port).into(), &self.data_dir, Duration::from_secs(30))?;
+        let mut child = command(self.port, &self.data_dir)?
+            .spawn()
+            .map_err(io_err("starting", &self.data_dir))?;
+        wait_ready(
+            &mut child,
+            ([127, 0, 0, 1], self.port).into(),
+            &self.data_dir,
+            Duration::from_secs(30),
+        )?;
         self.child = child;
         Ok(())
     }
@@ -173,9 +234,14 @@ impl Drop for Broker {
 /// State of a background broker started by `aion broker start`.
 #[derive(Debug)]
 pub enum Status {
-    Running { pid: u32, port: u16 },
+    Running {
+        pid: u32,
+        port: u16,
+    },
     /// A pid file exists but the process is gone (crashed or killed).
-    Stale { pid: u32 },
+    Stale {
+        pid: u32,
+    },
     Stopped,
 }
 
@@ -191,7 +257,12 @@ pub fn start_background(port: u16, data_dir: &Path) -> Result<u16> {
         .process_group(0)
         .spawn()
         .map_err(io_err("starting", data_dir))?;
-    wait_ready(&mut child, ([127, 0, 0, 1], port).into(), data_dir, Duration::from_secs(30))?;
+    wait_ready(
+        &mut child,
+        ([127, 0, 0, 1], port).into(),
+        data_dir,
+        Duration::from_secs(30),
+    )?;
     let pid = pid_path(data_dir);
     fs::write(&pid, format!("{} {port}\n", child.id())).map_err(io_err("writing", &pid))?;
     Ok(port)
@@ -208,7 +279,11 @@ fn read_pid(data_dir: &Path) -> Result<Option<(u32, u16)>> {
             }
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::Io { action: "reading", path, source: e }),
+        Err(e) => Err(Error::Io {
+            action: "reading",
+            path,
+            source: e,
+        }),
     }
 }
 

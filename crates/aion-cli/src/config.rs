@@ -66,22 +66,29 @@ pub struct DecodeSection {
 
 impl Default for DecodeSection {
     fn default() -> Self {
-        Self { max_bytes: aion_events::DecodeLimits::default().max_bytes }
+        Self {
+            max_bytes: aion_events::DecodeLimits::default().max_bytes,
+        }
     }
 }
 
 impl Config {
     /// Reads `path`, or returns the defaults when no file is given.
     pub fn load(path: Option<&Path>) -> Result<Self> {
-        let Some(path) = path else { return Ok(Self::default()) };
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
+        let Some(path) = path else {
+            return Ok(Self::default());
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("invalid config {}", path.display()))
     }
 }
 
 /// The state directory: `$AION_STATE_DIR` or `~/.local/share/aion`.
 pub fn default_state_dir() -> PathBuf {
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
     home.join(".local").join("share").join("aion")
 }
 
@@ -97,7 +104,10 @@ mod tests {
 
     #[test]
     fn partial_files_keep_defaults() {
-        let c: Config = toml::from_str("[kafka]\nbrokers = \"k:9092\"\n[kafka.properties]\n\"security.protocol\" = \"ssl\"\n").unwrap();
+        let c: Config = toml::from_str(
+            "[kafka]\nbrokers = \"k:9092\"\n[kafka.properties]\n\"security.protocol\" = \"ssl\"\n",
+        )
+        .unwrap();
         assert_eq!(c.kafka.brokers, "k:9092");
         assert_eq!(c.kafka.partitions, 3);
         assert_eq!(c.kafka.properties["security.protocol"], "ssl");

@@ -3,10 +3,11 @@
 //! and dead-letters the rest. Every later stage has its shape; the delivery tests and the
 //! throughput benchmark run it.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use aion_events::topics::SchemaId;
-use aion_kafka::{headers, Sink, Source, SourceConfig};
+use aion_kafka::{headers, KafkaConfig, Sink, Source, SourceConfig};
 use anyhow::Result;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -30,63 +31,106 @@ impl std::str::FromStr for Input {
             let known: Vec<&str> = SchemaId::ALL.iter().map(|s| s.name()).collect();
             format!("unknown schema {schema:?}; use TOPIC=SCHEMA with one of {known:?}")
         })?;
-        Ok(Self { topic: topic.to_owned(), schema })
+        Ok(Self {
+            topic: topic.to_owned(),
+            schema,
+        })
     }
 }
 
-/// Counts of one relay run.
-#[derive(Debug, Default, Clone, Copy)]
+/// Live counts of a relay run, readable while it runs (`aion up` prints them).
+#[derive(Debug, Default)]
 pub struct Stats {
-    pub received: u64,
-    pub forwarded: u64,
-    pub dead_lettered: u64,
+    pub received: AtomicU64,
+    pub forwarded: AtomicU64,
+    pub dead_lettered: AtomicU64,
+}
+
+impl Stats {
+    /// (received, forwarded, dead-lettered)
+    pub fn snapshot(&self) -> (u64, u64, u64) {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        (
+            get(&self.received),
+            get(&self.forwarded),
+            get(&self.dead_lettered),
+        )
+    }
 }
 
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 const REPORT_EVERY: Duration = Duration::from_secs(5);
 
 /// Runs until `stop` is cancelled (or `limit` records were handled), then drains outputs and
-/// commits synchronously.
+/// commits synchronously. Outputs and dead letters go to the `output` cluster (normally the same
+/// as the input's, `ctx.kafka`).
 pub async fn run(
     ctx: &Context,
+    output: &KafkaConfig,
     inputs: &[Input],
     suffix: &str,
     limit: Option<u64>,
     stop: CancellationToken,
-) -> Result<Stats> {
+    stats: &Stats,
+) -> Result<()> {
     let topics: Vec<String> = inputs.iter().map(|i| i.topic.clone()).collect();
-    let mut source = Source::new(&ctx.kafka, &SourceConfig::new("relay", topics, ctx.group("relay")))?;
-    let sink = Sink::new(&ctx.kafka, "relay")?;
+    let mut source = Source::new(
+        &ctx.kafka,
+        &SourceConfig::new("relay", topics, ctx.group("relay")),
+    )?;
+    let sink = Sink::new(output, "relay")?;
     let limits = ctx.decode_limits();
-    let outputs: Vec<String> = inputs.iter().map(|i| format!("{}.{suffix}", i.topic)).collect();
-    let mut stats = Stats::default();
+    let outputs: Vec<String> = inputs
+        .iter()
+        .map(|i| format!("{}.{suffix}", i.topic))
+        .collect();
     let mut next_report = Instant::now() + REPORT_EVERY;
-    while limit.is_none_or(|l| stats.received < l) {
+    let mut received = 0u64;
+    while limit.is_none_or(|l| received < l) {
         let record = tokio::select! {
             r = source.recv() => r?,
             () = stop.cancelled() => break,
         };
-        stats.received += 1;
-        let Some(i) = inputs.iter().position(|i| *i.topic == *record.topic) else { continue };
+        received += 1;
+        stats.received.fetch_add(1, Ordering::Relaxed);
+        let Some(i) = inputs.iter().position(|i| *i.topic == *record.topic) else {
+            continue;
+        };
         match inputs[i].schema.check(&record.payload, &limits) {
             Ok(()) => {
                 let lineage = headers::lineage(&record.topic, record.partition, record.offset);
-                sink.send(&outputs[i], record.key.as_deref(), &record.payload, Some(lineage), Some(record.ack)).await?;
-                stats.forwarded += 1;
+                sink.send(
+                    &outputs[i],
+                    record.key.as_deref(),
+                    &record.payload,
+                    Some(lineage),
+                    Some(record.ack),
+                )
+                .await?;
+                stats.forwarded.fetch_add(1, Ordering::Relaxed);
             }
             Err(reject) => {
-                sink.dead_letter(record, &reject.path, &reject.message).await?;
-                stats.dead_lettered += 1;
+                sink.dead_letter(record, &reject.path, &reject.message)
+                    .await?;
+                stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
             }
         }
         if Instant::now() >= next_report {
-            info!(received = stats.received, forwarded = stats.forwarded, dlq = stats.dead_lettered, in_flight = source.in_flight(), "relay progress");
+            let (received, forwarded, dlq) = stats.snapshot();
+            info!(
+                received,
+                forwarded,
+                dlq,
+                in_flight = source.in_flight(),
+                "relay progress"
+            );
             next_report = Instant::now() + REPORT_EVERY;
         }
     }
     sink.flush(SHUTDOWN_TIMEOUT)?;
     source.shutdown(SHUTDOWN_TIMEOUT).await?;
-    metrics::counter!("aion_sent_events_total", "stage" => "relay").increment(stats.forwarded);
-    info!(received = stats.received, forwarded = stats.forwarded, dlq = stats.dead_lettered, "relay stopped");
-    Ok(stats)
+    let (received, forwarded, dlq) = stats.snapshot();
+    metrics::counter!("aion_sent_events_total", "stage" => "relay").increment(forwarded);
+    info!(received, forwarded, dlq, "relay stopped");
+    Ok(())
 }

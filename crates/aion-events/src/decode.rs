@@ -12,7 +12,10 @@ pub struct Reject {
 
 impl Reject {
     pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { path: path.into(), message: message.into() }
+        Self {
+            path: path.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -32,7 +35,9 @@ pub struct DecodeLimits {
 
 impl Default for DecodeLimits {
     fn default() -> Self {
-        Self { max_bytes: 1024 * 1024 }
+        Self {
+            max_bytes: 1024 * 1024,
+        }
     }
 }
 
@@ -47,12 +52,15 @@ pub fn decode<T: Schema>(payload: &[u8], limits: &DecodeLimits) -> Result<T, Rej
     if payload.len() > limits.max_bytes {
         return Err(Reject::new(
             ".",
-            format!("payload of {} bytes exceeds the limit of {} bytes", payload.len(), limits.max_bytes),
+            format!(
+                "payload of {} bytes exceeds the limit of {} bytes",
+                payload.len(),
+                limits.max_bytes
+            ),
         ));
     }
-    let text = std::str::from_utf8(payload).map_err(|e| {
-        Reject::new(".", format!("invalid UTF-8 at byte {}", e.valid_up_to()))
-    })?;
+    let text = std::str::from_utf8(payload)
+        .map_err(|e| Reject::new(".", format!("invalid UTF-8 at byte {}", e.valid_up_to())))?;
     let event: T = match serde_json::from_str(text) {
         Ok(event) => event,
         Err(_) => return Err(locate_error::<T>(text)),

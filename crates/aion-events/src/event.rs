@@ -1,5 +1,3 @@
-use std::collections::HashMap;
-
 use chrono::{DateTime, Utc};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
@@ -99,44 +97,48 @@ impl Schema for RetrievalEvent {
         validate_id("event_id", &self.event_id)?;
         validate_tenant_id(&self.tenant_id)?;
         non_blank("query", &self.query)?;
-        let mut ranks: HashMap<u32, usize> = HashMap::with_capacity(self.results.len());
-        let mut docs: HashMap<&str, usize> = HashMap::with_capacity(self.results.len());
+        if let Some((i, j)) = first_duplicate(self.results.iter().map(|r| r.rank)) {
+            let rank = self.results[i].rank;
+            return Err(Reject::new(
+                format!("results[{i}].rank"),
+                format!("duplicate rank {rank} (also at results[{j}])"),
+            ));
+        }
+        if let Some((i, j)) = first_duplicate(self.results.iter().map(|r| r.doc_id.as_str())) {
+            return Err(Reject::new(
+                format!("results[{i}].doc_id"),
+                format!("duplicate doc_id (also at results[{j}])"),
+            ));
+        }
         for (i, r) in self.results.iter().enumerate() {
-            let at = |field: &str| format!("results[{i}].{field}");
+            // Paths are formatted only on failure: this loop runs for every result of every event.
+            let at = |field: &str, message: String| {
+                Reject::new(format!("results[{i}].{field}"), message)
+            };
             if r.rank == 0 {
-                return Err(Reject::new(at("rank"), "rank must be >= 1"));
+                return Err(at("rank", "rank must be >= 1".into()));
             }
-            if let Some(j) = ranks.insert(r.rank, i) {
-                return Err(Reject::new(
-                    at("rank"),
-                    format!("duplicate rank {} (also at results[{j}])", r.rank),
-                ));
-            }
-            validate_id(&at("doc_id"), &r.doc_id)?;
-            if let Some(j) = docs.insert(&r.doc_id, i) {
-                return Err(Reject::new(
-                    at("doc_id"),
-                    format!("duplicate doc_id (also at results[{j}])"),
-                ));
-            }
+            check_id(&r.doc_id).map_err(|m| at("doc_id", m))?;
             if !r.score.is_finite() {
-                return Err(Reject::new(at("score"), "score must be a finite number"));
+                return Err(at("score", "score must be a finite number".into()));
             }
             if let Some(rel) = r.rel {
-                validate_rel(&at("rel"), rel)?;
+                check_rel(rel).map_err(|m| at("rel", m))?;
             }
         }
         if let Some(judgments) = &self.judgments {
-            let mut seen: HashMap<&str, usize> = HashMap::with_capacity(judgments.len());
+            if let Some((i, k)) = first_duplicate(judgments.iter().map(|j| j.doc_id.as_str())) {
+                return Err(Reject::new(
+                    format!("judgments[{i}].doc_id"),
+                    format!("duplicate doc_id (also at judgments[{k}])"),
+                ));
+            }
             for (i, j) in judgments.iter().enumerate() {
-                validate_id(&format!("judgments[{i}].doc_id"), &j.doc_id)?;
-                if let Some(k) = seen.insert(&j.doc_id, i) {
-                    return Err(Reject::new(
-                        format!("judgments[{i}].doc_id"),
-                        format!("duplicate doc_id (also at judgments[{k}])"),
-                    ));
-                }
-                validate_rel(&format!("judgments[{i}].rel"), j.rel)?;
+                let at = |field: &str, message: String| {
+                    Reject::new(format!("judgments[{i}].{field}"), message)
+                };
+                check_id(&j.doc_id).map_err(|m| at("doc_id", m))?;
+                check_rel(j.rel).map_err(|m| at("rel", m))?;
             }
         }
         Ok(())
@@ -192,25 +194,50 @@ pub fn validate_tenant_id(tenant: &str) -> Result<(), Reject> {
     Ok(())
 }
 
+/// The first item equal to an earlier one, as (its index, the earlier index). This runs for every
+/// event: short lists (the common case) are compared pairwise without allocating, long ones sorted.
+fn first_duplicate<T, I>(items: I) -> Option<(usize, usize)>
+where
+    T: Ord + Copy,
+    I: Iterator<Item = T> + Clone,
+{
+    const PAIRWISE_UP_TO: usize = 32;
+    if items.clone().nth(PAIRWISE_UP_TO).is_none() {
+        return items
+            .clone()
+            .enumerate()
+            .find_map(|(i, a)| items.clone().take(i).position(|b| b == a).map(|j| (i, j)));
+    }
+    let mut sorted: Vec<(T, usize)> = items.enumerate().map(|(i, v)| (v, i)).collect();
+    sorted.sort_unstable();
+    sorted
+        .windows(2)
+        .filter(|w| w[0].0 == w[1].0)
+        .map(|w| (w[1].1, w[0].1))
+        .min()
+}
+
 fn validate_id(path: &str, id: &str) -> Result<(), Reject> {
+    check_id(id).map_err(|m| Reject::new(path, m))
+}
+
+fn check_id(id: &str) -> Result<(), String> {
     if id.is_empty() {
-        return Err(Reject::new(path, "must not be empty"));
+        return Err("must not be empty".into());
     }
     if id.len() > MAX_ID_BYTES {
-        return Err(Reject::new(path, format!("longer than {MAX_ID_BYTES} bytes")));
+        return Err(format!("longer than {MAX_ID_BYTES} bytes"));
     }
-    if id.chars().any(char::is_control) {
-        return Err(Reject::new(path, "must not contain control characters"));
+    // Printable ASCII (nearly every id) settles it without decoding characters.
+    if !id.bytes().all(|b| (0x20..0x7f).contains(&b)) && id.chars().any(char::is_control) {
+        return Err("must not contain control characters".into());
     }
     Ok(())
 }
 
-fn validate_rel(path: &str, rel: Relevance) -> Result<(), Reject> {
+fn check_rel(rel: Relevance) -> Result<(), String> {
     if rel > MAX_RELEVANCE {
-        return Err(Reject::new(
-            path,
-            format!("relevance {rel} out of range 0..={MAX_RELEVANCE}"),
-        ));
+        return Err(format!("relevance {rel} out of range 0..={MAX_RELEVANCE}"));
     }
     Ok(())
 }
@@ -220,4 +247,26 @@ fn non_blank(path: &str, s: &str) -> Result<(), Reject> {
         return Err(Reject::new(path, "must not be empty"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_duplicate;
+
+    #[test]
+    fn first_duplicate_short_and_long_lists_agree() {
+        for n in [0usize, 1, 5, 33, 200] {
+            let mut v: Vec<u32> = (0..n as u32).collect();
+            assert_eq!(first_duplicate(v.iter().copied()), None);
+            if n > 3 {
+                v[n - 1] = 2;
+                v[n - 2] = 1;
+                assert_eq!(
+                    first_duplicate(v.iter().copied()),
+                    Some((n - 2, 1)),
+                    "n = {n}"
+                );
+            }
+        }
+    }
 }

@@ -4,6 +4,8 @@
 //!
 //! This crate owns the wire contract. It knows nothing of Kafka, models or storage.
 
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
 mod decode;
 mod event;
 pub mod topics;

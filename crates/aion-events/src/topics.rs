@@ -39,7 +39,9 @@ impl SchemaId {
     /// Decodes and validates `payload`, discarding the event (gates and benchmarks).
     pub fn check(self, payload: &[u8], limits: &crate::DecodeLimits) -> Result<(), crate::Reject> {
         match self {
-            SchemaId::Retrieval => crate::decode::<crate::RetrievalEvent>(payload, limits).map(drop),
+            SchemaId::Retrieval => {
+                crate::decode::<crate::RetrievalEvent>(payload, limits).map(drop)
+            }
             SchemaId::Answer => crate::decode::<crate::AnswerEvent>(payload, limits).map(drop),
         }
     }

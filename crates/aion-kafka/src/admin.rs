@@ -30,7 +30,13 @@ pub async fn create_topics(kafka: &KafkaConfig, topics: &[TopicSpec]) -> Result<
     let admin: AdminClient<DefaultClientContext> = c.create()?;
     let new: Vec<NewTopic<'_>> = topics
         .iter()
-        .map(|t| NewTopic::new(&t.name, t.partitions, TopicReplication::Fixed(t.replication)))
+        .map(|t| {
+            NewTopic::new(
+                &t.name,
+                t.partitions,
+                TopicReplication::Fixed(t.replication),
+            )
+        })
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let mut created = Vec::new();
@@ -38,7 +44,12 @@ pub async fn create_topics(kafka: &KafkaConfig, topics: &[TopicSpec]) -> Result<
         match result {
             Ok(name) => created.push(name),
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => return Err(Error::CreateTopic { topic, reason: code.to_string() }),
+            Err((topic, code)) => {
+                return Err(Error::CreateTopic {
+                    topic,
+                    reason: code.to_string(),
+                })
+            }
         }
     }
     Ok(created)
@@ -58,7 +69,11 @@ pub fn partition_count(kafka: &KafkaConfig, topic: &str) -> Result<usize> {
 
 /// Offsets committed by consumer group `group` on each partition of `topic` (partitions without a
 /// commit are absent). Reads without joining the group, so it never triggers a rebalance.
-pub fn committed_offsets(kafka: &KafkaConfig, group: &str, topic: &str) -> Result<BTreeMap<i32, i64>> {
+pub fn committed_offsets(
+    kafka: &KafkaConfig,
+    group: &str,
+    topic: &str,
+) -> Result<BTreeMap<i32, i64>> {
     let mut c = kafka.client("metadata");
     c.set("group.id", group);
     kafka.apply_overrides(&mut c);
@@ -76,4 +91,17 @@ pub fn committed_offsets(kafka: &KafkaConfig, group: &str, topic: &str) -> Resul
             _ => None,
         })
         .collect())
+}
+
+/// Records currently held by `topic` (high minus low watermark, summed over partitions).
+pub fn topic_records(kafka: &KafkaConfig, topic: &str) -> Result<i64> {
+    let mut c = kafka.client("metadata");
+    kafka.apply_overrides(&mut c);
+    let consumer: BaseConsumer = c.create()?;
+    let mut total = 0;
+    for p in 0..partition_count(kafka, topic)? {
+        let (low, high) = consumer.fetch_watermarks(topic, p as i32, Duration::from_secs(10))?;
+        total += high - low;
+    }
+    Ok(total)
 }

@@ -15,7 +15,11 @@ pub struct KafkaConfig {
 
 impl KafkaConfig {
     pub fn new(brokers: impl Into<String>) -> Self {
-        Self { brokers: brokers.into(), client_id: "aion".into(), properties: BTreeMap::new() }
+        Self {
+            brokers: brokers.into(),
+            client_id: "aion".into(),
+            properties: BTreeMap::new(),
+        }
     }
 
     pub(crate) fn client(&self, role: &str) -> ClientConfig {

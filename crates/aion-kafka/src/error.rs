@@ -8,7 +8,11 @@ pub enum Error {
     #[error("topic {0} does not exist on the broker")]
     UnknownTopic(String),
     #[error("an output of {topic}/{partition} at offset {offset} could not be made durable; the stage stops so the record is replayed after restart")]
-    OutputFailed { topic: String, partition: i32, offset: i64 },
+    OutputFailed {
+        topic: String,
+        partition: i32,
+        offset: i64,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

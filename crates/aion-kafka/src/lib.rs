@@ -12,6 +12,8 @@
 //!
 //! This crate knows nothing of event schemas; stages decide what is valid.
 
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
 mod admin;
 mod config;
 mod error;
@@ -20,11 +22,11 @@ mod sink;
 mod source;
 mod tracker;
 
-pub use admin::{committed_offsets, create_topics, partition_count, TopicSpec};
+pub use admin::{committed_offsets, create_topics, partition_count, topic_records, TopicSpec};
 pub use config::KafkaConfig;
 pub use error::{Error, Result};
+pub use rdkafka::message::OwnedHeaders;
 pub use reader::{RawRecord, Reader};
 pub use sink::{headers, Sink};
 pub use source::{Record, Source, SourceConfig};
-pub use rdkafka::message::OwnedHeaders;
 pub use tracker::Ack;

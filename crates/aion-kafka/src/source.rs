@@ -3,7 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::ClientContext;
@@ -30,11 +32,21 @@ pub struct SourceConfig {
     /// committing what is durable. Stages whose acks wait on open windows set this to zero: their
     /// open state is rebuilt by the next owner's replay.
     pub revoke_wait: Duration,
+    /// Records handed out but not yet acknowledged beyond which `recv` waits for acks first:
+    /// backpressure, so a stage cannot run ahead of its outputs. `None` for stages that hold acks
+    /// in open windows by design.
+    pub max_in_flight: Option<usize>,
 }
 
 impl SourceConfig {
     pub fn new(stage: impl Into<String>, topics: Vec<String>, group_id: impl Into<String>) -> Self {
-        Self { stage: stage.into(), topics, group_id: group_id.into(), revoke_wait: Duration::from_secs(10) }
+        Self {
+            stage: stage.into(),
+            topics,
+            group_id: group_id.into(),
+            revoke_wait: Duration::from_secs(10),
+            max_in_flight: Some(10_000),
+        }
     }
 }
 
@@ -61,13 +73,21 @@ impl ClientContext for SourceContext {}
 
 impl ConsumerContext for SourceContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let Rebalance::Revoke(tpl) = rebalance else { return };
-        let keys: Vec<PartitionKey> =
-            tpl.elements().iter().map(|e| (Arc::from(e.topic()), e.partition())).collect();
+        let Rebalance::Revoke(tpl) = rebalance else {
+            return;
+        };
+        let keys: Vec<PartitionKey> = tpl
+            .elements()
+            .iter()
+            .map(|e| (Arc::from(e.topic()), e.partition()))
+            .collect();
         // Flush on revoke: let in-flight outputs land, store what is durable, commit it before
         // the partitions move, so the next owner replays as little as possible.
         if !self.tracker.wait_settled(Some(&keys), self.revoke_wait) {
-            warn!(partitions = keys.len(), "revoked partitions still had outputs in flight; they will be replayed");
+            warn!(
+                partitions = keys.len(),
+                "revoked partitions still had outputs in flight; they will be replayed"
+            );
         }
         store(consumer, &self.tracker);
         commit_sync(consumer);
@@ -107,6 +127,7 @@ pub struct Source {
     next_store: Instant,
     stage: String,
     received: u64,
+    max_in_flight: Option<usize>,
 }
 
 impl Source {
@@ -119,11 +140,20 @@ impl Source {
             .set("auto.commit.interval.ms", "1000")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            .set("session.timeout.ms", "6000")
-            .set("heartbeat.interval.ms", "1000")
-            .set("enable.partition.eof", "false");
+            // A busy single-node broker can take seconds to answer a heartbeat; a short session
+            // then expires under load and the group rebalances in a loop. A killed member's
+            // partitions move after this long.
+            .set("session.timeout.ms", "30000")
+            .set("heartbeat.interval.ms", "3000")
+            .set("enable.partition.eof", "false")
+            // The broker's default long poll (500 ms) idles a fetch that could return; shorter
+            // polls measured 4x the read throughput on the local broker.
+            .set("fetch.wait.max.ms", "100");
         kafka.apply_overrides(&mut c);
-        let context = SourceContext { tracker: tracker.clone(), revoke_wait: config.revoke_wait };
+        let context = SourceContext {
+            tracker: tracker.clone(),
+            revoke_wait: config.revoke_wait,
+        };
         let consumer: StreamConsumer<SourceContext> = c.create_with_context(context)?;
         for topic in &config.topics {
             let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
@@ -136,10 +166,15 @@ impl Source {
         Ok(Self {
             consumer,
             tracker,
-            topics: config.topics.iter().map(|t| Arc::from(t.as_str())).collect(),
+            topics: config
+                .topics
+                .iter()
+                .map(|t| Arc::from(t.as_str()))
+                .collect(),
             next_store: Instant::now() + STORE_INTERVAL,
             stage: config.stage.clone(),
             received: 0,
+            max_in_flight: config.max_in_flight,
         })
     }
 
@@ -149,6 +184,13 @@ impl Source {
             self.check_failure()?;
             if Instant::now() >= self.next_store {
                 self.store_acked();
+            }
+            if self
+                .max_in_flight
+                .is_some_and(|max| self.tracker.in_flight() >= max)
+            {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                continue;
             }
             tokio::select! {
                 message = self.consumer.recv() => {
@@ -186,7 +228,8 @@ impl Source {
     /// Hands the offsets of acknowledged records to librdkafka and reports counters.
     pub fn store_acked(&mut self) {
         store(&self.consumer, &self.tracker);
-        metrics::counter!("aion_received_events_total", "stage" => self.stage.clone()).increment(self.received);
+        metrics::counter!("aion_received_events_total", "stage" => self.stage.clone())
+            .increment(self.received);
         self.received = 0;
         self.next_store = Instant::now() + STORE_INTERVAL;
     }
@@ -198,9 +241,11 @@ impl Source {
 
     fn check_failure(&self) -> Result<()> {
         match self.tracker.failure() {
-            Some(((topic, partition), offset)) => {
-                Err(Error::OutputFailed { topic: topic.to_string(), partition, offset })
-            }
+            Some(((topic, partition), offset)) => Err(Error::OutputFailed {
+                topic: topic.to_string(),
+                partition,
+                offset,
+            }),
             None => Ok(()),
         }
     }

@@ -26,7 +26,11 @@ struct AckInner {
 
 impl std::fmt::Debug for Ack {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Ack({}/{}@{})", self.0.key.0, self.0.key.1, self.0.offset)
+        write!(
+            f,
+            "Ack({}/{}@{})",
+            self.0.key.0, self.0.key.1, self.0.offset
+        )
     }
 }
 
@@ -95,14 +99,21 @@ impl Tracker {
         }
         p.pending.push_back((offset, false));
         drop(state);
-        Ack(Arc::new(AckInner { tracker: self.clone(), key, offset, failed: AtomicBool::new(false) }))
+        Ack(Arc::new(AckInner {
+            tracker: self.clone(),
+            key,
+            offset,
+            failed: AtomicBool::new(false),
+        }))
     }
 
     fn done(&self, key: &PartitionKey, offset: i64) {
         let mut state = self.lock();
         // A revoked partition is no longer tracked: its late acks are ignored (the new owner
         // replays from the last committed offset).
-        let Some(p) = state.partitions.get_mut(key) else { return };
+        let Some(p) = state.partitions.get_mut(key) else {
+            return;
+        };
         if let Ok(i) = p.pending.binary_search_by_key(&offset, |&(o, _)| o) {
             p.pending[i].1 = true;
         }
@@ -147,7 +158,9 @@ impl Tracker {
         let mut state = self.lock();
         loop {
             let busy = |s: &State| match keys {
-                Some(keys) => keys.iter().any(|k| s.partitions.get(k).is_some_and(|p| !p.pending.is_empty())),
+                Some(keys) => keys
+                    .iter()
+                    .any(|k| s.partitions.get(k).is_some_and(|p| !p.pending.is_empty())),
                 None => s.partitions.values().any(|p| !p.pending.is_empty()),
             };
             if !busy(&state) {
@@ -175,7 +188,11 @@ impl Tracker {
 
     /// Number of records handed out and not yet acknowledged.
     pub(crate) fn in_flight(&self) -> usize {
-        self.lock().partitions.values().map(|p| p.pending.len()).sum()
+        self.lock()
+            .partitions
+            .values()
+            .map(|p| p.pending.len())
+            .sum()
     }
 }
 
@@ -193,8 +210,13 @@ mod tests {
         let a: Vec<Ack> = (10..15).map(|o| t.track(key(0), o)).collect();
         let b = t.track(key(1), 7);
         let mut a = a.into_iter();
-        let (a10, a11, a12, a13, a14) =
-            (a.next().unwrap(), a.next().unwrap(), a.next().unwrap(), a.next().unwrap(), a.next().unwrap());
+        let (a10, a11, a12, a13, a14) = (
+            a.next().unwrap(),
+            a.next().unwrap(),
+            a.next().unwrap(),
+            a.next().unwrap(),
+            a.next().unwrap(),
+        );
         drop(a12);
         drop(a11);
         assert!(t.take_storable().is_empty(), "10 is still pending");
@@ -227,9 +249,15 @@ mod tests {
         first.fail();
         drop(first);
         drop(second);
-        assert!(t.take_storable().is_empty(), "nothing past a failed record is stored");
+        assert!(
+            t.take_storable().is_empty(),
+            "nothing past a failed record is stored"
+        );
         assert_eq!(t.failure(), Some((key(0), 1)));
-        assert!(!t.wait_settled(None, Duration::from_secs(5)), "a failure ends the wait at once");
+        assert!(
+            !t.wait_settled(None, Duration::from_secs(5)),
+            "a failure ends the wait at once"
+        );
     }
 
     #[test]

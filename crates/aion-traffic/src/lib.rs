@@ -6,6 +6,8 @@
 //! re-run is deduplicated downstream. The degradation scenario lowers retrieval quality and raises
 //! the fallback rate of chosen tenants from a chosen point of the stream on.
 
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
 mod text;
 
 use aion_events::{topics, AnswerEvent, Judgment, RetrievalEvent, RetrievalResult};
@@ -65,13 +67,21 @@ pub struct Generator {
 impl Generator {
     pub fn new(config: TrafficConfig) -> Self {
         let rng = StdRng::seed_from_u64(config.seed);
-        Self { config, rng, index: 0, pending_answer: None }
+        Self {
+            config,
+            rng,
+            index: 0,
+            pending_answer: None,
+        }
     }
 
     fn event_time(&mut self) -> DateTime<Utc> {
         let step = self.config.span.num_milliseconds() as f64 / self.config.count.max(1) as f64;
         let mut ts = self.config.start + Duration::milliseconds((self.index as f64 * step) as i64);
-        if self.rng.random_bool(self.config.late_fraction.clamp(0.0, 1.0)) {
+        if self
+            .rng
+            .random_bool(self.config.late_fraction.clamp(0.0, 1.0))
+        {
             ts -= Duration::seconds(self.rng.random_range(60..7200));
         }
         ts
@@ -81,7 +91,8 @@ impl Generator {
         match &self.config.scenario {
             Scenario::Steady => false,
             Scenario::Degrade { at, tenants } => {
-                self.index as f64 >= at * self.config.count as f64 && tenants.iter().any(|t| t == tenant)
+                self.index as f64 >= at * self.config.count as f64
+                    && tenants.iter().any(|t| t == tenant)
             }
         }
     }
@@ -101,14 +112,22 @@ impl Generator {
                     2 | 3 => 1,
                     _ => 0,
                 };
-                let doc = format!("kb-{}-{}#{}", topic.slug(), self.rng.random_range(1..400), i);
+                let doc = format!(
+                    "kb-{}-{}#{}",
+                    topic.slug(),
+                    self.rng.random_range(1..400),
+                    i
+                );
                 (doc, grade, topic.passage(&mut self.rng, grade))
             })
             .collect();
         // Ranking: grade plus noise; degraded retrieval is mostly noise.
         let noise = if degraded { 6.0 } else { 1.1 };
-        let mut keyed: Vec<(f64, usize)> =
-            docs.iter().enumerate().map(|(i, d)| (d.1 as f64 + self.rng.random::<f64>() * noise, i)).collect();
+        let mut keyed: Vec<(f64, usize)> = docs
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.1 as f64 + self.rng.random::<f64>() * noise, i))
+            .collect();
         keyed.sort_by(|a, b| b.0.total_cmp(&a.0));
         let judged = self.rng.random_bool(0.85);
         let results: Vec<RetrievalResult> = keyed
@@ -124,7 +143,13 @@ impl Generator {
             })
             .collect();
         let judgments = judged.then(|| {
-            docs.iter().filter(|d| d.1 > 0).map(|d| Judgment { doc_id: d.0.clone(), rel: d.1 }).collect()
+            docs.iter()
+                .filter(|d| d.1 > 0)
+                .map(|d| Judgment {
+                    doc_id: d.0.clone(),
+                    rel: d.1,
+                })
+                .collect()
         });
         let retrieval = RetrievalEvent {
             event_id: format!("{tenant}-{seq:09}-r"),
@@ -134,7 +159,9 @@ impl Generator {
             results,
             judgments,
         };
-        let confidence: f64 = (if degraded { 0.5 } else { 0.78 } + self.rng.random_range(-0.35..0.35f64)).clamp(0.0, 1.0);
+        let confidence: f64 = (if degraded { 0.5 } else { 0.78 }
+            + self.rng.random_range(-0.35..0.35f64))
+        .clamp(0.0, 1.0);
         let confidence = (confidence * 1000.0).round() / 1000.0;
         let fallback = confidence < 0.5;
         let answer = AnswerEvent {
@@ -146,8 +173,17 @@ impl Generator {
             confidence,
             fallback,
             provider: if fallback { "external" } else { "local" }.into(),
-            model: if fallback { "fallback-llm" } else { "smollm2-135m-instruct" }.into(),
-            latency_ms: if fallback { self.rng.random_range(900..4000) } else { self.rng.random_range(150..900) },
+            model: if fallback {
+                "fallback-llm"
+            } else {
+                "smollm2-135m-instruct"
+            }
+            .into(),
+            latency_ms: if fallback {
+                self.rng.random_range(900..4000)
+            } else {
+                self.rng.random_range(150..900)
+            },
             retrieval_event_id: Some(retrieval.event_id.clone()),
         };
         (retrieval, answer)
@@ -162,23 +198,38 @@ impl Iterator for Generator {
             return None;
         }
         let (topic, tenant, mut bytes) = match self.pending_answer.take() {
-            Some(answer) => {
-                (topics::ANSWER, answer.tenant_id.clone(), serde_json::to_vec(&answer).unwrap_or_default())
-            }
+            Some(answer) => (
+                topics::ANSWER,
+                answer.tenant_id.clone(),
+                serde_json::to_vec(&answer).unwrap_or_default(),
+            ),
             None => {
-                let tenant = self.config.tenants[self.rng.random_range(0..self.config.tenants.len())].clone();
+                let tenant = self.config.tenants
+                    [self.rng.random_range(0..self.config.tenants.len())]
+                .clone();
                 let ts = self.event_time();
                 let (retrieval, answer) = self.retrieval(tenant.clone(), ts);
                 self.pending_answer = Some(answer);
-                (topics::RETRIEVAL, tenant, serde_json::to_vec(&retrieval).unwrap_or_default())
+                (
+                    topics::RETRIEVAL,
+                    tenant,
+                    serde_json::to_vec(&retrieval).unwrap_or_default(),
+                )
             }
         };
         self.index += 1;
-        let valid = !self.rng.random_bool(self.config.invalid_fraction.clamp(0.0, 1.0));
+        let valid = !self
+            .rng
+            .random_bool(self.config.invalid_fraction.clamp(0.0, 1.0));
         if !valid {
             text::corrupt(&mut bytes, &mut self.rng);
         }
-        Some(Payload { topic, key: tenant, bytes, valid })
+        Some(Payload {
+            topic,
+            key: tenant,
+            bytes,
+            valid,
+        })
     }
 }
 

@@ -7,7 +7,9 @@ fn config(scenario: Scenario, invalid: f64) -> TrafficConfig {
         seed: 7,
         tenants: vec!["acme".into(), "globex".into()],
         count: 4_000,
-        start: DateTime::parse_from_rfc3339("2026-11-01T00:00:00Z").unwrap().with_timezone(&Utc),
+        start: DateTime::parse_from_rfc3339("2026-11-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc),
         span: Duration::hours(48),
         scenario,
         invalid_fraction: invalid,
@@ -43,14 +45,21 @@ fn valid_payloads_decode_and_invalid_ones_do_not() {
 
 #[test]
 fn same_seed_same_stream() {
-    let a: Vec<Vec<u8>> = Generator::new(config(Scenario::Steady, 0.05)).map(|p| p.bytes).collect();
-    let b: Vec<Vec<u8>> = Generator::new(config(Scenario::Steady, 0.05)).map(|p| p.bytes).collect();
+    let a: Vec<Vec<u8>> = Generator::new(config(Scenario::Steady, 0.05))
+        .map(|p| p.bytes)
+        .collect();
+    let b: Vec<Vec<u8>> = Generator::new(config(Scenario::Steady, 0.05))
+        .map(|p| p.bytes)
+        .collect();
     assert_eq!(a, b);
 }
 
 #[test]
 fn degradation_raises_fallback_for_chosen_tenants_only() {
-    let scenario = Scenario::Degrade { at: 0.5, tenants: vec!["acme".into()] };
+    let scenario = Scenario::Degrade {
+        at: 0.5,
+        tenants: vec!["acme".into()],
+    };
     let payloads: Vec<Payload> = Generator::new(config(scenario, 0.0)).collect();
     let half = payloads.len() / 2;
     let before = fallback_rate(&payloads[..half], "acme", 0);
@@ -64,10 +73,18 @@ fn degradation_raises_fallback_for_chosen_tenants_only() {
 fn cpf_check_digits_are_valid() {
     let mut rng = StdRng::seed_from_u64(1);
     for _ in 0..100 {
-        let digits: Vec<u32> = cpf(&mut rng).chars().filter_map(|c| c.to_digit(10)).collect();
+        let digits: Vec<u32> = cpf(&mut rng)
+            .chars()
+            .filter_map(|c| c.to_digit(10))
+            .collect();
         for len in [9usize, 10] {
-            let sum: u32 = (0..len).map(|i| digits[i] * (len as u32 + 1 - i as u32)).sum();
-            let check = match sum % 11 { r if r < 2 => 0, r => 11 - r };
+            let sum: u32 = (0..len)
+                .map(|i| digits[i] * (len as u32 + 1 - i as u32))
+                .sum();
+            let check = match sum % 11 {
+                r if r < 2 => 0,
+                r => 11 - r,
+            };
             assert_eq!(digits[len], check);
         }
     }

@@ -4,20 +4,50 @@
 use rand::{rngs::StdRng, Rng};
 
 const PEOPLE: &[&str] = &[
-    "Ana Souza", "João Pereira", "Maria Oliveira", "Carlos Lima", "Fernanda Rocha", "Rafael Costa",
-    "Jane Doe", "John Smith", "Emily Clark", "Michael Brown", "Priya Patel", "Lucas Almeida",
+    "Ana Souza",
+    "João Pereira",
+    "Maria Oliveira",
+    "Carlos Lima",
+    "Fernanda Rocha",
+    "Rafael Costa",
+    "Jane Doe",
+    "John Smith",
+    "Emily Clark",
+    "Michael Brown",
+    "Priya Patel",
+    "Lucas Almeida",
 ];
 const COMPANIES: &[&str] = &[
-    "Acme Logística", "Banco Horizonte", "TechNova", "Globex", "Initech", "Construtora Alvorada",
-    "Mercado Sol", "Umbrella Health",
+    "Acme Logística",
+    "Banco Horizonte",
+    "TechNova",
+    "Globex",
+    "Initech",
+    "Construtora Alvorada",
+    "Mercado Sol",
+    "Umbrella Health",
 ];
 const PLACES: &[&str] = &[
-    "São Paulo", "Rio de Janeiro", "Belo Horizonte", "Curitiba", "Recife", "Porto Alegre", "Lisbon",
-    "New York", "London", "Chicago",
+    "São Paulo",
+    "Rio de Janeiro",
+    "Belo Horizonte",
+    "Curitiba",
+    "Recife",
+    "Porto Alegre",
+    "Lisbon",
+    "New York",
+    "London",
+    "Chicago",
 ];
 const PRODUCTS: &[&str] = &[
-    "Plano Premium", "cartão Platinum", "Router X200", "SmartWatch Pro", "conta digital",
-    "seguro auto", "Cloud Backup", "Fibra 500 Mega",
+    "Plano Premium",
+    "cartão Platinum",
+    "Router X200",
+    "SmartWatch Pro",
+    "conta digital",
+    "seguro auto",
+    "Cloud Backup",
+    "Fibra 500 Mega",
 ];
 
 fn pick<'a>(rng: &mut StdRng, items: &[&'a str]) -> &'a str {
@@ -28,11 +58,18 @@ fn pick<'a>(rng: &mut StdRng, items: &[&'a str]) -> &'a str {
 pub fn cpf(rng: &mut impl Rng) -> String {
     let mut d: Vec<u32> = (0..9).map(|_| rng.random_range(0..10)).collect();
     for len in [9usize, 10] {
-        let sum: u32 = d.iter().enumerate().map(|(i, &x)| x * (len as u32 + 1 - i as u32)).sum();
+        let sum: u32 = d
+            .iter()
+            .enumerate()
+            .map(|(i, &x)| x * (len as u32 + 1 - i as u32))
+            .sum();
         let r = sum % 11;
         d.push(if r < 2 { 0 } else { 11 - r });
     }
-    let s: String = d.iter().map(|x| char::from_digit(*x, 10).unwrap_or('0')).collect();
+    let s: String = d
+        .iter()
+        .map(|x| char::from_digit(*x, 10).unwrap_or('0'))
+        .collect();
     format!("{}.{}.{}-{}", &s[0..3], &s[3..6], &s[6..9], &s[9..11])
 }
 
@@ -51,7 +88,15 @@ fn email(rng: &mut StdRng, person: &str) -> String {
             c => c,
         })
         .collect();
-    let domain = pick(rng, &["example.com", "mail.com.br", "empresa.com.br", "corp.example.org"]);
+    let domain = pick(
+        rng,
+        &[
+            "example.com",
+            "mail.com.br",
+            "empresa.com.br",
+            "corp.example.org",
+        ],
+    );
     format!("{slug}@{domain}")
 }
 
@@ -79,7 +124,11 @@ impl Topic {
 
     /// A short id part for documents about this topic's company.
     pub fn slug(&self) -> String {
-        self.company.split_whitespace().next().unwrap_or("kb").to_lowercase()
+        self.company
+            .split_whitespace()
+            .next()
+            .unwrap_or("kb")
+            .to_lowercase()
     }
 
     pub fn query(&self, rng: &mut StdRng) -> String {
@@ -89,12 +138,21 @@ impl Topic {
             (true, 1) => format!("Como cancelar o {x} da {c}?"),
             (true, 2) => format!("{p} pediu reembolso do {x} comprado em {l}, qual o status?"),
             (true, 3) => format!("Atualizar o e-mail de {p} para {} na {c}", email(rng, p)),
-            (true, _) => format!("O CPF {} de {p} está vinculado a qual conta na {c}?", cpf(rng)),
+            (true, _) => format!(
+                "O CPF {} de {p} está vinculado a qual conta na {c}?",
+                cpf(rng)
+            ),
             (false, 0) => format!("What is the delivery time for the {x} to {l}?"),
             (false, 1) => format!("How do I cancel my {x} with {c}?"),
             (false, 2) => format!("Refund status for {p}, {x} bought in {l}"),
-            (false, 3) => format!("Change the contact email of {p} to {} at {c}", email(rng, p)),
-            (false, _) => format!("Which {c} account is tied to {p}, phone +1 (312) 555-{:04}?", rng.random_range(0..10000)),
+            (false, 3) => format!(
+                "Change the contact email of {p} to {} at {c}",
+                email(rng, p)
+            ),
+            (false, _) => format!(
+                "Which {c} account is tied to {p}, phone +1 (312) 555-{:04}?",
+                rng.random_range(0..10000)
+            ),
         }
     }
 
@@ -130,15 +188,23 @@ pub fn corrupt(bytes: &mut Vec<u8>, rng: &mut StdRng) {
     let text = String::from_utf8_lossy(bytes).into_owned();
     *bytes = match rng.random_range(0..6) {
         0 => bytes[..bytes.len() / 2].to_vec(),
-        1 => text.replacen("\"tenant_id\":\"", "\"tenant_id\":\"../", 1).into_bytes(),
-        2 => text.replacen("\"ts\":\"", "\"ts\":\"not-a-", 1).into_bytes(),
+        1 => text
+            .replacen("\"tenant_id\":\"", "\"tenant_id\":\"../", 1)
+            .into_bytes(),
+        2 => text
+            .replacen("\"ts\":\"", "\"ts\":\"not-a-", 1)
+            .into_bytes(),
         3 => {
             let mut b = bytes.clone();
             let at = b.len() / 3;
             b[at] = 0xff;
             b
         }
-        4 => text.replacen("\"tenant_id\":", "\"tenant\":", 1).into_bytes(),
-        _ => text.replacen("\"event_id\":\"", "\"event_id\":\"\u{1}", 1).into_bytes(),
+        4 => text
+            .replacen("\"tenant_id\":", "\"tenant\":", 1)
+            .into_bytes(),
+        _ => text
+            .replacen("\"event_id\":\"", "\"event_id\":\"\u{1}", 1)
+            .into_bytes(),
     };
 }

@@ -4,7 +4,9 @@
 use std::time::{Duration, Instant};
 
 use aion_events::topics::SchemaId;
-use aion_kafka::{Reader, Sink};
+use std::sync::Arc;
+
+use aion_kafka::{KafkaConfig, Reader, Sink};
 use aion_traffic::{Generator, Scenario, TrafficConfig};
 use anyhow::{bail, Result};
 use tokio_util::sync::CancellationToken;
@@ -14,7 +16,7 @@ use crate::{relay, Context};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Events per measurement.
-    #[arg(long, default_value_t = 200_000)]
+    #[arg(long, default_value_t = 60_000)]
     pub events: u64,
     /// Benchmark the brokers from the configuration instead of a fresh local broker.
     #[arg(long)]
@@ -32,7 +34,10 @@ fn payloads(count: u64) -> Vec<Vec<u8>> {
         invalid_fraction: 0.0,
         late_fraction: 0.0,
     };
-    Generator::new(traffic).filter(|p| p.topic == aion_events::topics::RETRIEVAL).map(|p| p.bytes).collect()
+    Generator::new(traffic)
+        .filter(|p| p.topic == aion_events::topics::RETRIEVAL)
+        .map(|p| p.bytes)
+        .collect()
 }
 
 fn rate(n: u64, d: Duration) -> f64 {
@@ -43,7 +48,11 @@ pub async fn run(args: Args, ctx: &Context) -> Result<()> {
     let n = args.events;
     let events = payloads(n);
     let bytes: usize = events.iter().map(Vec::len).sum();
-    println!("{} retrieval events, mean {} bytes", events.len(), bytes / events.len().max(1));
+    println!(
+        "{} retrieval events, mean {} bytes",
+        events.len(),
+        bytes / events.len().max(1)
+    );
 
     // Decode + validate on one core.
     let limits = ctx.decode_limits();
@@ -66,12 +75,23 @@ pub async fn run(args: Args, ctx: &Context) -> Result<()> {
     let run_id = chrono::Utc::now().timestamp_millis();
     let input = format!("bench.{run_id}");
     ctx.config.kafka.group_prefix = format!("bench.{run_id}");
-    super::topics::create(&ctx, &[input.clone(), format!("{input}.out"), format!("{input}.dlq")], None, None).await?;
+    super::topics::create(
+        &ctx,
+        &[
+            input.clone(),
+            format!("{input}.out"),
+            format!("{input}.dlq"),
+        ],
+        None,
+        None,
+    )
+    .await?;
 
     let sink = Sink::new(&ctx.kafka, "bench")?;
     let t = Instant::now();
     for (i, e) in events.iter().enumerate() {
-        sink.send(&input, Some(i.to_string().as_bytes()), e, None, None).await?;
+        sink.send(&input, Some(i.to_string().as_bytes()), e, None, None)
+            .await?;
     }
     sink.flush(Duration::from_secs(120))?;
     let produce = rate(n, t.elapsed());
@@ -97,10 +117,28 @@ pub async fn run(args: Args, ctx: &Context) -> Result<()> {
     })
     .await??;
 
-    let inputs = [relay::Input { topic: input.clone(), schema: SchemaId::Retrieval }];
-    let t = Instant::now();
-    let stats = relay::run(&ctx, &inputs, "out", Some(n), CancellationToken::new()).await?;
-    let relayed = rate(stats.forwarded, t.elapsed());
+    // The relay writes as well as reads. It runs twice: writing to a second broker, so that it
+    // reads from a broker as idle as the bare consumer's (the processor's own cost), and writing to
+    // the broker it reads from. The local SQLite-backed broker slows down, and can stall its group
+    // coordinator, under concurrent writes and reads; a stall is reported, not hidden.
+    let _output_broker;
+    let separate = if args.configured_brokers {
+        None
+    } else {
+        let broker = aion_broker::Broker::start_temporary()?;
+        let mut out_ctx = ctx.clone();
+        out_ctx.kafka.brokers = broker.bootstrap();
+        super::topics::create(
+            &out_ctx,
+            &[format!("{input}.out"), format!("{input}.dlq")],
+            None,
+            None,
+        )
+        .await?;
+        _output_broker = broker;
+        Some(relay_rate(&ctx, &out_ctx.kafka, &input, n, "separate").await)
+    };
+    let same = relay_rate(&ctx, &ctx.kafka, &input, n, "same").await;
 
     println!();
     println!("| measurement                                   | events/s   | reference            | ratio  |");
@@ -108,8 +146,65 @@ pub async fn run(args: Args, ctx: &Context) -> Result<()> {
     println!("| decode + validate, 1 core                     | {decode:>10.0} | target 500000        | {:>5.2}x |", decode / 500_000.0);
     println!("| produce (acks=all, idempotent)                | {produce:>10.0} |                      |        |");
     println!("| bare rdkafka consumer (physical limit)        | {bare:>10.0} | -                    |        |");
-    println!("| relay: consume+decode+validate+produce+commit | {relayed:>10.0} | bare consumer {bare:>6.0} | {:>5.0}% |", 100.0 * relayed / bare);
+    let row = |label: &str, result: &Result<f64>| match result {
+        Ok(r) => println!(
+            "| {label:<45} | {r:>10.0} | bare consumer {bare:>6.0} | {:>5.0}% |",
+            100.0 * r / bare
+        ),
+        Err(e) => println!("| {label:<45} | {:>10} | {e} |", "-"),
+    };
+    if let Some(separate) = &separate {
+        row("relay, output to a second broker", separate);
+    }
+    row("relay, output to the broker it reads from", &same);
     println!();
     println!("target: decode+validate >= 500000/s per core; relay >= 80% of the bare consumer");
     Ok(())
+}
+
+/// Relay throughput over `input` (consume, decode, validate, produce, ack, commit), timed from its
+/// first record to its final commit: it joins a consumer group, the bare consumer does not.
+async fn relay_rate(
+    ctx: &Context,
+    output: &KafkaConfig,
+    input: &str,
+    n: u64,
+    run: &str,
+) -> Result<f64> {
+    let mut ctx = ctx.clone();
+    ctx.config.kafka.group_prefix = format!("{}.{run}", ctx.config.kafka.group_prefix);
+    let inputs = [relay::Input {
+        topic: input.to_owned(),
+        schema: SchemaId::Retrieval,
+    }];
+    let stats = Arc::new(relay::Stats::default());
+    let stop = CancellationToken::new();
+    let mut task = {
+        let (stats, stop, output) = (stats.clone(), stop.clone(), output.clone());
+        tokio::spawn(async move {
+            relay::run(&ctx, &output, &inputs, "out", Some(n), stop, &stats).await
+        })
+    };
+    let mut first = None;
+    let mut last_progress = (0, Instant::now());
+    loop {
+        tokio::select! {
+            r = &mut task => { r??; break; }
+            () = tokio::time::sleep(Duration::from_millis(1)) => {}
+        }
+        let received = stats.snapshot().0;
+        if received > 0 && first.is_none() {
+            first = Some(Instant::now());
+        }
+        if received != last_progress.0 {
+            last_progress = (received, Instant::now());
+        } else if last_progress.1.elapsed() > Duration::from_secs(60) {
+            stop.cancel();
+            bail!("relay stalled after {received} records");
+        }
+    }
+    Ok(rate(
+        stats.snapshot().1,
+        first.map_or(Duration::ZERO, |t| t.elapsed()),
+    ))
 }

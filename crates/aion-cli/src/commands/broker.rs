@@ -22,15 +22,22 @@ pub fn run(action: Action, ctx: &Context) -> Result<()> {
     match action {
         Action::Start { port } => {
             let port = aion_broker::start_background(port, &dir).context("starting the broker")?;
-            println!("broker running on 127.0.0.1:{port} (data: {})", dir.display());
+            println!(
+                "broker running on 127.0.0.1:{port} (data: {})",
+                dir.display()
+            );
         }
         Action::Stop => {
             aion_broker::stop_background(&dir)?;
             println!("broker stopped");
         }
         Action::Status => match aion_broker::status(&dir)? {
-            aion_broker::Status::Running { pid, port } => println!("running: pid {pid}, 127.0.0.1:{port}"),
-            aion_broker::Status::Stale { pid } => println!("not running (stale pid file for pid {pid})"),
+            aion_broker::Status::Running { pid, port } => {
+                println!("running: pid {pid}, 127.0.0.1:{port}")
+            }
+            aion_broker::Status::Stale { pid } => {
+                println!("not running (stale pid file for pid {pid})")
+            }
             aion_broker::Status::Stopped => println!("not running"),
         },
     }

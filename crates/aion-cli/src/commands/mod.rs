@@ -51,7 +51,16 @@ pub async fn run(command: Command, ctx: Context) -> Result<()> {
         Command::Produce(args) => produce::run(args, &ctx, shutdown_signal()).await,
         Command::Tail(args) => tail::run(args, &ctx, shutdown_signal()).await,
         Command::Relay(args) => {
-            relay::run(&ctx, &args.inputs, &args.suffix, None, shutdown_signal()).await.map(drop)
+            relay::run(
+                &ctx,
+                &ctx.kafka,
+                &args.inputs,
+                &args.suffix,
+                None,
+                shutdown_signal(),
+                &relay::Stats::default(),
+            )
+            .await
         }
         Command::Bench(args) => bench::run(args, &ctx).await,
         Command::Up(args) => up::run(args, ctx, shutdown_signal()).await,
@@ -64,7 +73,10 @@ pub fn shutdown_signal() -> CancellationToken {
     let t = token.clone();
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
             return;
         };
         tokio::select! {

@@ -27,7 +27,12 @@ pub struct Args {
     #[arg(long, default_value_t = 500, env = "AION_PRODUCE_RATE")]
     pub rate: u64,
     /// Tenants, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "acme,globex,initech", env = "AION_PRODUCE_TENANTS")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "acme,globex,initech",
+        env = "AION_PRODUCE_TENANTS"
+    )]
     pub tenants: Vec<String>,
     /// Random seed; the same seed and settings publish the same events (same event ids).
     #[arg(long, default_value_t = 42, env = "AION_PRODUCE_SEED")]
@@ -56,7 +61,11 @@ pub struct Args {
 
 impl Args {
     fn traffic(&self) -> Result<TrafficConfig> {
-        for (name, f) in [("--degrade-at", self.degrade_at), ("--invalid-fraction", self.invalid_fraction), ("--late-fraction", self.late_fraction)] {
+        for (name, f) in [
+            ("--degrade-at", self.degrade_at),
+            ("--invalid-fraction", self.invalid_fraction),
+            ("--late-fraction", self.late_fraction),
+        ] {
             if !(0.0..=1.0).contains(&f) {
                 bail!("{name} must be within 0..=1, got {f}");
             }
@@ -75,7 +84,11 @@ impl Args {
             ScenarioName::Steady => Scenario::Steady,
             ScenarioName::Degrade => Scenario::Degrade {
                 at: self.degrade_at,
-                tenants: if self.degrade_tenants.is_empty() { vec![self.tenants[0].clone()] } else { self.degrade_tenants.clone() },
+                tenants: if self.degrade_tenants.is_empty() {
+                    vec![self.tenants[0].clone()]
+                } else {
+                    self.degrade_tenants.clone()
+                },
             },
         };
         Ok(TrafficConfig {
@@ -101,22 +114,33 @@ pub async fn run(args: Args, ctx: &Context, stop: CancellationToken) -> Result<(
         if stop.is_cancelled() {
             break;
         }
-        sink.send(payload.topic, Some(payload.key.as_bytes()), &payload.bytes, None, None).await?;
+        sink.send(
+            payload.topic,
+            Some(payload.key.as_bytes()),
+            &payload.bytes,
+            None,
+            None,
+        )
+        .await?;
         sent += 1;
         if args.rate > 0 {
             let due = started + Duration::from_secs_f64(sent as f64 / args.rate as f64);
             tokio::time::sleep_until(due.into()).await;
         }
-        if sent % 10_000 == 0 {
+        if sent.is_multiple_of(10_000) {
             info!(sent, "producing");
         }
     }
-    sink.flush(Duration::from_secs(60)).context("flushing produced events")?;
+    sink.flush(Duration::from_secs(60))
+        .context("flushing produced events")?;
     let failed = sink.failed_deliveries();
     if failed > 0 {
         bail!("{failed} of {sent} events were not acknowledged by the broker");
     }
     let secs = started.elapsed().as_secs_f64();
-    println!("published {sent} events in {secs:.1} s ({:.0}/s)", sent as f64 / secs.max(1e-9));
+    println!(
+        "published {sent} events in {secs:.1} s ({:.0}/s)",
+        sent as f64 / secs.max(1e-9)
+    );
     Ok(())
 }

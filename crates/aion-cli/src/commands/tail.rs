@@ -36,7 +36,11 @@ fn text(bytes: &[u8]) -> Value {
 /// A record as one JSON object; a JSON payload is embedded as JSON, anything else as text.
 fn render(r: &RawRecord) -> Value {
     let value = serde_json::from_slice::<Value>(&r.payload).unwrap_or_else(|_| text(&r.payload));
-    let headers: serde_json::Map<String, Value> = r.headers.iter().map(|(k, v)| (k.clone(), text(v))).collect();
+    let headers: serde_json::Map<String, Value> = r
+        .headers
+        .iter()
+        .map(|(k, v)| (k.clone(), text(v)))
+        .collect();
     json!({
         "partition": r.partition,
         "offset": r.offset,
@@ -64,7 +68,12 @@ pub async fn run(args: Args, ctx: &Context, stop: CancellationToken) -> Result<(
                     printed += 1;
                     last = Instant::now();
                 }
-                None if args.idle_secs.is_some_and(|s| last.elapsed() >= Duration::from_secs(s)) => break,
+                None if args
+                    .idle_secs
+                    .is_some_and(|s| last.elapsed() >= Duration::from_secs(s)) =>
+                {
+                    break
+                }
                 None => {}
             }
         }
@@ -73,7 +82,12 @@ pub async fn run(args: Args, ctx: &Context, stop: CancellationToken) -> Result<(
     .await?;
     match printed {
         // The reader of our output went away (`aion tail … | head`): done, not an error.
-        Err(e) if e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) => Ok(()),
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            Ok(())
+        }
         other => other,
     }
 }

@@ -25,10 +25,18 @@ pub enum Action {
 
 /// The topics AION Stream itself needs.
 pub fn product_topics() -> Vec<String> {
-    topics::INPUTS.iter().flat_map(|t| [t.to_string(), topics::dlq(t)]).collect()
+    topics::INPUTS
+        .iter()
+        .flat_map(|t| [t.to_string(), topics::dlq(t)])
+        .collect()
 }
 
-pub async fn create(ctx: &Context, names: &[String], partitions: Option<i32>, replication: Option<i32>) -> Result<Vec<String>> {
+pub async fn create(
+    ctx: &Context,
+    names: &[String],
+    partitions: Option<i32>,
+    replication: Option<i32>,
+) -> Result<Vec<String>> {
     let specs: Vec<TopicSpec> = names
         .iter()
         .map(|name| TopicSpec {
@@ -42,11 +50,23 @@ pub async fn create(ctx: &Context, names: &[String], partitions: Option<i32>, re
 
 pub async fn run(action: Action, ctx: &Context) -> Result<()> {
     match action {
-        Action::Create { names, partitions, replication } => {
-            let names = if names.is_empty() { product_topics() } else { names };
+        Action::Create {
+            names,
+            partitions,
+            replication,
+        } => {
+            let names = if names.is_empty() {
+                product_topics()
+            } else {
+                names
+            };
             let created = create(ctx, &names, partitions, replication).await?;
             for name in &names {
-                let state = if created.contains(name) { "created" } else { "exists" };
+                let state = if created.contains(name) {
+                    "created"
+                } else {
+                    "exists"
+                };
                 println!("{state:8} {name}");
             }
         }

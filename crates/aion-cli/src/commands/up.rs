@@ -1,10 +1,10 @@
 //! `aion up`: the whole loop on one machine, on the embedded defaults.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use tokio_util::sync::CancellationToken;
-use tracing::info;
 
 use crate::{relay, Context};
 
@@ -16,31 +16,52 @@ pub struct Args {
     /// Use the brokers from the configuration instead of starting the local one.
     #[arg(long)]
     pub external_broker: bool,
-    /// Synthetic events to publish (0: none, only run the stages).
+    /// Synthetic events to publish when the input topics are empty (a re-run resumes instead).
     #[arg(long, default_value_t = 20_000)]
     pub events: u64,
     /// Synthetic events per second.
     #[arg(long, default_value_t = 500)]
     pub rate: u64,
+    /// Seconds between summary lines.
+    #[arg(long, default_value_t = 5)]
+    pub summary_secs: u64,
 }
 
 pub async fn run(args: Args, mut ctx: Context, stop: CancellationToken) -> Result<()> {
     if !args.external_broker {
-        let port = aion_broker::start_background(args.port, &ctx.broker_dir()).context("starting the local broker")?;
+        let port = aion_broker::start_background(args.port, &ctx.broker_dir())
+            .context("starting the local broker")?;
         ctx.kafka.brokers = format!("127.0.0.1:{port}");
-        println!("broker      127.0.0.1:{port} (storage {}; `aion broker stop` stops it)", ctx.broker_dir().display());
+        println!(
+            "broker    127.0.0.1:{port}, storage {} (`aion broker stop` stops it)",
+            ctx.broker_dir().display()
+        );
     }
     let mut topics = super::topics::product_topics();
-    topics.extend(aion_events::topics::INPUTS.iter().map(|t| format!("{t}.valid")));
+    topics.extend(
+        aion_events::topics::INPUTS
+            .iter()
+            .map(|t| format!("{t}.valid")),
+    );
     super::topics::create(&ctx, &topics, None, None).await?;
-    println!("topics      {}", topics.join(", "));
+    println!("topics    {}", topics.join(", "));
 
-    let inputs: Vec<relay::Input> = aion_events::topics::INPUTS.iter().map(|t| t.parse()).collect::<Result<_, _>>().map_err(anyhow::Error::msg)?;
+    let stats = Arc::new(relay::Stats::default());
+    let inputs: Vec<relay::Input> = aion_events::topics::INPUTS
+        .iter()
+        .map(|t| t.parse())
+        .collect::<Result<_, _>>()
+        .map_err(anyhow::Error::msg)?;
     let relay = {
-        let (ctx, stop) = (ctx.clone(), stop.clone());
-        tokio::spawn(async move { relay::run(&ctx, &inputs, "valid", None, stop).await })
+        let (ctx, stop, stats) = (ctx.clone(), stop.clone(), stats.clone());
+        tokio::spawn(async move {
+            relay::run(&ctx, &ctx.kafka, &inputs, "valid", None, stop, &stats).await
+        })
     };
-    if args.events > 0 {
+    println!("stages    relay: retrieval.v1, answer.v1 → *.valid, invalid → *.dlq");
+
+    let already = aion_kafka::topic_records(&ctx.kafka, aion_events::topics::RETRIEVAL)?;
+    let producer = if args.events > 0 && already == 0 {
         let produce = super::produce::Args {
             count: args.events,
             rate: args.rate,
@@ -54,12 +75,36 @@ pub async fn run(args: Args, mut ctx: Context, stop: CancellationToken) -> Resul
             invalid_fraction: 0.01,
             late_fraction: 0.01,
         };
-        super::produce::run(produce, &ctx, stop.clone()).await?;
+        println!(
+            "traffic   {} events at {}/s, tenant acme degrades half-way",
+            args.events, args.rate
+        );
+        let (ctx, stop) = (ctx.clone(), stop.clone());
+        Some(tokio::spawn(async move {
+            super::produce::run(produce, &ctx, stop).await
+        }))
+    } else {
+        println!("traffic   input topics already hold {already} retrieval events: resuming, not publishing");
+        None
+    };
+    println!("Ctrl-C stops everything cleanly.");
+
+    let mut tick = tokio::time::interval(Duration::from_secs(args.summary_secs.max(1)));
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let (received, forwarded, dlq) = stats.snapshot();
+                println!("summary   events in {received}, forwarded {forwarded}, dead-lettered {dlq}");
+            }
+            () = stop.cancelled() => break,
+        }
     }
-    println!("running     relay (retrieval.v1, answer.v1 → *.valid, bad events → *.dlq); Ctrl-C stops");
-    info!("waiting for Ctrl-C");
-    let stats = relay.await??;
-    tokio::time::sleep(Duration::from_millis(10)).await;
-    println!("stopped     received {} forwarded {} dead-lettered {}", stats.received, stats.forwarded, stats.dead_lettered);
+    if let Some(p) = producer {
+        p.await??;
+    }
+    relay.await??;
+    let (received, forwarded, dlq) = stats.snapshot();
+    println!("stopped   events in {received}, forwarded {forwarded}, dead-lettered {dlq}; offsets committed");
     Ok(())
 }

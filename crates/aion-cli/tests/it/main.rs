@@ -1,5 +1,7 @@
 //! End-to-end tests of the `aion` binary against a real Tansu broker started per test.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
 mod relay;
 
 use std::path::Path;
@@ -15,10 +17,15 @@ pub struct Stack {
 }
 
 impl Stack {
-    pub fn new() -> Stack {
-        let broker = Broker::start_temporary().expect("start broker (run scripts/setup to install it)");
+    pub fn start() -> Stack {
+        let broker =
+            Broker::start_temporary().expect("start broker (run scripts/setup to install it)");
         let kafka = KafkaConfig::new(broker.bootstrap());
-        Stack { broker, kafka, state: tempfile::tempdir().unwrap() }
+        Stack {
+            broker,
+            kafka,
+            state: tempfile::tempdir().unwrap(),
+        }
     }
 
     /// `aion` with this stack's broker and state directory.
@@ -35,18 +42,30 @@ impl Stack {
     /// Runs `aion ARGS` to completion and returns stdout; panics with stderr on failure.
     pub fn run(&self, args: &[&str]) -> String {
         let out = self.aion().args(args).output().unwrap();
-        assert!(out.status.success(), "aion {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "aion {args:?} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     }
 
     pub fn spawn(&self, args: &[&str], log: &Path) -> Child {
         let log = std::fs::File::create(log).unwrap();
-        self.aion().args(args).stdout(Stdio::null()).stderr(log).spawn().unwrap()
+        self.aion()
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap()
     }
 }
 
 /// Sends SIGTERM and waits; returns whether the process exited successfully.
 pub fn terminate(mut child: Child) -> bool {
-    let ok = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().is_ok_and(|s| s.success());
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
     ok && child.wait().is_ok_and(|s| s.success())
 }

@@ -8,21 +8,38 @@ use serde_json::{json, Value};
 
 use crate::{terminate, Stack};
 
-const OUTPUTS: [&str; 4] = ["retrieval.v1.valid", "answer.v1.valid", "retrieval.v1.dlq", "answer.v1.dlq"];
+const OUTPUTS: [&str; 4] = [
+    "retrieval.v1.valid",
+    "answer.v1.valid",
+    "retrieval.v1.dlq",
+    "answer.v1.dlq",
+];
 
 /// Source coordinates of an output record, from its lineage headers.
 fn source_of(r: &RawRecord) -> (String, i32, i64) {
     (
         r.header(headers::SOURCE_TOPIC).unwrap().to_owned(),
-        r.header(headers::SOURCE_PARTITION).unwrap().parse().unwrap(),
+        r.header(headers::SOURCE_PARTITION)
+            .unwrap()
+            .parse()
+            .unwrap(),
         r.header(headers::SOURCE_OFFSET).unwrap().parse().unwrap(),
     )
 }
 
-fn read_until(reader: &Reader, into: &mut Vec<RawRecord>, done: impl Fn(&[RawRecord]) -> bool, what: &str) {
+fn read_until(
+    reader: &Reader,
+    into: &mut Vec<RawRecord>,
+    done: impl Fn(&[RawRecord]) -> bool,
+    what: &str,
+) {
     let deadline = Instant::now() + Duration::from_secs(180);
     while !done(into) {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}: {} records", into.len());
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {} records",
+            into.len()
+        );
         if let Some(r) = reader.next(Duration::from_millis(200)).unwrap() {
             into.push(r);
         }
@@ -31,7 +48,7 @@ fn read_until(reader: &Reader, into: &mut Vec<RawRecord>, done: impl Fn(&[RawRec
 
 #[test]
 fn relay_delivers_every_valid_event_once_and_every_invalid_one_to_the_dlq_across_kill_9() {
-    let s = Stack::new();
+    let s = Stack::start();
     s.run(&["topics", "create"]);
     s.run(&["topics", "create", "retrieval.v1.valid", "answer.v1.valid"]);
     let expected: Vec<_> = Generator::new(TrafficConfig {
@@ -48,9 +65,18 @@ fn relay_delivers_every_valid_event_once_and_every_invalid_one_to_the_dlq_across
     let valid_ids: HashSet<String> = expected
         .iter()
         .filter(|p| p.valid)
-        .map(|p| serde_json::from_slice::<Value>(&p.bytes).unwrap()["event_id"].as_str().unwrap().to_owned())
+        .map(|p| {
+            serde_json::from_slice::<Value>(&p.bytes).unwrap()["event_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
         .collect();
-    let mut invalid: Vec<&[u8]> = expected.iter().filter(|p| !p.valid).map(|p| p.bytes.as_slice()).collect();
+    let mut invalid: Vec<&[u8]> = expected
+        .iter()
+        .filter(|p| !p.valid)
+        .map(|p| p.bytes.as_slice())
+        .collect();
     assert!(invalid.len() > 300, "the run must exercise the DLQ");
 
     let reader = Reader::new(&s.kafka, &OUTPUTS, true).unwrap();
@@ -59,26 +85,57 @@ fn relay_delivers_every_valid_event_once_and_every_invalid_one_to_the_dlq_across
     // Traffic arrives while the relay runs, so the kill lands in the middle of the stream.
     let producer = s.spawn(
         &[
-            "produce", "--count", "10000", "--rate", "2500", "--seed", "9", "--invalid-fraction", "0.05",
-            "--start", "2026-11-01T00:00:00Z", "--span-hours", "48", "--tenants", "acme,globex,initech",
+            "produce",
+            "--count",
+            "10000",
+            "--rate",
+            "2500",
+            "--seed",
+            "9",
+            "--invalid-fraction",
+            "0.05",
+            "--start",
+            "2026-11-01T00:00:00Z",
+            "--span-hours",
+            "48",
+            "--tenants",
+            "acme,globex,initech",
         ],
         &s.state.path().join("produce.log"),
     );
-    read_until(&reader, &mut out, |o| o.len() >= 3_000, "3000 outputs before the kill");
+    read_until(
+        &reader,
+        &mut out,
+        |o| o.len() >= 3_000,
+        "3000 outputs before the kill",
+    );
     let mut first = first;
     first.kill().unwrap(); // SIGKILL: no drain, no commit
     first.wait().unwrap();
     let group = "aion.relay";
-    let committed_at_kill: HashMap<&str, BTreeMap<i32, i64>> =
-        topics::INPUTS.iter().map(|t| (*t, committed_offsets(&s.kafka, group, t).unwrap())).collect();
+    let committed_at_kill: HashMap<&str, BTreeMap<i32, i64>> = topics::INPUTS
+        .iter()
+        .map(|t| (*t, committed_offsets(&s.kafka, group, t).unwrap()))
+        .collect();
 
     let committed: i64 = committed_at_kill.values().flat_map(|c| c.values()).sum();
-    assert!(committed < 9_000, "the kill must land mid-stream, {committed} were committed");
+    assert!(
+        committed < 9_000,
+        "the kill must land mid-stream, {committed} were committed"
+    );
 
     let second = s.spawn(&["relay"], &s.state.path().join("relay-2.log"));
-    assert!(producer.wait_with_output().unwrap().status.success(), "aion produce failed; see produce.log");
+    assert!(
+        producer.wait_with_output().unwrap().status.success(),
+        "aion produce failed; see produce.log"
+    );
     let distinct = |o: &[RawRecord]| o.iter().map(source_of).collect::<HashSet<_>>().len();
-    read_until(&reader, &mut out, |o| distinct(o) >= 10_000, "every input to reach an output");
+    read_until(
+        &reader,
+        &mut out,
+        |o| distinct(o) >= 10_000,
+        "every input to reach an output",
+    );
     assert!(terminate(second), "graceful stop failed; see relay-2.log");
     out.extend(reader.drain(Duration::from_secs(2), None).unwrap());
 
@@ -86,7 +143,12 @@ fn relay_delivers_every_valid_event_once_and_every_invalid_one_to_the_dlq_across
     let forwarded: HashSet<String> = out
         .iter()
         .filter(|r| r.topic.ends_with(".valid"))
-        .map(|r| serde_json::from_slice::<Value>(&r.payload).unwrap()["event_id"].as_str().unwrap().to_owned())
+        .map(|r| {
+            serde_json::from_slice::<Value>(&r.payload).unwrap()["event_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
         .collect();
     assert_eq!(forwarded, valid_ids);
 
@@ -108,19 +170,38 @@ fn relay_delivers_every_valid_event_once_and_every_invalid_one_to_the_dlq_across
         let (topic, partition, offset) = source_of(r);
         if !seen.insert((topic.clone(), partition, offset)) {
             duplicates += 1;
-            let committed = committed_at_kill[topic.as_str()].get(&partition).copied().unwrap_or(0);
-            assert!(offset >= committed, "{topic}/{partition}@{offset} duplicated below the commit {committed}");
+            let committed = committed_at_kill[topic.as_str()]
+                .get(&partition)
+                .copied()
+                .unwrap_or(0);
+            assert!(
+                offset >= committed,
+                "{topic}/{partition}@{offset} duplicated below the commit {committed}"
+            );
         }
     }
-    eprintln!("outputs {} distinct {} duplicates {duplicates}, committed at kill {committed}", out.len(), seen.len());
+    eprintln!(
+        "outputs {} distinct {} duplicates {duplicates}, committed at kill {committed}",
+        out.len(),
+        seen.len()
+    );
 
     // The graceful stop committed everything.
-    let total: i64 = topics::INPUTS.iter().map(|t| committed_offsets(&s.kafka, group, t).unwrap().values().sum::<i64>()).sum();
+    let total: i64 = topics::INPUTS
+        .iter()
+        .map(|t| {
+            committed_offsets(&s.kafka, group, t)
+                .unwrap()
+                .values()
+                .sum::<i64>()
+        })
+        .sum();
     assert_eq!(total, 10_000);
 }
 
 fn example(event_id: &str) -> Value {
-    let schema: Value = serde_json::from_str(include_str!("../../../../schemas/retrieval.v1.schema.json")).unwrap();
+    let schema: Value =
+        serde_json::from_str(include_str!("../../../../schemas/retrieval.v1.schema.json")).unwrap();
     let mut v = schema["examples"][0].clone();
     v["event_id"] = json!(event_id);
     v
@@ -132,8 +213,16 @@ fn bytes(v: &Value) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn each_kind_of_bad_input_is_dead_lettered_with_its_reason_and_nothing_after_it_is_lost() {
-    let s = Stack::new();
-    s.run(&["topics", "create", "--partitions", "1", "retrieval.v1", "retrieval.v1.dlq", "retrieval.v1.valid"]);
+    let s = Stack::start();
+    s.run(&[
+        "topics",
+        "create",
+        "--partitions",
+        "1",
+        "retrieval.v1",
+        "retrieval.v1.dlq",
+        "retrieval.v1.valid",
+    ]);
     let with = |pointer: &str, value: Value| {
         let mut v = example("bad");
         *v.pointer_mut(pointer).unwrap() = value;
@@ -146,48 +235,130 @@ async fn each_kind_of_bad_input_is_dead_lettered_with_its_reason_and_nothing_aft
     let bad: Vec<(Vec<u8>, &str, &str)> = vec![
         (b"{\"event_id\": ".to_vec(), "event_id", "EOF while parsing"),
         (utf8, ".", "invalid UTF-8 at byte 40"),
-        ({ let mut v = example("m"); v.as_object_mut().unwrap().remove("ts"); bytes(&v) }, ".", "missing field `ts`"),
-        (with("/query", json!(["not", "text"])), "query", "invalid type"),
-        (with("/results/1/rank", json!(-1)), "results[1].rank", "invalid value: integer `-1`"),
-        (with("/results/2/rank", json!(1)), "results[2].rank", "duplicate rank 1"),
-        (with("/results/0/rel", json!(7)), "results[0].rel", "out of range 0..=3"),
-        (String::from_utf8(bytes(&example("nan"))).unwrap().replace("0.91", "NaN").into_bytes(), "results[0].score", "expected value"),
-        (String::from_utf8(bytes(&example("inf"))).unwrap().replace("0.91", "1e400").into_bytes(), "results[0].score", "number out of range"),
-        (with("/tenant_id", json!("")), "tenant_id", "must not be empty"),
-        (with("/tenant_id", json!("acme/evil")), "tenant_id", "contains '/'"),
+        (
+            {
+                let mut v = example("m");
+                v.as_object_mut().unwrap().remove("ts");
+                bytes(&v)
+            },
+            ".",
+            "missing field `ts`",
+        ),
+        (
+            with("/query", json!(["not", "text"])),
+            "query",
+            "invalid type",
+        ),
+        (
+            with("/results/1/rank", json!(-1)),
+            "results[1].rank",
+            "invalid value: integer `-1`",
+        ),
+        (
+            with("/results/2/rank", json!(1)),
+            "results[2].rank",
+            "duplicate rank 1",
+        ),
+        (
+            with("/results/0/rel", json!(7)),
+            "results[0].rel",
+            "out of range 0..=3",
+        ),
+        (
+            String::from_utf8(bytes(&example("nan")))
+                .unwrap()
+                .replace("0.91", "NaN")
+                .into_bytes(),
+            "results[0].score",
+            "expected value",
+        ),
+        (
+            String::from_utf8(bytes(&example("inf")))
+                .unwrap()
+                .replace("0.91", "1e400")
+                .into_bytes(),
+            "results[0].score",
+            "number out of range",
+        ),
+        (
+            with("/tenant_id", json!("")),
+            "tenant_id",
+            "must not be empty",
+        ),
+        (
+            with("/tenant_id", json!("acme/evil")),
+            "tenant_id",
+            "contains '/'",
+        ),
         (with("/tenant_id", json!("a..b")), "tenant_id", "'..'"),
-        (with("/tenant_id", json!("acme\u{1b}")), "tenant_id", "contains '\\u{1b}'"),
+        (
+            with("/tenant_id", json!("acme\u{1b}")),
+            "tenant_id",
+            "contains '\\u{1b}'",
+        ),
         (bytes(&huge), ".", "exceeds the limit of 1048576 bytes"),
     ];
     let sink = Sink::new(&s.kafka, "test").unwrap();
     let mut good = Vec::new();
     for (i, (payload, _, _)) in bad.iter().enumerate() {
-        sink.send("retrieval.v1", None, payload, None, None).await.unwrap();
+        sink.send("retrieval.v1", None, payload, None, None)
+            .await
+            .unwrap();
         let v = example(&format!("good-{i}"));
-        sink.send("retrieval.v1", None, &bytes(&v), None, None).await.unwrap();
+        sink.send("retrieval.v1", None, &bytes(&v), None, None)
+            .await
+            .unwrap();
         good.push(format!("good-{i}"));
     }
     sink.flush(Duration::from_secs(60)).unwrap();
-    assert_eq!(sink.failed_deliveries(), 0, "the broker refused a test record");
+    assert_eq!(
+        sink.failed_deliveries(),
+        0,
+        "the broker refused a test record"
+    );
 
-    let relay = s.spawn(&["relay", "--input", "retrieval.v1"], &s.state.path().join("relay.log"));
+    let relay = s.spawn(
+        &["relay", "--input", "retrieval.v1"],
+        &s.state.path().join("relay.log"),
+    );
     let reader = Reader::new(&s.kafka, &["retrieval.v1.dlq", "retrieval.v1.valid"], true).unwrap();
     let mut out = Vec::new();
-    read_until(&reader, &mut out, |o| o.len() >= 2 * bad.len(), "all records");
+    read_until(
+        &reader,
+        &mut out,
+        |o| o.len() >= 2 * bad.len(),
+        "all records",
+    );
     assert!(terminate(relay), "relay did not stop cleanly");
 
     let dlq: Vec<&RawRecord> = out.iter().filter(|r| r.topic.ends_with(".dlq")).collect();
     assert_eq!(dlq.len(), bad.len());
     for (r, (payload, path, message)) in dlq.iter().zip(&bad) {
         assert_eq!(&r.payload, payload, "DLQ keeps the original bytes");
-        assert_eq!(r.header(headers::PATH), Some(*path), "{:?}", r.header(headers::REASON));
+        assert_eq!(
+            r.header(headers::PATH),
+            Some(*path),
+            "{:?}",
+            r.header(headers::REASON)
+        );
         let reason = r.header(headers::REASON).unwrap();
-        assert!(reason.contains(message), "{reason:?} does not say {message:?}");
+        assert!(
+            reason.contains(message),
+            "{reason:?} does not say {message:?}"
+        );
     }
     let forwarded: Vec<String> = out
         .iter()
         .filter(|r| r.topic.ends_with(".valid"))
-        .map(|r| serde_json::from_slice::<Value>(&r.payload).unwrap()["event_id"].as_str().unwrap().to_owned())
+        .map(|r| {
+            serde_json::from_slice::<Value>(&r.payload).unwrap()["event_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
         .collect();
-    assert_eq!(forwarded, good, "every valid event after a bad one arrives, in order");
+    assert_eq!(
+        forwarded, good,
+        "every valid event after a bad one arrives, in order"
+    );
 }

@@ -18,7 +18,8 @@ fn reject_retrieval(payload: &[u8]) -> Reject {
 }
 
 fn with(mut v: Value, pointer: &str, new: Value) -> Vec<u8> {
-    *v.pointer_mut(pointer).unwrap_or_else(|| panic!("no {pointer}")) = new;
+    *v.pointer_mut(pointer)
+        .unwrap_or_else(|| panic!("no {pointer}")) = new;
     serde_json::to_vec(&v).unwrap()
 }
 
@@ -30,12 +31,19 @@ fn without(mut v: Value, field: &str) -> Vec<u8> {
 #[track_caller]
 fn assert_reject(r: Reject, path: &str, message: &str) {
     assert_eq!(r.path, path, "wrong path in {r}");
-    assert!(r.message.contains(message), "{r:?} does not mention {message:?}");
+    assert!(
+        r.message.contains(message),
+        "{r:?} does not mention {message:?}"
+    );
 }
 
 #[test]
 fn malformed_json() {
-    assert_reject(reject_retrieval(b"{\"event_id\": \"x\","), ".", "EOF while parsing");
+    assert_reject(
+        reject_retrieval(b"{\"event_id\": \"x\","),
+        ".",
+        "EOF while parsing",
+    );
     assert_reject(reject_retrieval(b"not json"), ".", "expected ident");
     let mut trailing = serde_json::to_vec(&retrieval()).unwrap();
     trailing.extend_from_slice(b" {}");
@@ -48,35 +56,67 @@ fn invalid_utf8() {
     let mut bytes = serde_json::to_vec(&retrieval()).unwrap();
     let at = bytes.windows(4).position(|w| w == b"Qual").unwrap();
     bytes[at] = 0xff;
-    assert_reject(reject_retrieval(&bytes), ".", &format!("invalid UTF-8 at byte {at}"));
+    assert_reject(
+        reject_retrieval(&bytes),
+        ".",
+        &format!("invalid UTF-8 at byte {at}"),
+    );
 }
 
 #[test]
 fn missing_required_fields() {
     for field in ["event_id", "tenant_id", "ts", "query", "results"] {
-        assert_reject(reject_retrieval(&without(retrieval(), field)), ".", &format!("missing field `{field}`"));
+        assert_reject(
+            reject_retrieval(&without(retrieval(), field)),
+            ".",
+            &format!("missing field `{field}`"),
+        );
     }
     let mut v = retrieval();
     v["results"][1].as_object_mut().unwrap().remove("doc_id");
-    assert_reject(reject_retrieval(&serde_json::to_vec(&v).unwrap()), "results[1]", "missing field `doc_id`");
+    assert_reject(
+        reject_retrieval(&serde_json::to_vec(&v).unwrap()),
+        "results[1]",
+        "missing field `doc_id`",
+    );
 }
 
 #[test]
 fn wrong_types() {
-    assert_reject(reject_retrieval(&with(retrieval(), "/query", json!(42))), "query", "invalid type");
-    assert_reject(reject_retrieval(&with(retrieval(), "/results", json!({}))), "results", "invalid type");
+    assert_reject(
+        reject_retrieval(&with(retrieval(), "/query", json!(42))),
+        "query",
+        "invalid type",
+    );
+    assert_reject(
+        reject_retrieval(&with(retrieval(), "/results", json!({}))),
+        "results",
+        "invalid type",
+    );
     assert_reject(
         reject_retrieval(&with(retrieval(), "/results/0/score", json!("high"))),
         "results[0].score",
         "invalid type",
     );
-    assert_reject(reject_retrieval(&with(retrieval(), "/ts", json!("yesterday"))), "ts", "input contains invalid characters");
+    assert_reject(
+        reject_retrieval(&with(retrieval(), "/ts", json!("yesterday"))),
+        "ts",
+        "input contains invalid characters",
+    );
 }
 
 #[test]
 fn negative_zero_and_duplicate_ranks() {
-    assert_reject(reject_retrieval(&with(retrieval(), "/results/1/rank", json!(-2))), "results[1].rank", "invalid value");
-    assert_reject(reject_retrieval(&with(retrieval(), "/results/1/rank", json!(0))), "results[1].rank", "rank must be >= 1");
+    assert_reject(
+        reject_retrieval(&with(retrieval(), "/results/1/rank", json!(-2))),
+        "results[1].rank",
+        "invalid value",
+    );
+    assert_reject(
+        reject_retrieval(&with(retrieval(), "/results/1/rank", json!(0))),
+        "results[1].rank",
+        "rank must be >= 1",
+    );
     assert_reject(
         reject_retrieval(&with(retrieval(), "/results/2/rank", json!(1))),
         "results[2].rank",
@@ -91,22 +131,54 @@ fn negative_zero_and_duplicate_ranks() {
 
 #[test]
 fn relevance_out_of_range() {
-    assert_reject(reject_retrieval(&with(retrieval(), "/results/0/rel", json!(4))), "results[0].rel", "out of range 0..=3");
-    assert_reject(reject_retrieval(&with(retrieval(), "/results/0/rel", json!(-1))), "results[0].rel", "invalid value");
-    assert_reject(reject_retrieval(&with(retrieval(), "/results/0/rel", json!(0.5))), "results[0].rel", "invalid type");
-    assert_reject(reject_retrieval(&with(retrieval(), "/judgments/2/rel", json!(9))), "judgments[2].rel", "out of range");
+    assert_reject(
+        reject_retrieval(&with(retrieval(), "/results/0/rel", json!(4))),
+        "results[0].rel",
+        "out of range 0..=3",
+    );
+    assert_reject(
+        reject_retrieval(&with(retrieval(), "/results/0/rel", json!(-1))),
+        "results[0].rel",
+        "invalid value",
+    );
+    assert_reject(
+        reject_retrieval(&with(retrieval(), "/results/0/rel", json!(0.5))),
+        "results[0].rel",
+        "invalid type",
+    );
+    assert_reject(
+        reject_retrieval(&with(retrieval(), "/judgments/2/rel", json!(9))),
+        "judgments[2].rel",
+        "out of range",
+    );
 }
 
 #[test]
 fn nan_and_infinite_numbers() {
     // JSON has no NaN/Infinity literals, and overflowing literals must not become inf.
     let text = String::from_utf8(serde_json::to_vec(&retrieval()).unwrap()).unwrap();
-    assert_reject(reject_retrieval(text.replace("0.91", "NaN").as_bytes()), "results[0].score", "expected value");
-    assert_reject(reject_retrieval(text.replace("0.91", "1e999").as_bytes()), "results[0].score", "number out of range");
+    assert_reject(
+        reject_retrieval(text.replace("0.91", "NaN").as_bytes()),
+        "results[0].score",
+        "expected value",
+    );
+    assert_reject(
+        reject_retrieval(text.replace("0.91", "1e999").as_bytes()),
+        "results[0].score",
+        "number out of range",
+    );
     let answer = String::from_utf8(serde_json::to_vec(&answer()).unwrap()).unwrap();
-    let r = decode::<AnswerEvent>(answer.replace("0.86", "-Infinity").as_bytes(), &DecodeLimits::default()).unwrap_err();
+    let r = decode::<AnswerEvent>(
+        answer.replace("0.86", "-Infinity").as_bytes(),
+        &DecodeLimits::default(),
+    )
+    .unwrap_err();
     assert_reject(r, "confidence", "");
-    let r = decode::<AnswerEvent>(&with(self::answer(), "/confidence", json!(1.5)), &DecodeLimits::default()).unwrap_err();
+    let r = decode::<AnswerEvent>(
+        &with(self::answer(), "/confidence", json!(1.5)),
+        &DecodeLimits::default(),
+    )
+    .unwrap_err();
     assert_reject(r, "confidence", "within 0..=1");
 }
 
@@ -121,7 +193,11 @@ fn bad_tenants() {
         ("acme\u{7}", "contains '\\u{7}'"),
         ("acme\n", "contains '\\n'"),
     ] {
-        assert_reject(reject_retrieval(&with(retrieval(), "/tenant_id", json!(tenant))), "tenant_id", message);
+        assert_reject(
+            reject_retrieval(&with(retrieval(), "/tenant_id", json!(tenant))),
+            "tenant_id",
+            message,
+        );
     }
 }
 
@@ -129,7 +205,11 @@ fn bad_tenants() {
 fn oversized_payload() {
     let mut v = retrieval();
     v["query"] = json!("x".repeat(2 * 1024 * 1024));
-    assert_reject(reject_retrieval(&serde_json::to_vec(&v).unwrap()), ".", "exceeds the limit of 1048576 bytes");
+    assert_reject(
+        reject_retrieval(&serde_json::to_vec(&v).unwrap()),
+        ".",
+        "exceeds the limit of 1048576 bytes",
+    );
 }
 
 #[test]
@@ -137,5 +217,8 @@ fn unknown_fields_are_ignored() {
     let bytes = with(retrieval(), "/query", json!("ok"));
     let mut v: Value = serde_json::from_slice(&bytes).unwrap();
     v["added_in_a_later_minor"] = json!(true);
-    assert!(decode::<RetrievalEvent>(&serde_json::to_vec(&v).unwrap(), &DecodeLimits::default()).is_ok());
+    assert!(
+        decode::<RetrievalEvent>(&serde_json::to_vec(&v).unwrap(), &DecodeLimits::default())
+            .is_ok()
+    );
 }

@@ -28,7 +28,11 @@ fn random_value(rng: &mut StdRng) -> Value {
 fn mutate_tree(v: &mut Value, rng: &mut StdRng) {
     match v {
         Value::Object(map) if !map.is_empty() && rng.random_bool(0.8) => {
-            let key = map.keys().nth(rng.random_range(0..map.len())).cloned().unwrap();
+            let key = map
+                .keys()
+                .nth(rng.random_range(0..map.len()))
+                .cloned()
+                .unwrap();
             match rng.random_range(0..4) {
                 0 => {
                     map.remove(&key);
@@ -110,5 +114,8 @@ fn decoder_never_panics_on_100k_generated_inputs() {
     let (aa, ar) = run::<AnswerEvent>(&mut rng, CASES / 2);
     assert_eq!(ra + rr + aa + ar, CASES);
     // Both outcomes must be exercised, or the generator is not testing anything.
-    assert!(ra > 1_000 && rr > 1_000 && aa > 1_000 && ar > 1_000, "{ra} {rr} {aa} {ar}");
+    assert!(
+        ra > 1_000 && rr > 1_000 && aa > 1_000 && ar > 1_000,
+        "{ra} {rr} {aa} {ar}"
+    );
 }

@@ -1,3 +1,5 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
 mod bad_input;
 mod fuzz;
 mod schemas;
@@ -14,5 +16,8 @@ pub fn examples(name: &str) -> Vec<serde_json::Value> {
     let path = schema_dir().join(format!("{name}.schema.json"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let schema: serde_json::Value = serde_json::from_str(&text).unwrap();
-    schema["examples"].as_array().expect("schema has examples").clone()
+    schema["examples"]
+        .as_array()
+        .expect("schema has examples")
+        .clone()
 }

@@ -10,7 +10,11 @@ fn examples_decode_and_round_trip<T: Schema + PartialEq + std::fmt::Debug>() {
         let event: T = decode(&bytes, &DecodeLimits::default())
             .unwrap_or_else(|r| panic!("{} example rejected: {r}\n{example}", T::NAME));
         // Rust value → JSON → Rust value is the identity.
-        let again: T = decode(&serde_json::to_vec(&event).unwrap(), &DecodeLimits::default()).unwrap();
+        let again: T = decode(
+            &serde_json::to_vec(&event).unwrap(),
+            &DecodeLimits::default(),
+        )
+        .unwrap();
         assert_eq!(event, again);
     }
 }
@@ -30,14 +34,22 @@ fn schema_fields_match<T: Schema>(example_index: usize) {
     let path = schema_dir().join(format!("{}.schema.json", T::NAME));
     let schema: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let required: Vec<&str> =
-        schema["required"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    let required: Vec<&str> = schema["required"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
     let properties: Vec<&String> = schema["properties"].as_object().unwrap().keys().collect();
     let example = &schema["examples"][example_index];
     let event: T = serde_json::from_value(example.clone()).unwrap();
     let json = serde_json::to_value(&event).unwrap();
     for field in &required {
-        assert!(json.get(field).is_some(), "{}: required {field} not serialised", T::NAME);
+        assert!(
+            json.get(field).is_some(),
+            "{}: required {field} not serialised",
+            T::NAME
+        );
         let mut without = example.clone();
         without.as_object_mut().unwrap().remove(*field);
         assert!(
@@ -47,7 +59,11 @@ fn schema_fields_match<T: Schema>(example_index: usize) {
         );
     }
     for key in json.as_object().unwrap().keys() {
-        assert!(properties.contains(&key), "{}: Rust field {key} missing from schema", T::NAME);
+        assert!(
+            properties.contains(&key),
+            "{}: Rust field {key} missing from schema",
+            T::NAME
+        );
     }
 }
 

@@ -9,7 +9,10 @@ use crate::Setup;
 async fn recv_n(source: &mut Source, n: usize) -> Vec<aion_kafka::Record> {
     let mut out = Vec::with_capacity(n);
     while out.len() < n {
-        let r = tokio::time::timeout(Duration::from_secs(30), source.recv()).await.expect("records arrive").unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(30), source.recv())
+            .await
+            .expect("records arrive")
+            .unwrap();
         out.push(r);
     }
     out
@@ -38,7 +41,10 @@ async fn offsets_are_committed_only_up_to_the_first_unacknowledged_record() {
     assert_eq!(committed(&s.kafka, "g1"), BTreeMap::from([(0, 40)]));
     let mut again = s.source("in", "g1");
     let first = recv_n(&mut again, 1).await.remove(0);
-    assert_eq!(first.offset, 40, "resumes at the first record whose output was not durable");
+    assert_eq!(
+        first.offset, 40,
+        "resumes at the first record whose output was not durable"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -48,7 +54,9 @@ async fn produced_outputs_release_acks_after_broker_acknowledgement() {
     let mut source = s.source("in", "g2");
     let sink = Sink::new(&s.kafka, "test").unwrap();
     for r in recv_n(&mut source, 300).await {
-        sink.send("out", r.key.as_deref(), &r.payload, None, Some(r.ack)).await.unwrap();
+        sink.send("out", r.key.as_deref(), &r.payload, None, Some(r.ack))
+            .await
+            .unwrap();
     }
     sink.flush(Duration::from_secs(30)).unwrap();
     source.shutdown(Duration::from_secs(30)).await.unwrap();
@@ -63,11 +71,15 @@ async fn produced_outputs_release_acks_after_broker_acknowledgement() {
 async fn dead_letters_carry_original_bytes_reason_and_source() {
     let s = Setup::new(&[("in", 1), ("in.dlq", 1)]).await;
     let sink = Sink::new(&s.kafka, "test").unwrap();
-    sink.send("in", Some(b"tenant"), b"{not json", None, None).await.unwrap();
+    sink.send("in", Some(b"tenant"), b"{not json", None, None)
+        .await
+        .unwrap();
     sink.flush(Duration::from_secs(10)).unwrap();
     let mut source = s.source("in", "g3");
     let r = recv_n(&mut source, 1).await.remove(0);
-    sink.dead_letter(r, "results[2].rank", "duplicate rank 1").await.unwrap();
+    sink.dead_letter(r, "results[2].rank", "duplicate rank 1")
+        .await
+        .unwrap();
     sink.flush(Duration::from_secs(10)).unwrap();
     source.shutdown(Duration::from_secs(10)).await.unwrap();
 
@@ -76,7 +88,10 @@ async fn dead_letters_carry_original_bytes_reason_and_source() {
     let d = &dlq[0];
     assert_eq!(d.payload, b"{not json");
     assert_eq!(d.key.as_deref(), Some(&b"tenant"[..]));
-    assert_eq!(d.header(headers::REASON), Some("results[2].rank: duplicate rank 1"));
+    assert_eq!(
+        d.header(headers::REASON),
+        Some("results[2].rank: duplicate rank 1")
+    );
     assert_eq!(d.header(headers::PATH), Some("results[2].rank"));
     assert_eq!(d.header(headers::SOURCE_TOPIC), Some("in"));
     assert_eq!(d.header(headers::SOURCE_PARTITION), Some("0"));
@@ -90,7 +105,9 @@ async fn revoked_partitions_are_committed_before_they_move() {
     s.produce("in", 400).await;
     // Auto-commit effectively off: only the revoke flush can commit these offsets.
     let mut kafka: KafkaConfig = s.kafka.clone();
-    kafka.properties.insert("auto.commit.interval.ms".into(), "600000".into());
+    kafka
+        .properties
+        .insert("auto.commit.interval.ms".into(), "600000".into());
     let config = SourceConfig::new("test", vec!["in".into()], "g4");
     let mut a = Source::new(&kafka, &config).unwrap();
     for r in recv_n(&mut a, 400).await {
@@ -103,14 +120,20 @@ async fn revoked_partitions_are_committed_before_they_move() {
         _ = async { loop { let _ = a.recv().await; } } => None,
         _ = tokio::time::sleep(Duration::from_secs(15)) => None,
     };
-    assert_eq!(replayed, None, "a record was replayed: the revoke did not commit");
+    assert_eq!(
+        replayed, None,
+        "a record was replayed: the revoke did not commit"
+    );
     assert_eq!(committed(&s.kafka, "g4").values().sum::<i64>(), 400);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn subscribing_to_a_missing_topic_is_a_clear_error() {
     let s = Setup::new(&[]).await;
-    match Source::new(&s.kafka, &SourceConfig::new("test", vec!["nope".into()], "g5")) {
+    match Source::new(
+        &s.kafka,
+        &SourceConfig::new("test", vec!["nope".into()], "g5"),
+    ) {
         Err(Error::UnknownTopic(t)) => assert_eq!(t, "nope"),
         Err(e) => panic!("wrong error {e}"),
         Ok(_) => panic!("subscribed to a missing topic"),
