@@ -2,6 +2,7 @@
 
 mod bench;
 mod broker;
+mod ndcg;
 mod produce;
 mod tail;
 mod topics;
@@ -28,6 +29,8 @@ pub enum Command {
     Tail(tail::Args),
     /// Validate application events and forward the valid ones; invalid ones go to `<topic>.dlq`.
     Relay(RelayArgs),
+    /// Per-event nDCG@k of a file of retrieval events.
+    Ndcg(ndcg::Args),
     /// Measure decode/validate speed and broker throughput against a bare consumer.
     Bench(bench::Args),
     /// Run the whole loop locally: broker, topics, stages and synthetic traffic, with a live summary.
@@ -62,6 +65,7 @@ pub async fn run(command: Command, ctx: Context) -> Result<()> {
             )
             .await
         }
+        Command::Ndcg(args) => ndcg::run(args, &ctx),
         Command::Bench(args) => bench::run(args, &ctx).await,
         Command::Up(args) => up::run(args, ctx, shutdown_signal()).await,
     }

@@ -57,6 +57,9 @@ pub struct Args {
     /// Fraction of events whose event time lags by up to two hours.
     #[arg(long, default_value_t = 0.01)]
     pub late_fraction: f64,
+    /// Write the events to `DIR/<topic>.jsonl` instead of publishing them (fixtures, offline checks).
+    #[arg(long, value_name = "DIR")]
+    pub to_dir: Option<std::path::PathBuf>,
 }
 
 impl Args {
@@ -107,6 +110,9 @@ impl Args {
 /// Publishes the configured traffic; returns the number of records the broker acknowledged.
 pub async fn run(args: Args, ctx: &Context, stop: CancellationToken) -> Result<()> {
     let traffic = args.traffic()?;
+    if let Some(dir) = &args.to_dir {
+        return write_files(traffic, dir);
+    }
     let sink = Sink::new(&ctx.kafka, "produce")?;
     let started = Instant::now();
     let mut sent = 0u64;
@@ -142,5 +148,31 @@ pub async fn run(args: Args, ctx: &Context, stop: CancellationToken) -> Result<(
         "published {sent} events in {secs:.1} s ({:.0}/s)",
         sent as f64 / secs.max(1e-9)
     );
+    Ok(())
+}
+
+fn write_files(traffic: TrafficConfig, dir: &std::path::Path) -> Result<()> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut files = std::collections::HashMap::new();
+    let mut written = 0u64;
+    for payload in Generator::new(traffic) {
+        let file = match files.entry(payload.topic) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let path = dir.join(format!("{}.jsonl", payload.topic));
+                let f = std::fs::File::create(&path)
+                    .with_context(|| format!("creating {}", path.display()))?;
+                e.insert(std::io::BufWriter::new(f))
+            }
+        };
+        file.write_all(&payload.bytes)?;
+        file.write_all(b"\n")?;
+        written += 1;
+    }
+    for (_, mut f) in files {
+        f.flush()?;
+    }
+    println!("wrote {written} events to {}", dir.display());
     Ok(())
 }

@@ -74,6 +74,7 @@ pub async fn run(args: Args, mut ctx: Context, stop: CancellationToken) -> Resul
             start: None,
             invalid_fraction: 0.01,
             late_fraction: 0.01,
+            to_dir: None,
         };
         println!(
             "traffic   {} events at {}/s, tenant acme degrades half-way",

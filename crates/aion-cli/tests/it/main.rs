@@ -2,16 +2,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
+mod ndcg;
 mod relay;
 
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use aion_broker::Broker;
 use aion_kafka::KafkaConfig;
 
 pub struct Stack {
-    pub broker: Broker,
+    /// `None` for commands that need no broker.
+    pub broker: Option<Broker>,
     pub kafka: KafkaConfig,
     pub state: tempfile::TempDir,
 }
@@ -22,8 +23,17 @@ impl Stack {
             Broker::start_temporary().expect("start broker (run scripts/setup to install it)");
         let kafka = KafkaConfig::new(broker.bootstrap());
         Stack {
-            broker,
+            broker: Some(broker),
             kafka,
+            state: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// A stack without a broker, for offline commands.
+    pub fn offline() -> Stack {
+        Stack {
+            broker: None,
+            kafka: KafkaConfig::new("127.0.0.1:1"),
             state: tempfile::tempdir().unwrap(),
         }
     }
@@ -33,7 +43,7 @@ impl Stack {
         let mut c = Command::new(env!("CARGO_BIN_EXE_aion"));
         c.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("AION_BROKERS", self.broker.bootstrap())
+            .env("AION_BROKERS", &self.kafka.brokers)
             .env("AION_STATE_DIR", self.state.path())
             .env("AION_LOG", "warn");
         c
@@ -50,22 +60,72 @@ impl Stack {
         String::from_utf8(out.stdout).unwrap()
     }
 
-    pub fn spawn(&self, args: &[&str], log: &Path) -> Child {
-        let log = std::fs::File::create(log).unwrap();
-        self.aion()
+    /// Starts `aion ARGS` in the background, logging to `<state>/<log>`; killed when dropped.
+    pub fn spawn(&self, args: &[&str], log: &str) -> Running {
+        let file = std::fs::File::create(self.state.path().join(log)).unwrap();
+        let child = self
+            .aion()
+            .env("AION_LOG", "info")
             .args(args)
             .stdout(Stdio::null())
-            .stderr(log)
+            .stderr(file)
             .spawn()
-            .unwrap()
+            .unwrap();
+        Running(Some(child))
+    }
+
+    /// The last lines of every background command's log (for failure messages).
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for entry in std::fs::read_dir(self.state.path()).unwrap().flatten() {
+            if entry.path().extension().is_some_and(|e| e == "log") {
+                let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                out += &format!(
+                    "--- {}\n{}\n",
+                    entry.path().display(),
+                    lines[lines.len().saturating_sub(15)..].join("\n")
+                );
+            }
+        }
+        out
     }
 }
 
-/// Sends SIGTERM and waits; returns whether the process exited successfully.
-pub fn terminate(mut child: Child) -> bool {
-    let ok = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .is_ok_and(|s| s.success());
-    ok && child.wait().is_ok_and(|s| s.success())
+/// A background `aion` process; SIGKILLed if still running when dropped (e.g. a failed test).
+pub struct Running(Option<Child>);
+
+impl Running {
+    /// SIGKILL: no drain, no commit.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// Sends SIGTERM and waits; returns whether the process exited successfully.
+    pub fn terminate(mut self) -> bool {
+        let Some(mut child) = self.0.take() else {
+            return false;
+        };
+        let sent = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        sent && child.wait().is_ok_and(|s| s.success())
+    }
+
+    /// Waits for the process to exit; returns whether it succeeded.
+    pub fn wait(mut self) -> bool {
+        self.0
+            .take()
+            .is_some_and(|mut c| c.wait().is_ok_and(|s| s.success()))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }

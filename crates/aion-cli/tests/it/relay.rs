@@ -6,7 +6,7 @@ use aion_kafka::{committed_offsets, headers, RawRecord, Reader, Sink};
 use aion_traffic::{Generator, Scenario, TrafficConfig};
 use serde_json::{json, Value};
 
-use crate::{terminate, Stack};
+use crate::Stack;
 
 const OUTPUTS: [&str; 4] = [
     "retrieval.v1.valid",
@@ -28,6 +28,7 @@ fn source_of(r: &RawRecord) -> (String, i32, i64) {
 }
 
 fn read_until(
+    s: &Stack,
     reader: &Reader,
     into: &mut Vec<RawRecord>,
     done: impl Fn(&[RawRecord]) -> bool,
@@ -37,8 +38,9 @@ fn read_until(
     while !done(into) {
         assert!(
             Instant::now() < deadline,
-            "timed out waiting for {what}: {} records",
-            into.len()
+            "timed out waiting for {what}: {} records\n{}",
+            into.len(),
+            s.logs()
         );
         if let Some(r) = reader.next(Duration::from_millis(200)).unwrap() {
             into.push(r);
@@ -81,7 +83,7 @@ fn relay_delivers_every_valid_event_once_and_every_invalid_one_to_the_dlq_across
 
     let reader = Reader::new(&s.kafka, &OUTPUTS, true).unwrap();
     let mut out = Vec::new();
-    let first = s.spawn(&["relay"], &s.state.path().join("relay-1.log"));
+    let mut first = s.spawn(&["relay"], "relay-1.log");
     // Traffic arrives while the relay runs, so the kill lands in the middle of the stream.
     let producer = s.spawn(
         &[
@@ -101,17 +103,16 @@ fn relay_delivers_every_valid_event_once_and_every_invalid_one_to_the_dlq_across
             "--tenants",
             "acme,globex,initech",
         ],
-        &s.state.path().join("produce.log"),
+        "produce.log",
     );
     read_until(
+        &s,
         &reader,
         &mut out,
         |o| o.len() >= 3_000,
         "3000 outputs before the kill",
     );
-    let mut first = first;
-    first.kill().unwrap(); // SIGKILL: no drain, no commit
-    first.wait().unwrap();
+    first.kill();
     let group = "aion.relay";
     let committed_at_kill: HashMap<&str, BTreeMap<i32, i64>> = topics::INPUTS
         .iter()
@@ -124,19 +125,17 @@ fn relay_delivers_every_valid_event_once_and_every_invalid_one_to_the_dlq_across
         "the kill must land mid-stream, {committed} were committed"
     );
 
-    let second = s.spawn(&["relay"], &s.state.path().join("relay-2.log"));
-    assert!(
-        producer.wait_with_output().unwrap().status.success(),
-        "aion produce failed; see produce.log"
-    );
+    let second = s.spawn(&["relay"], "relay-2.log");
+    assert!(producer.wait(), "aion produce failed:\n{}", s.logs());
     let distinct = |o: &[RawRecord]| o.iter().map(source_of).collect::<HashSet<_>>().len();
     read_until(
+        &s,
         &reader,
         &mut out,
         |o| distinct(o) >= 10_000,
         "every input to reach an output",
     );
-    assert!(terminate(second), "graceful stop failed; see relay-2.log");
+    assert!(second.terminate(), "graceful stop failed:\n{}", s.logs());
     out.extend(reader.drain(Duration::from_secs(2), None).unwrap());
 
     // Every valid event forwarded, nothing invalid forwarded.
@@ -317,19 +316,21 @@ async fn each_kind_of_bad_input_is_dead_lettered_with_its_reason_and_nothing_aft
         "the broker refused a test record"
     );
 
-    let relay = s.spawn(
-        &["relay", "--input", "retrieval.v1"],
-        &s.state.path().join("relay.log"),
-    );
+    let relay = s.spawn(&["relay", "--input", "retrieval.v1"], "relay.log");
     let reader = Reader::new(&s.kafka, &["retrieval.v1.dlq", "retrieval.v1.valid"], true).unwrap();
     let mut out = Vec::new();
     read_until(
+        &s,
         &reader,
         &mut out,
         |o| o.len() >= 2 * bad.len(),
         "all records",
     );
-    assert!(terminate(relay), "relay did not stop cleanly");
+    assert!(
+        relay.terminate(),
+        "relay did not stop cleanly:\n{}",
+        s.logs()
+    );
 
     let dlq: Vec<&RawRecord> = out.iter().filter(|r| r.topic.ends_with(".dlq")).collect();
     assert_eq!(dlq.len(), bad.len());
