@@ -96,6 +96,7 @@ pub fn free_port() -> Result<u16> {
 }
 
 fn command(port: u16, data_dir: &Path) -> Result<Command> {
+    fs::create_dir_all(data_dir).map_err(io_err("creating", data_dir))?;
     let url = format!("tcp://127.0.0.1:{port}");
     let mut cmd = Command::new(tansu_binary()?);
     cmd.arg("broker")
@@ -121,6 +122,18 @@ fn log_path(data_dir: &Path) -> PathBuf {
 
 fn pid_path(data_dir: &Path) -> PathBuf {
     data_dir.join("broker.pid")
+}
+
+/// Starts the broker and waits until it accepts connections.
+fn spawn_ready(mut cmd: Command, port: u16, data_dir: &Path) -> Result<Child> {
+    let mut child = cmd.spawn().map_err(io_err("starting", data_dir))?;
+    wait_ready(
+        &mut child,
+        ([127, 0, 0, 1], port).into(),
+        data_dir,
+        Duration::from_secs(30),
+    )?;
+    Ok(child)
 }
 
 fn wait_ready(
@@ -156,28 +169,17 @@ fn wait_ready(
 pub struct Broker {
     child: Child,
     port: u16,
-    data_dir: PathBuf,
     _temp: Option<tempfile::TempDir>,
 }
 
 impl Broker {
     /// Starts a broker on `port` storing into `data_dir` (created if missing).
     pub fn start(port: u16, data_dir: &Path) -> Result<Self> {
-        fs::create_dir_all(data_dir).map_err(io_err("creating", data_dir))?;
-        let mut child = command(port, data_dir)?
-            .spawn()
-            .map_err(io_err("starting", data_dir))?;
-        wait_ready(
-            &mut child,
-            ([127, 0, 0, 1], port).into(),
-            data_dir,
-            Duration::from_secs(30),
-        )?;
+        let child = spawn_ready(command(port, data_dir)?, port, data_dir)?;
         info!(port, data_dir = %data_dir.display(), "broker started");
         Ok(Self {
             child,
             port,
-            data_dir: data_dir.to_owned(),
             _temp: None,
         })
     }
@@ -198,30 +200,10 @@ impl Broker {
         format!("127.0.0.1:{}", self.port)
     }
 
-    pub fn data_dir(&self) -> &Path {
-        &self.data_dir
-    }
-
-    /// Kills the broker abruptly (SIGKILL) and waits for it; storage stays for [`Broker::restart`].
+    /// Kills the broker (SIGKILL) and waits for it.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-
-    /// Starts the broker again on the same port and storage.
-    pub fn restart(&mut self) -> Result<()> {
-        self.kill();
-        let mut child = command(self.port, &self.data_dir)?
-            .spawn()
-            .map_err(io_err("starting", &self.data_dir))?;
-        wait_ready(
-            &mut child,
-            ([127, 0, 0, 1], self.port).into(),
-            &self.data_dir,
-            Duration::from_secs(30),
-        )?;
-        self.child = child;
-        Ok(())
     }
 }
 
@@ -248,21 +230,13 @@ pub enum Status {
 /// Starts a background broker that outlives this process; its pid and port are recorded in
 /// `data_dir`. Returns the running broker's port if one is already running there.
 pub fn start_background(port: u16, data_dir: &Path) -> Result<u16> {
-    fs::create_dir_all(data_dir).map_err(io_err("creating", data_dir))?;
     if let Status::Running { port, .. } = status(data_dir)? {
         return Ok(port);
     }
     // Its own process group: Ctrl-C in the starting terminal does not reach it.
-    let mut child = command(port, data_dir)?
-        .process_group(0)
-        .spawn()
-        .map_err(io_err("starting", data_dir))?;
-    wait_ready(
-        &mut child,
-        ([127, 0, 0, 1], port).into(),
-        data_dir,
-        Duration::from_secs(30),
-    )?;
+    let mut cmd = command(port, data_dir)?;
+    cmd.process_group(0);
+    let child = spawn_ready(cmd, port, data_dir)?;
     let pid = pid_path(data_dir);
     fs::write(&pid, format!("{} {port}\n", child.id())).map_err(io_err("writing", &pid))?;
     Ok(port)

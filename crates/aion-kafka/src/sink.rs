@@ -168,9 +168,4 @@ impl Sink {
     pub fn failed_deliveries(&self) -> u64 {
         self.producer.context().failed.load(Ordering::Relaxed)
     }
-
-    /// Records queued and not yet acknowledged by the broker.
-    pub fn in_flight(&self) -> i32 {
-        self.producer.in_flight_count()
-    }
 }

@@ -27,6 +27,13 @@ fn source_of(r: &RawRecord) -> (String, i32, i64) {
     )
 }
 
+fn event_id(r: &RawRecord) -> String {
+    serde_json::from_slice::<Value>(&r.payload).unwrap()["event_id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 fn read_until(
     s: &Stack,
     reader: &Reader,
@@ -142,12 +149,7 @@ fn relay_delivers_every_valid_event_once_and_every_invalid_one_to_the_dlq_across
     let forwarded: HashSet<String> = out
         .iter()
         .filter(|r| r.topic.ends_with(".valid"))
-        .map(|r| {
-            serde_json::from_slice::<Value>(&r.payload).unwrap()["event_id"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
+        .map(event_id)
         .collect();
     assert_eq!(forwarded, valid_ids);
 
@@ -351,12 +353,7 @@ async fn each_kind_of_bad_input_is_dead_lettered_with_its_reason_and_nothing_aft
     let forwarded: Vec<String> = out
         .iter()
         .filter(|r| r.topic.ends_with(".valid"))
-        .map(|r| {
-            serde_json::from_slice::<Value>(&r.payload).unwrap()["event_id"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
+        .map(event_id)
         .collect();
     assert_eq!(
         forwarded, good,
