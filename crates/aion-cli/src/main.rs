@@ -45,6 +45,15 @@ struct Cli {
     /// Directory for local state: the development broker's storage, later shards and adapters.
     #[arg(long, global = true, env = "AION_STATE_DIR", value_name = "DIR")]
     state_dir: Option<PathBuf>,
+    /// Serve Prometheus metrics (received, sent, dead-lettered, consume errors per stage) on this
+    /// address, e.g. `127.0.0.1:9464`. Off by default.
+    #[arg(
+        long,
+        global = true,
+        env = "AION_METRICS_ADDR",
+        value_name = "HOST:PORT"
+    )]
+    metrics_addr: Option<std::net::SocketAddr>,
     /// Log filter, e.g. `info` or `aion_kafka=debug,info`.
     #[arg(long, global = true, env = "AION_LOG", default_value = "info")]
     log: String,
@@ -110,6 +119,15 @@ async fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    if let Some(addr) = cli.metrics_addr {
+        if let Err(e) = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .install()
+        {
+            eprintln!("error: serving metrics on {addr}: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let result = match Context::resolve(&cli) {
         Ok(ctx) => commands::run(cli.command, ctx).await,
         Err(e) => Err(e),

@@ -318,7 +318,17 @@ async fn each_kind_of_bad_input_is_dead_lettered_with_its_reason_and_nothing_aft
         "the broker refused a test record"
     );
 
-    let relay = s.spawn(&["relay", "--input", "retrieval.v1"], "relay.log");
+    let metrics_addr = format!("127.0.0.1:{}", aion_broker::free_port().unwrap());
+    let relay = s.spawn(
+        &[
+            "relay",
+            "--input",
+            "retrieval.v1",
+            "--metrics-addr",
+            &metrics_addr,
+        ],
+        "relay.log",
+    );
     let reader = Reader::new(&s.kafka, &["retrieval.v1.dlq", "retrieval.v1.valid"], true).unwrap();
     let mut out = Vec::new();
     read_until(
@@ -327,6 +337,21 @@ async fn each_kind_of_bad_input_is_dead_lettered_with_its_reason_and_nothing_aft
         &mut out,
         |o| o.len() >= 2 * bad.len(),
         "all records",
+    );
+    // Dead letters are counted in the stage's metrics.
+    let dlq_metric = format!(
+        "aion_dlq_events_total{{stage=\"relay\",topic=\"retrieval.v1\"}} {}",
+        bad.len()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut metrics = scrape(&metrics_addr);
+    while !metrics.contains(&dlq_metric) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        metrics = scrape(&metrics_addr);
+    }
+    assert!(
+        metrics.contains(&dlq_metric),
+        "{dlq_metric} not in\n{metrics}"
     );
     assert!(
         relay.terminate(),
@@ -359,4 +384,16 @@ async fn each_kind_of_bad_input_is_dead_lettered_with_its_reason_and_nothing_aft
         forwarded, good,
         "every valid event after a bad one arrives, in order"
     );
+}
+
+/// `GET /metrics` over plain HTTP.
+fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: aion\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).unwrap();
+    body
 }
