@@ -90,7 +90,9 @@ impl ConsumerContext for SourceContext {
             );
         }
         store(consumer, &self.tracker);
-        commit_sync(consumer);
+        if let Err(error) = commit_sync(consumer) {
+            warn!(%error, "offset commit on revoke failed; the next owner replays from the last commit");
+        }
         self.tracker.forget(&keys);
         info!(partitions = keys.len(), "partitions revoked");
     }
@@ -112,10 +114,11 @@ fn store<C: Consumer<SourceContext>>(consumer: &C, tracker: &Tracker) {
     }
 }
 
-fn commit_sync<C: Consumer<SourceContext>>(consumer: &C) {
+/// Commits stored offsets now. Nothing stored since the last commit is not an error.
+fn commit_sync<C: Consumer<SourceContext>>(consumer: &C) -> Result<()> {
     match consumer.commit_consumer_state(CommitMode::Sync) {
-        Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-        Err(error) => warn!(%error, "synchronous offset commit failed"),
+        Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => Ok(()),
+        Err(error) => Err(error.into()),
     }
 }
 
@@ -259,9 +262,17 @@ impl Source {
             .await
             .unwrap_or(false);
         self.store_acked();
-        commit_sync(&self.consumer);
+        let committed = commit_sync(&self.consumer);
         self.consumer.unsubscribe();
-        info!(stage = %self.stage, settled, in_flight = self.in_flight(), "source closed, offsets committed");
-        self.check_failure()
+        match &committed {
+            Ok(()) => {
+                info!(stage = %self.stage, settled, in_flight = self.in_flight(), "source closed, offsets committed")
+            }
+            Err(error) => {
+                warn!(stage = %self.stage, %error, "final offset commit failed; the next run replays from the last commit")
+            }
+        }
+        self.check_failure()?;
+        committed
     }
 }
