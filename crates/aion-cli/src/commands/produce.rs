@@ -107,7 +107,7 @@ impl Args {
     }
 }
 
-/// Publishes the configured traffic; returns the number of records the broker acknowledged.
+/// Publishes the configured traffic and fails unless the broker acknowledged every event.
 pub async fn run(args: Args, ctx: &Context, stop: CancellationToken) -> Result<()> {
     let traffic = args.traffic()?;
     if let Some(dir) = &args.to_dir {
