@@ -10,6 +10,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
+use crate::sink::MAX_MESSAGE_BYTES;
 use crate::{Error, KafkaConfig, Result};
 
 /// A topic to create.
@@ -28,6 +29,7 @@ pub async fn create_topics(kafka: &KafkaConfig, topics: &[TopicSpec]) -> Result<
     let mut c = kafka.client("admin");
     kafka.apply_overrides(&mut c);
     let admin: AdminClient<DefaultClientContext> = c.create()?;
+    let max_bytes = MAX_MESSAGE_BYTES.to_string();
     let new: Vec<NewTopic<'_>> = topics
         .iter()
         .map(|t| {
@@ -36,6 +38,9 @@ pub async fn create_topics(kafka: &KafkaConfig, topics: &[TopicSpec]) -> Result<
                 t.partitions,
                 TopicReplication::Fixed(t.replication),
             )
+            // As large as the producer may send: an oversized input must still fit its
+            // dead-letter topic, or it would stop the stage on every replay.
+            .set("max.message.bytes", &max_bytes)
         })
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));

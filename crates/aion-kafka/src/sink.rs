@@ -47,7 +47,7 @@ pub mod headers {
 
 /// Largest record the producer accepts: above the decoder's limit so that an oversized input can
 /// still be dead-lettered with its original bytes.
-const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+pub(crate) const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
 #[derive(Default)]
 struct SinkContext {
