@@ -85,7 +85,7 @@ pub async fn run(
         .map(|i| format!("{}.{suffix}", i.topic))
         .collect();
     let mut next_report = Instant::now() + REPORT_EVERY;
-    let mut received = 0u64;
+    let (mut received, mut reported) = (0u64, 0u64);
     while limit.is_none_or(|l| received < l) {
         let record = tokio::select! {
             r = source.recv() => r?,
@@ -93,11 +93,17 @@ pub async fn run(
         };
         received += 1;
         stats.received.fetch_add(1, Ordering::Relaxed);
-        let Some(i) = inputs.iter().position(|i| *i.topic == *record.topic) else {
-            continue;
+        // Subscribed topics are exactly the inputs; anything else would be dead-lettered, not skipped.
+        let input = inputs.iter().position(|i| *i.topic == *record.topic);
+        let checked = match input {
+            Some(i) => inputs[i].schema.check(&record.payload, &limits).map(|()| i),
+            None => Err(aion_events::Reject::new(
+                ".",
+                "no schema configured for this topic",
+            )),
         };
-        match inputs[i].schema.check(&record.payload, &limits) {
-            Ok(()) => {
+        match checked {
+            Ok(i) => {
                 let lineage = headers::lineage(&record.topic, record.partition, record.offset);
                 sink.send(
                     &outputs[i],
@@ -117,6 +123,9 @@ pub async fn run(
         }
         if Instant::now() >= next_report {
             let (received, forwarded, dlq) = stats.snapshot();
+            metrics::counter!("aion_sent_events_total", "stage" => "relay")
+                .increment(forwarded - reported);
+            reported = forwarded;
             info!(
                 received,
                 forwarded,
@@ -130,7 +139,7 @@ pub async fn run(
     sink.flush(SHUTDOWN_TIMEOUT)?;
     source.shutdown(SHUTDOWN_TIMEOUT).await?;
     let (received, forwarded, dlq) = stats.snapshot();
-    metrics::counter!("aion_sent_events_total", "stage" => "relay").increment(forwarded);
+    metrics::counter!("aion_sent_events_total", "stage" => "relay").increment(forwarded - reported);
     info!(received, forwarded, dlq, "relay stopped");
     Ok(())
 }

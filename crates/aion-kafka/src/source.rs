@@ -201,9 +201,11 @@ impl Source {
                     let message = match message {
                         Ok(m) => m,
                         Err(error) => {
-                            // librdkafka retries transport errors itself; report and go on.
+                            // librdkafka retries transport errors itself; report, pause briefly
+                            // (a down broker reports at once, every poll) and go on.
                             warn!(stage = %self.stage, %error, "consume error");
                             metrics::counter!("aion_consume_errors_total", "stage" => self.stage.clone()).increment(1);
+                            tokio::time::sleep(Duration::from_millis(100)).await;
                             continue;
                         }
                     };
