@@ -42,6 +42,15 @@ struct Cli {
     /// Prefix of consumer group ids (overrides `kafka.group_prefix`).
     #[arg(long, global = true, env = "AION_GROUP_PREFIX")]
     group_prefix: Option<String>,
+    /// Largest accepted event payload in bytes (overrides `decode.max_bytes`); larger ones are
+    /// dead-lettered unparsed.
+    #[arg(
+        long,
+        global = true,
+        env = "AION_DECODE_MAX_BYTES",
+        value_name = "BYTES"
+    )]
+    decode_max_bytes: Option<usize>,
     /// Directory for local state: the development broker's storage, later shards and adapters.
     #[arg(long, global = true, env = "AION_STATE_DIR", value_name = "DIR")]
     state_dir: Option<PathBuf>,
@@ -77,6 +86,9 @@ impl Context {
         }
         if let Some(p) = &cli.group_prefix {
             config.kafka.group_prefix = p.clone();
+        }
+        if let Some(b) = cli.decode_max_bytes {
+            config.decode.max_bytes = b;
         }
         let mut kafka = aion_kafka::KafkaConfig::new(config.kafka.brokers.clone());
         kafka.properties = config.kafka.properties.clone();
