@@ -65,7 +65,9 @@ pub fn partition_count(kafka: &KafkaConfig, topic: &str) -> Result<usize> {
     let mut c = kafka.client("metadata");
     kafka.apply_overrides(&mut c);
     let consumer: BaseConsumer = c.create()?;
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map_err(|e| kafka.unreachable(e))?;
     match metadata.topics().iter().find(|t| t.name() == topic) {
         Some(t) if !t.partitions().is_empty() => Ok(t.partitions().len()),
         _ => Err(Error::UnknownTopic(topic.to_owned())),

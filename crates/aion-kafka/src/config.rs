@@ -29,6 +29,14 @@ impl KafkaConfig {
         c
     }
 
+    /// Maps a failed metadata request (the first thing every client does) to a clear error.
+    pub(crate) fn unreachable(&self, source: rdkafka::error::KafkaError) -> crate::Error {
+        crate::Error::Unreachable {
+            brokers: self.brokers.clone(),
+            source,
+        }
+    }
+
     pub(crate) fn apply_overrides(&self, c: &mut ClientConfig) {
         for (k, v) in &self.properties {
             c.set(k, v);

@@ -5,6 +5,11 @@ pub enum Error {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("creating topic {topic}: {reason}")]
     CreateTopic { topic: String, reason: String },
+    #[error("cannot reach the Kafka brokers at {brokers} (for a local one: `aion broker start`)")]
+    Unreachable {
+        brokers: String,
+        source: rdkafka::error::KafkaError,
+    },
     #[error("topic {0} does not exist on the broker (create it with `aion topics create`)")]
     UnknownTopic(String),
     #[error("an output of {topic}/{partition} at offset {offset} could not be made durable; the stage stops so the record is replayed after restart")]

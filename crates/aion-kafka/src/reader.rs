@@ -66,7 +66,9 @@ impl Reader {
         };
         let mut tpl = TopicPartitionList::new();
         for topic in topics {
-            let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+            let metadata = consumer
+                .fetch_metadata(Some(topic), Duration::from_secs(10))
+                .map_err(|e| kafka.unreachable(e))?;
             let partitions = metadata
                 .topics()
                 .iter()

@@ -160,7 +160,9 @@ impl Source {
         };
         let consumer: StreamConsumer<SourceContext> = c.create_with_context(context)?;
         for topic in &config.topics {
-            let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+            let metadata = consumer
+                .fetch_metadata(Some(topic), Duration::from_secs(10))
+                .map_err(|e| kafka.unreachable(e))?;
             if metadata.topics().iter().all(|t| t.partitions().is_empty()) {
                 return Err(Error::UnknownTopic(topic.clone()));
             }
