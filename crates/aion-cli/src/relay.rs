@@ -78,6 +78,15 @@ pub async fn run(
         &ctx.kafka,
         &SourceConfig::new("relay", topics, ctx.group("relay")),
     )?;
+    // Fail at start, not on the first delivery, when an output topic is missing.
+    for input in inputs {
+        for topic in [
+            format!("{}.{suffix}", input.topic),
+            aion_events::topics::dlq(&input.topic),
+        ] {
+            aion_kafka::partition_count(output, &topic)?;
+        }
+    }
     let sink = Sink::new(output, "relay")?;
     let limits = ctx.decode_limits();
     let outputs: Vec<String> = inputs

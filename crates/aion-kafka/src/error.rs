@@ -10,7 +10,7 @@ pub enum Error {
         brokers: String,
         source: rdkafka::error::KafkaError,
     },
-    #[error("topic {0} does not exist on the broker (create it with `aion topics create`)")]
+    #[error("topic {0} does not exist on the broker (create it with `aion topics create {0}`)")]
     UnknownTopic(String),
     #[error("an output of {topic}/{partition} at offset {offset} could not be made durable; the stage stops so the record is replayed after restart")]
     OutputFailed {
