@@ -280,4 +280,60 @@ mod tests {
         assert!(t.wait_settled(Some(&[key(0)]), Duration::from_secs(10)));
         h.join().unwrap();
     }
+
+    /// Any order of acks, with some outputs failing: what is stored is always exactly the
+    /// contiguous acked prefix of each partition, never beyond a failed or pending record.
+    #[test]
+    fn stored_offsets_are_the_contiguous_acked_prefix_for_random_ack_orders() {
+        use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
+        for seed in 0..300 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let t = Arc::new(Tracker::default());
+            let mut acks: Vec<(i32, i64, Ack)> = Vec::new();
+            let mut next = [0i64; 3];
+            for _ in 0..rng.random_range(1..60) {
+                let p = rng.random_range(0..3);
+                // Offsets grow per partition, with gaps (compaction, control records).
+                next[p as usize] += rng.random_range(1..3);
+                acks.push((p, next[p as usize], t.track(key(p), next[p as usize])));
+            }
+            let tracked: Vec<(i32, i64)> = acks.iter().map(|(p, o, _)| (*p, *o)).collect();
+            acks.shuffle(&mut rng);
+            let mut done: Vec<(i32, i64)> = Vec::new();
+            let mut failed: Vec<(i32, i64)> = Vec::new();
+            let mut stored: std::collections::HashMap<i32, i64> = Default::default();
+            for (p, o, ack) in acks {
+                if rng.random_bool(0.05) {
+                    ack.fail();
+                    failed.push((p, o));
+                } else {
+                    done.push((p, o));
+                }
+                drop(ack);
+                for ((_, partition), offset) in t.take_storable() {
+                    let previous = stored.insert(partition, offset);
+                    assert!(
+                        previous.is_none_or(|prev| prev < offset),
+                        "seed {seed}: stored offsets go back"
+                    );
+                }
+                for p in 0..3 {
+                    // Expected: the last offset of the longest prefix of this partition's records
+                    // that are all done.
+                    let expected = tracked
+                        .iter()
+                        .filter(|(q, _)| *q == p)
+                        .take_while(|r| done.contains(r))
+                        .last()
+                        .map(|(_, o)| *o);
+                    assert_eq!(
+                        stored.get(&p).copied(),
+                        expected,
+                        "seed {seed}, partition {p}"
+                    );
+                }
+            }
+            assert_eq!(t.failure().is_some(), !failed.is_empty(), "seed {seed}");
+        }
+    }
 }
