@@ -45,6 +45,10 @@ pub enum Error {
     },
     #[error("no broker is running from {0} (no pid file)")]
     NotRunning(PathBuf),
+    #[error(
+        "port {0} on 127.0.0.1 is already in use (another broker?); choose another with --port"
+    )]
+    PortInUse(u16),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -126,6 +130,10 @@ fn pid_path(data_dir: &Path) -> PathBuf {
 
 /// Starts the broker and waits until it accepts connections.
 fn spawn_ready(mut cmd: Command, port: u16, data_dir: &Path) -> Result<Child> {
+    // Readiness is "the port accepts connections": someone else listening there would pass it.
+    if TcpListener::bind(("127.0.0.1", port)).is_err() {
+        return Err(Error::PortInUse(port));
+    }
     let mut child = cmd.spawn().map_err(io_err("starting", data_dir))?;
     wait_ready(
         &mut child,
