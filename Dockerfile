@@ -1,6 +1,6 @@
 # One image for every aion stage: `docker run aion <subcommand>`.
 FROM rust:1.95-bookworm AS build
-RUN apt-get update && apt-get install -y --no-install-recommends cmake && rm -rf /var/lib/apt/lists/*
+# The bundled librdkafka builds with its own configure + make and the image's C toolchain.
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked -p aion-cli && cp target/release/aion /usr/local/bin/aion
