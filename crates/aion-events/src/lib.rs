@@ -8,6 +8,7 @@
 
 mod decode;
 mod event;
+mod metrics;
 pub mod topics;
 
 pub use decode::{decode, DecodeLimits, Reject};
@@ -15,3 +16,4 @@ pub use event::{
     validate_tenant_id, AnswerEvent, Judgment, Relevance, RetrievalEvent, RetrievalResult, Schema,
     MAX_RELEVANCE,
 };
+pub use metrics::WindowMetrics;

@@ -6,12 +6,21 @@ pub const RETRIEVAL: &str = "retrieval.v1";
 /// Answer events published by the assistant (schema `answer.v1`).
 pub const ANSWER: &str = "answer.v1";
 
+/// Closed-window aggregates per tenant (schema `metrics.v1`), from the windows stage.
+pub const METRICS: &str = "metrics.v1";
+
 /// Topics the applications publish to; every stage that consumes one dead-letters into [`dlq`].
 pub const INPUTS: [&str; 2] = [RETRIEVAL, ANSWER];
 
 /// Dead-letter topic of `topic`: records that failed decoding or validation, original bytes intact.
 pub fn dlq(topic: &str) -> String {
     format!("{topic}.dlq")
+}
+
+/// Late side output of `topic`: events that arrived after the watermark passed the end of a window
+/// they belong to (original bytes; headers say which windows they missed).
+pub fn late(topic: &str) -> String {
+    format!("{topic}.late")
 }
 
 /// The schemas a topic can carry, for stages that handle more than one.

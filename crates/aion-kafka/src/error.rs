@@ -18,6 +18,10 @@ pub enum Error {
         partition: i32,
         offset: i64,
     },
+    #[error(
+        "the broker did not acknowledge a record for {0} (see the delivery error logged before)"
+    )]
+    Undelivered(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

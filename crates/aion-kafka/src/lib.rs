@@ -27,6 +27,6 @@ pub use config::KafkaConfig;
 pub use error::{Error, Result};
 pub use rdkafka::message::OwnedHeaders;
 pub use reader::{RawRecord, Reader};
-pub use sink::{headers, Sink};
+pub use sink::{headers, Delivery, Sink};
 pub use source::{Record, Source, SourceConfig};
 pub use tracker::Ack;

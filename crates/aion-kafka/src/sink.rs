@@ -8,6 +8,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
+use tokio::sync::oneshot;
 use tracing::error;
 
 use crate::source::Record;
@@ -56,19 +57,43 @@ struct SinkContext {
 
 impl ClientContext for SinkContext {}
 
-impl ProducerContext for SinkContext {
-    type DeliveryOpaque = Box<Option<Ack>>;
+/// What a delivery report settles: the source record's ack and/or a waiting caller.
+struct Pending {
+    ack: Option<Ack>,
+    confirm: Option<oneshot::Sender<bool>>,
+}
 
-    fn delivery(&self, result: &DeliveryResult<'_>, ack: Self::DeliveryOpaque) {
+impl ProducerContext for SinkContext {
+    type DeliveryOpaque = Box<Pending>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, pending: Self::DeliveryOpaque) {
+        let delivered = result.is_ok();
         if let Err((error, message)) = result {
             use rdkafka::Message;
             error!(topic = message.topic(), %error, "delivery failed");
             self.failed.fetch_add(1, Ordering::Relaxed);
-            if let Some(ack) = ack.as_ref() {
+            if let Some(ack) = pending.ack.as_ref() {
                 ack.fail();
             }
         }
+        if let Some(confirm) = pending.confirm {
+            // The caller may have given up waiting; nothing to tell then.
+            let _ = confirm.send(delivered);
+        }
         // Dropping the token acknowledges the source record (unless failed above).
+    }
+}
+
+/// Resolves once the broker has acknowledged a record sent with [`Sink::send_confirmed`].
+pub struct Delivery(oneshot::Receiver<bool>);
+
+impl Delivery {
+    /// Waits for the delivery report; an error if the broker refused the record.
+    pub async fn wait(self, topic: &str) -> Result<()> {
+        match self.0.await {
+            Ok(true) => Ok(()),
+            _ => Err(crate::Error::Undelivered(topic.to_owned())),
+        }
     }
 }
 
@@ -104,7 +129,36 @@ impl Sink {
         headers: Option<OwnedHeaders>,
         ack: Option<Ack>,
     ) -> Result<()> {
-        let mut record = BaseRecord::with_opaque_to(topic, Box::new(ack)).payload(payload);
+        self.enqueue(topic, key, payload, headers, Pending { ack, confirm: None })
+            .await
+    }
+
+    /// Queues one record and returns its [`Delivery`], for outputs whose durability the stage
+    /// itself must know (a window result before its Parquet file is written).
+    pub async fn send_confirmed(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: &[u8],
+    ) -> Result<Delivery> {
+        let (tx, rx) = oneshot::channel();
+        let pending = Pending {
+            ack: None,
+            confirm: Some(tx),
+        };
+        self.enqueue(topic, key, payload, None, pending).await?;
+        Ok(Delivery(rx))
+    }
+
+    async fn enqueue(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        headers: Option<OwnedHeaders>,
+        pending: Pending,
+    ) -> Result<()> {
+        let mut record = BaseRecord::with_opaque_to(topic, Box::new(pending)).payload(payload);
         if let Some(key) = key {
             record = record.key(key);
         }
@@ -119,7 +173,7 @@ impl Sink {
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
                 Err((error, r)) => {
-                    if let Some(ack) = r.delivery_opaque.as_ref() {
+                    if let Some(ack) = r.delivery_opaque.ack.as_ref() {
                         ack.fail();
                     }
                     return Err(error.into());

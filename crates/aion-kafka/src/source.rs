@@ -37,6 +37,10 @@ pub struct SourceConfig {
     /// backpressure, so a stage cannot run ahead of its outputs. `None` for stages that hold acks
     /// in open windows by design.
     pub max_in_flight: Option<usize>,
+    /// Store offsets only at records the stage marked with [`crate::Ack::mark_resume_point`],
+    /// never at the end of what was consumed. For stages whose state is rebuilt by replay and
+    /// needs the replay to start at a record that carries it (a watermark-setting event).
+    pub explicit_resume_points: bool,
 }
 
 impl SourceConfig {
@@ -47,6 +51,7 @@ impl SourceConfig {
             group_id: group_id.into(),
             revoke_wait: Duration::from_secs(10),
             max_in_flight: Some(10_000),
+            explicit_resume_points: false,
         }
     }
 }
@@ -125,11 +130,11 @@ impl ConsumerContext for SourceContext {
 }
 
 fn store<C: Consumer<SourceContext>>(consumer: &C, tracker: &Tracker) {
-    for ((topic, partition), offset) in tracker.take_storable() {
-        // `store_offset` stores `offset + 1`: the next record to read.
-        if let Err(error) = consumer.store_offset(&topic, partition, offset) {
+    for ((topic, partition), position) in tracker.take_storable() {
+        // `store_offset` stores `offset + 1`; the tracker hands out the next offset to read.
+        if let Err(error) = consumer.store_offset(&topic, partition, position - 1) {
             // The partition was revoked meanwhile; its new owner replays from the last commit.
-            debug!(%topic, partition, offset, %error, "offset not stored");
+            debug!(%topic, partition, position, %error, "offset not stored");
         }
     }
 }
@@ -156,7 +161,7 @@ pub struct Source {
 impl Source {
     /// Joins the group and subscribes. Fails if a topic does not exist, rather than idling.
     pub fn new(kafka: &KafkaConfig, config: &SourceConfig) -> Result<Self> {
-        let tracker = Arc::new(Tracker::default());
+        let tracker = Arc::new(Tracker::new(config.explicit_resume_points));
         let mut c = kafka.client(&config.stage);
         c.set("group.id", &config.group_id)
             .set("enable.auto.commit", "true")

@@ -41,6 +41,12 @@ impl Ack {
         self.0.failed.store(true, Ordering::Release);
     }
 
+    /// Marks this record as a place a replay may start from (see
+    /// [`crate::SourceConfig::explicit_resume_points`]).
+    pub fn mark_resume_point(&self) {
+        self.0.tracker.mark_resume_point(&self.0.key, self.0.offset);
+    }
+
     pub fn partition(&self) -> i32 {
         self.0.key.1
     }
@@ -60,12 +66,24 @@ impl Drop for AckInner {
     }
 }
 
+#[derive(Clone, Copy)]
+struct Pending {
+    offset: i64,
+    done: bool,
+    /// A replay may start at this record.
+    resume: bool,
+}
+
 #[derive(Default)]
 struct PartitionState {
-    /// Offsets handed out and not yet stored, in consumption order, with their done flag.
-    pending: VecDeque<(i64, bool)>,
-    /// Highest offset whose record and all predecessors are done, not yet passed to librdkafka.
+    /// Records handed out and not yet behind the stored position, in consumption order.
+    pending: VecDeque<Pending>,
+    /// Position (next offset to read) to hand to librdkafka: every record before it is done and a
+    /// replay may start there.
     storable: Option<i64>,
+    /// The highest position made storable so far: once a record was released, a resume point
+    /// marked later at the front is a new position.
+    position: Option<i64>,
 }
 
 #[derive(Default)]
@@ -77,12 +95,22 @@ struct State {
 /// Shared between a [`crate::Source`], its rebalance callbacks and every outstanding [`Ack`].
 #[derive(Default)]
 pub(crate) struct Tracker {
+    /// Whether only records marked with [`Ack::mark_resume_point`] (and never the end of what
+    /// was consumed) may be the start of a replay.
+    explicit_resume_points: bool,
     state: Mutex<State>,
     settled: Condvar,
     any_failed: AtomicBool,
 }
 
 impl Tracker {
+    pub(crate) fn new(explicit_resume_points: bool) -> Self {
+        Self {
+            explicit_resume_points,
+            ..Self::default()
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding this lock leaves plain bookkeeping behind; keep going with it.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
@@ -92,12 +120,17 @@ impl Tracker {
     pub(crate) fn track(self: &Arc<Self>, key: PartitionKey, offset: i64) -> Ack {
         let mut state = self.lock();
         let p = state.partitions.entry(key.clone()).or_default();
-        if p.pending.back().is_some_and(|&(last, _)| last >= offset) {
+        if p.pending.back().is_some_and(|last| last.offset >= offset) {
             // The consumer was repositioned (seek or re-assignment): earlier bookkeeping is void.
             p.pending.clear();
             p.storable = None;
+            p.position = None;
         }
-        p.pending.push_back((offset, false));
+        p.pending.push_back(Pending {
+            offset,
+            done: false,
+            resume: !self.explicit_resume_points,
+        });
         drop(state);
         Ack(Arc::new(AckInner {
             tracker: self.clone(),
@@ -114,15 +147,55 @@ impl Tracker {
         let Some(p) = state.partitions.get_mut(key) else {
             return;
         };
-        if let Ok(i) = p.pending.binary_search_by_key(&offset, |&(o, _)| o) {
-            p.pending[i].1 = true;
+        if let Ok(i) = p.pending.binary_search_by_key(&offset, |e| e.offset) {
+            p.pending[i].done = true;
         }
-        while let Some(&(o, true)) = p.pending.front() {
-            p.storable = Some(o);
-            p.pending.pop_front();
-        }
+        self.advance(p);
         if p.pending.is_empty() {
             self.settled.notify_all();
+        }
+    }
+
+    fn mark_resume_point(&self, key: &PartitionKey, offset: i64) {
+        let mut state = self.lock();
+        let Some(p) = state.partitions.get_mut(key) else {
+            return;
+        };
+        if let Ok(i) = p.pending.binary_search_by_key(&offset, |e| e.offset) {
+            p.pending[i].resume = true;
+        }
+        self.advance(p);
+    }
+
+    /// Drops the done prefix and moves the storable position to the last place a replay may
+    /// start from: a resume point whose predecessors are all done, or (without explicit resume
+    /// points) the end of the done prefix.
+    fn advance(&self, p: &mut PartitionState) {
+        let set = |p: &mut PartitionState, position: i64| {
+            if p.position.is_none_or(|current| current < position) {
+                p.position = Some(position);
+                p.storable = Some(position);
+            }
+        };
+        while let Some(&Pending {
+            offset,
+            done,
+            resume,
+        }) = p.pending.front()
+        {
+            if resume && p.position.is_some() {
+                set(p, offset);
+            }
+            if !done {
+                return;
+            }
+            let next = offset + 1;
+            p.pending.pop_front();
+            match p.pending.front() {
+                Some(f) if f.resume => set(p, f.offset),
+                None if !self.explicit_resume_points => set(p, next),
+                _ => {}
+            }
         }
     }
 
@@ -141,7 +214,7 @@ impl Tracker {
         self.lock().failed.clone()
     }
 
-    /// Offsets ready to be stored (the last done offset of each partition's done prefix).
+    /// Positions ready to be stored: the next offset to read of each partition.
     pub(crate) fn take_storable(&self) -> Vec<(PartitionKey, i64)> {
         let mut state = self.lock();
         state
@@ -186,7 +259,7 @@ impl Tracker {
         }
     }
 
-    /// Number of records handed out and not yet acknowledged.
+    /// Number of records handed out and not yet behind the storable position.
     pub(crate) fn in_flight(&self) -> usize {
         self.lock()
             .partitions
@@ -206,7 +279,7 @@ mod tests {
 
     #[test]
     fn stores_only_the_contiguous_done_prefix_per_partition() {
-        let t = Arc::new(Tracker::default());
+        let t = Arc::new(Tracker::new(false));
         let a: Vec<Ack> = (10..15).map(|o| t.track(key(0), o)).collect();
         let b = t.track(key(1), 7);
         let mut a = a.into_iter();
@@ -221,29 +294,29 @@ mod tests {
         drop(a11);
         assert!(t.take_storable().is_empty(), "10 is still pending");
         drop(a10);
-        assert_eq!(t.take_storable(), vec![(key(0), 12)]);
+        assert_eq!(t.take_storable(), vec![(key(0), 13)]);
         drop(b);
         drop(a14);
-        assert_eq!(t.take_storable(), vec![(key(1), 7)]);
+        assert_eq!(t.take_storable(), vec![(key(1), 8)]);
         drop(a13);
-        assert_eq!(t.take_storable(), vec![(key(0), 14)]);
+        assert_eq!(t.take_storable(), vec![(key(0), 15)]);
         assert_eq!(t.in_flight(), 0);
     }
 
     #[test]
     fn a_clone_keeps_the_record_pending() {
-        let t = Arc::new(Tracker::default());
+        let t = Arc::new(Tracker::new(false));
         let ack = t.track(key(0), 1);
         let held_by_window = ack.clone();
         drop(ack);
         assert!(t.take_storable().is_empty());
         drop(held_by_window);
-        assert_eq!(t.take_storable(), vec![(key(0), 1)]);
+        assert_eq!(t.take_storable(), vec![(key(0), 2)]);
     }
 
     #[test]
     fn a_failed_output_blocks_the_partition_and_is_reported() {
-        let t = Arc::new(Tracker::default());
+        let t = Arc::new(Tracker::new(false));
         let first = t.track(key(0), 1);
         let second = t.track(key(0), 2);
         first.fail();
@@ -261,8 +334,34 @@ mod tests {
     }
 
     #[test]
+    fn explicit_resume_points_store_only_positions_a_replay_may_start_from() {
+        let t = Arc::new(Tracker::new(true));
+        let acks: Vec<Ack> = (0..5).map(|o| t.track(key(0), o)).collect();
+        acks[0].mark_resume_point();
+        acks[3].mark_resume_point();
+        let mut acks = acks.into_iter();
+        drop(acks.next());
+        assert_eq!(
+            t.take_storable(),
+            vec![],
+            "0 is a resume point but 1 and 2 are not"
+        );
+        drop(acks.next());
+        drop(acks.next());
+        assert_eq!(t.take_storable(), vec![(key(0), 3)]);
+        drop(acks.next());
+        drop(acks.next());
+        assert_eq!(
+            t.take_storable(),
+            vec![],
+            "the end of what was consumed is not a resume point"
+        );
+        assert_eq!(t.in_flight(), 0);
+    }
+
+    #[test]
     fn revoked_partitions_ignore_late_acks() {
-        let t = Arc::new(Tracker::default());
+        let t = Arc::new(Tracker::new(false));
         let ack = t.track(key(3), 5);
         t.forget(&[key(3)]);
         drop(ack);
@@ -271,7 +370,7 @@ mod tests {
 
     #[test]
     fn wait_settled_returns_when_acks_arrive_from_another_thread() {
-        let t = Arc::new(Tracker::default());
+        let t = Arc::new(Tracker::new(false));
         let ack = t.track(key(0), 1);
         let h = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(50));
@@ -288,7 +387,7 @@ mod tests {
         use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
         for seed in 0..300 {
             let mut rng = StdRng::seed_from_u64(seed);
-            let t = Arc::new(Tracker::default());
+            let t = Arc::new(Tracker::new(false));
             let mut acks: Vec<(i32, i64, Ack)> = Vec::new();
             let mut next = [0i64; 3];
             for _ in 0..rng.random_range(1..60) {
@@ -318,14 +417,19 @@ mod tests {
                     );
                 }
                 for p in 0..3 {
-                    // Expected: the last offset of the longest prefix of this partition's records
-                    // that are all done.
-                    let expected = tracked
+                    // Expected: the position after the longest prefix of this partition's
+                    // records that are all done: the next record's offset, or the last + 1.
+                    let own: Vec<i64> = tracked
                         .iter()
                         .filter(|(q, _)| *q == p)
-                        .take_while(|r| done.contains(r))
-                        .last()
-                        .map(|(_, o)| *o);
+                        .map(|(_, o)| *o)
+                        .collect();
+                    let prefix = own.iter().take_while(|o| done.contains(&(p, **o))).count();
+                    let expected = match (prefix, own.get(prefix)) {
+                        (0, _) => None,
+                        (_, Some(next)) => Some(*next),
+                        (_, None) => Some(own[prefix - 1] + 1),
+                    };
                     assert_eq!(
                         stored.get(&p).copied(),
                         expected,

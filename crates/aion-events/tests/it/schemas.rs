@@ -1,4 +1,4 @@
-use aion_events::{decode, AnswerEvent, DecodeLimits, RetrievalEvent, Schema};
+use aion_events::{decode, AnswerEvent, DecodeLimits, RetrievalEvent, Schema, WindowMetrics};
 
 use crate::{examples, schema_dir};
 
@@ -75,4 +75,14 @@ fn retrieval_schema_matches_rust_type() {
 #[test]
 fn answer_schema_matches_rust_type() {
     schema_fields_match::<AnswerEvent>(0);
+}
+
+#[test]
+fn metrics_examples_decode_and_round_trip() {
+    examples_decode_and_round_trip::<WindowMetrics>();
+}
+
+#[test]
+fn metrics_schema_matches_rust_type() {
+    schema_fields_match::<WindowMetrics>(0);
 }
