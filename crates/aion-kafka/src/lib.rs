@@ -25,7 +25,7 @@ mod tracker;
 pub use admin::{committed_offsets, create_topics, partition_count, topic_records, TopicSpec};
 pub use config::KafkaConfig;
 pub use error::{Error, Result};
-pub use rdkafka::message::OwnedHeaders;
+pub use rdkafka::message::{Header, OwnedHeaders};
 pub use reader::{RawRecord, Reader};
 pub use sink::{headers, Delivery, Sink};
 pub use source::{Record, Source, SourceConfig};

@@ -1,5 +1,6 @@
 //! The consuming half: records with acknowledgement tokens, offsets stored only behind acks.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -72,6 +73,7 @@ pub struct Record {
 
 pub(crate) struct SourceContext {
     tracker: Arc<Tracker>,
+    revocations: Arc<AtomicU64>,
     revoke_wait: Duration,
     stage: String,
 }
@@ -119,6 +121,7 @@ impl ConsumerContext for SourceContext {
             warn!(%error, "offset commit on revoke failed; the next owner replays from the last commit");
         }
         self.tracker.forget(&keys);
+        self.revocations.fetch_add(1, Ordering::Release);
         info!(partitions = keys.len(), "partitions revoked");
     }
 
@@ -151,6 +154,7 @@ fn commit_sync<C: Consumer<SourceContext>>(consumer: &C) -> Result<()> {
 pub struct Source {
     consumer: StreamConsumer<SourceContext>,
     tracker: Arc<Tracker>,
+    revocations: Arc<AtomicU64>,
     topics: Vec<Arc<str>>,
     next_store: Instant,
     stage: String,
@@ -181,8 +185,10 @@ impl Source {
             // Feeds the consumer-lag gauge.
             .set("statistics.interval.ms", "5000");
         kafka.apply_overrides(&mut c);
+        let revocations = Arc::new(AtomicU64::new(0));
         let context = SourceContext {
             tracker: tracker.clone(),
+            revocations: revocations.clone(),
             revoke_wait: config.revoke_wait,
             stage: config.stage.clone(),
         };
@@ -200,6 +206,7 @@ impl Source {
         Ok(Self {
             consumer,
             tracker,
+            revocations,
             topics: config
                 .topics
                 .iter()
@@ -268,6 +275,12 @@ impl Source {
             .increment(self.received);
         self.received = 0;
         self.next_store = Instant::now() + STORE_INTERVAL;
+    }
+
+    /// How many times partitions were taken from this member. Stages holding per-partition state
+    /// compare it to rebuild that state when it changes.
+    pub fn revocations(&self) -> u64 {
+        self.revocations.load(Ordering::Acquire)
     }
 
     /// Records handed out and not yet acknowledged.

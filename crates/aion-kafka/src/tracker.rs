@@ -22,6 +22,7 @@ struct AckInner {
     key: PartitionKey,
     offset: i64,
     failed: AtomicBool,
+    abandoned: AtomicBool,
 }
 
 impl std::fmt::Debug for Ack {
@@ -41,6 +42,13 @@ impl Ack {
         self.0.failed.store(true, Ordering::Release);
     }
 
+    /// Gives the record up without an outcome: it stays pending, so its offset is never stored by
+    /// this run and the next one replays it. For state discarded on shutdown or rebalance
+    /// (an open window), where dropping the ack would wrongly say "durable".
+    pub fn abandon(self) {
+        self.0.abandoned.store(true, Ordering::Release);
+    }
+
     /// Marks this record as a place a replay may start from (see
     /// [`crate::SourceConfig::explicit_resume_points`]).
     pub fn mark_resume_point(&self) {
@@ -58,6 +66,9 @@ impl Ack {
 
 impl Drop for AckInner {
     fn drop(&mut self) {
+        if self.abandoned.load(Ordering::Acquire) {
+            return;
+        }
         if self.failed.load(Ordering::Acquire) {
             self.tracker.fail(&self.key, self.offset);
         } else {
@@ -137,6 +148,7 @@ impl Tracker {
             key,
             offset,
             failed: AtomicBool::new(false),
+            abandoned: AtomicBool::new(false),
         }))
     }
 
@@ -357,6 +369,18 @@ mod tests {
             "the end of what was consumed is not a resume point"
         );
         assert_eq!(t.in_flight(), 0);
+    }
+
+    #[test]
+    fn an_abandoned_record_is_never_stored() {
+        let t = Arc::new(Tracker::new(false));
+        let first = t.track(key(0), 1);
+        let second = t.track(key(0), 2);
+        first.clone().abandon();
+        drop(first);
+        drop(second);
+        assert!(t.take_storable().is_empty());
+        assert_eq!(t.in_flight(), 2);
     }
 
     #[test]

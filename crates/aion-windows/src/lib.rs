@@ -7,22 +7,45 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+mod aggregate;
 mod config;
 mod ndcg;
 mod operator;
+mod stage;
+mod table;
 
+pub use aggregate::{input_schema, Aggregator, GroupResult, INPUT_TABLE};
 pub use config::{parse_duration, WindowSpec, WindowsConfig, DEFAULT_PIPELINE, DEFAULT_SQL};
 pub use ndcg::{ndcg, Gain};
 pub use operator::{
     Admission, ClosedGroup, ClosedWindow, Closing, Measure, Micros, Observation, Origin,
     WindowOperator,
 };
+pub use stage::{run, StageOptions, Stats, LATE_WINDOWS_HEADER};
+pub use table::MetricsTable;
 
 /// Errors of the windows stage.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("invalid pipeline {path}: {message}")]
     Pipeline { path: String, message: String },
+    #[error("aggregate SQL: {0}")]
+    DataFusion(#[from] datafusion::error::DataFusionError),
+    #[error("arrow: {0}")]
+    Arrow(#[from] datafusion::arrow::error::ArrowError),
+    #[error("parquet: {0}")]
+    Parquet(#[from] datafusion::parquet::errors::ParquetError),
+    #[error("aggregate SQL result: {0}")]
+    Sql(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Kafka(#[from] aion_kafka::Error),
+    #[error("partitions were reassigned; the stage restarts from the committed offsets")]
+    Rebalanced,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -368,6 +368,14 @@ impl<A> WindowOperator<A> {
         }
     }
 
+    /// Takes the acks of every event still in an open window (on shutdown: the caller abandons
+    /// them, so the events are replayed).
+    pub fn into_acks(self) -> impl Iterator<Item = A> {
+        self.panes
+            .into_values()
+            .flat_map(|panes| panes.into_values().flat_map(|p| p.acks))
+    }
+
     /// Events held in open panes: what memory grows with.
     pub fn stored_rows(&self) -> usize {
         self.stored_rows

@@ -7,6 +7,7 @@ mod produce;
 mod tail;
 mod topics;
 mod up;
+mod windows;
 
 use anyhow::Result;
 use clap::Subcommand;
@@ -29,6 +30,9 @@ pub enum Command {
     Tail(tail::Args),
     /// Validate application events and forward the valid ones; invalid ones go to `<topic>.dlq`.
     Relay(RelayArgs),
+    /// Windowed nDCG and fallback-rate aggregates per tenant, on event time.
+    #[command(subcommand)]
+    Windows(windows::Action),
     /// Per-event nDCG@k of a file of retrieval events.
     Ndcg(ndcg::Args),
     /// Measure decode/validate speed and broker throughput against a bare consumer.
@@ -65,6 +69,7 @@ pub async fn run(command: Command, ctx: Context) -> Result<()> {
             )
             .await
         }
+        Command::Windows(action) => windows::run(action, &ctx, shutdown_signal()).await,
         Command::Ndcg(args) => ndcg::run(args, &ctx),
         Command::Bench(args) => bench::run(args, &ctx).await,
         Command::Up(args) => up::run(args, ctx, shutdown_signal()).await,

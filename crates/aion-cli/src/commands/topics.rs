@@ -23,11 +23,13 @@ pub enum Action {
     List,
 }
 
-/// The topics AION Stream itself needs.
+/// The topics AION Stream itself needs: inputs with their dead-letter and late side outputs, and
+/// the window results.
 pub fn product_topics() -> Vec<String> {
     topics::INPUTS
         .iter()
-        .flat_map(|t| [t.to_string(), topics::dlq(t)])
+        .flat_map(|t| [t.to_string(), topics::dlq(t), topics::late(t)])
+        .chain([topics::METRICS.to_string()])
         .collect()
 }
 

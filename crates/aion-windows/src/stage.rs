@@ -1,0 +1,263 @@
+//! The windows stage: consumes retrieval and answer events, scores them, closes windows on the
+//! watermark and publishes each closed window's aggregates to `metrics.v1` and the Parquet table.
+//!
+//! Delivery: an event's offset is stored only once every window it counts in is durable (topic
+//! records acknowledged, then the Parquet file renamed into place) and, if it was late, its
+//! `<topic>.late` record is acknowledged; invalid events go to `<topic>.dlq`. Offsets are stored
+//! only at resume points, so a replay rebuilds every watermark exactly. A rebalance restarts the
+//! stage's state from the committed offsets (the run returns [`Error::Rebalanced`]).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aion_events::{decode, AnswerEvent, DecodeLimits, RetrievalEvent};
+use aion_kafka::{headers, Ack, KafkaConfig, OwnedHeaders, Record, Sink, Source, SourceConfig};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+use crate::aggregate::Aggregator;
+use crate::operator::{Measure, Observation, Origin, WindowOperator};
+use crate::table::MetricsTable;
+use crate::{ndcg, Error, Result, WindowsConfig};
+
+/// Header of a `<topic>.late` record: the windows it missed, comma-separated.
+pub const LATE_WINDOWS_HEADER: &str = "aion.late.windows";
+
+const STAGE: &str = "windows";
+/// Watermarks also advance by time (idle partitions), so the loop wakes at least this often.
+const TICK: Duration = Duration::from_millis(500);
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where and how one windows stage runs.
+#[derive(Debug, Clone)]
+pub struct StageOptions {
+    pub kafka: KafkaConfig,
+    pub group_id: String,
+    /// Root of the Parquet metrics table.
+    pub table_dir: PathBuf,
+    pub decode: DecodeLimits,
+}
+
+/// Live counts, readable while the stage runs.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub received: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub late: AtomicU64,
+    pub windows_closed: AtomicU64,
+    pub stored_events: AtomicU64,
+}
+
+struct Outputs {
+    sink: Sink,
+    aggregator: Aggregator,
+    table: MetricsTable,
+    topic: String,
+}
+
+/// Runs until `stop` is cancelled. Returns [`Error::Rebalanced`] when partitions were revoked:
+/// call again to rebuild the state by replay.
+pub async fn run(
+    config: &WindowsConfig,
+    options: &StageOptions,
+    stop: CancellationToken,
+    stats: &Stats,
+) -> Result<()> {
+    let inputs = [config.retrieval_topic.clone(), config.answer_topic.clone()];
+    let mut source_config = SourceConfig::new(STAGE, inputs.to_vec(), options.group_id.clone());
+    // Acks wait in open windows by design: no in-flight cap, nothing to wait for on revoke.
+    source_config.max_in_flight = None;
+    source_config.revoke_wait = Duration::ZERO;
+    source_config.explicit_resume_points = true;
+    let mut source = Source::new(&options.kafka, &source_config)?;
+    let mut operator: WindowOperator<Ack> = WindowOperator::new(config);
+    let now = Instant::now();
+    for (i, topic) in inputs.iter().enumerate() {
+        for partition in 0..aion_kafka::partition_count(&options.kafka, topic)? {
+            operator.add_partition(i as u8, partition as i32, now);
+        }
+        for side in [
+            aion_events::topics::dlq(topic),
+            aion_events::topics::late(topic),
+        ] {
+            aion_kafka::partition_count(&options.kafka, &side)?;
+        }
+    }
+    aion_kafka::partition_count(&options.kafka, &config.output_topic)?;
+    let outputs = Outputs {
+        sink: Sink::new(&options.kafka, STAGE)?,
+        aggregator: Aggregator::new(&config.sql_text).await?,
+        table: MetricsTable::new(&options.table_dir),
+        topic: config.output_topic.clone(),
+    };
+    let revocations = source.revocations();
+    info!(group = %options.group_id, table = %options.table_dir.display(), "windows stage started");
+    let result = loop {
+        let record = tokio::select! {
+            r = source.recv() => Some(r?),
+            () = tokio::time::sleep(TICK) => None,
+            () = stop.cancelled() => break Ok(()),
+        };
+        if source.revocations() != revocations {
+            break Err(Error::Rebalanced);
+        }
+        if let Some(record) = record {
+            stats.received.fetch_add(1, Ordering::Relaxed);
+            let input = u8::from(*record.topic != *inputs[0]);
+            admit(
+                config,
+                options,
+                &outputs,
+                &mut operator,
+                input,
+                record,
+                stats,
+            )
+            .await?;
+        }
+        let advanced = Instant::now();
+        let closing = operator.close(advanced);
+        if !closing.groups.is_empty() {
+            publish(&outputs, &closing.groups, stats).await?;
+            metrics::histogram!("aion_window_close_delay_seconds")
+                .record(advanced.elapsed().as_secs_f64());
+        }
+        // Only now, with the results durable, may these events' offsets be stored.
+        drop(closing);
+        stats
+            .stored_events
+            .store(operator.stored_rows() as u64, Ordering::Relaxed);
+    };
+    // Open windows are not durable: their events stay unacknowledged and are replayed.
+    for ack in operator.into_acks() {
+        ack.abandon();
+    }
+    outputs.sink.flush(SHUTDOWN_TIMEOUT)?;
+    source.shutdown(Duration::ZERO).await?;
+    result
+}
+
+async fn admit(
+    config: &WindowsConfig,
+    options: &StageOptions,
+    outputs: &Outputs,
+    operator: &mut WindowOperator<Ack>,
+    input: u8,
+    record: Record,
+    stats: &Stats,
+) -> Result<()> {
+    let now = Instant::now();
+    let origin = Origin {
+        input,
+        partition: record.partition,
+        offset: record.offset,
+    };
+    let observation = if input == 0 {
+        decode::<RetrievalEvent>(&record.payload, &options.decode).map(|e| Observation {
+            tenant: Arc::from(e.tenant_id.as_str()),
+            ts: e.ts.timestamp_micros(),
+            measure: Measure::Retrieval {
+                ndcg: ndcg(&e, config.ndcg.k, config.ndcg.gain),
+            },
+        })
+    } else {
+        decode::<AnswerEvent>(&record.payload, &options.decode).map(|e| Observation {
+            tenant: Arc::from(e.tenant_id.as_str()),
+            ts: e.ts.timestamp_micros(),
+            measure: Measure::Answer {
+                fallback: e.fallback,
+                confidence: e.confidence,
+            },
+        })
+    };
+    let observation = match observation {
+        Ok(o) => o,
+        Err(reject) => {
+            if operator.observe_unusable(origin, now) {
+                record.ack.mark_resume_point();
+            }
+            stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+            outputs
+                .sink
+                .dead_letter(record, &reject.path, &reject.message)
+                .await?;
+            return Ok(());
+        }
+    };
+    let admission = operator.observe(origin, &observation, record.ack.clone(), now);
+    if admission.resume_point {
+        record.ack.mark_resume_point();
+    }
+    if !admission.missed.is_empty() {
+        stats.late.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("aion_late_events_total", "stage" => STAGE, "topic" => record.topic.to_string())
+            .increment(1);
+        let missed = admission.missed.join(",");
+        debug!(topic = %record.topic, offset = record.offset, %missed, "late event");
+        let headers: OwnedHeaders =
+            headers::lineage(&record.topic, record.partition, record.offset)
+                .insert(rdkafka_header(LATE_WINDOWS_HEADER, &missed));
+        outputs
+            .sink
+            .send(
+                &aion_events::topics::late(&record.topic),
+                record.key.as_deref(),
+                &record.payload,
+                Some(headers),
+                Some(record.ack),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+fn rdkafka_header<'a>(key: &'a str, value: &'a str) -> aion_kafka::Header<'a, &'a [u8]> {
+    aion_kafka::Header {
+        key,
+        value: Some(value.as_bytes()),
+    }
+}
+
+/// Aggregates the closed groups and makes each durable: metrics records acknowledged, then the
+/// Parquet file. A group whose file exists was made durable by an earlier run and is skipped.
+async fn publish(
+    outputs: &Outputs,
+    groups: &[crate::operator::ClosedGroup],
+    stats: &Stats,
+) -> Result<()> {
+    let results = outputs.aggregator.aggregate(groups).await?;
+    let mut deliveries = Vec::new();
+    let mut todo = Vec::new();
+    for result in results {
+        if outputs.table.contains(&result.tenant, result.end) {
+            continue;
+        }
+        for m in &result.metrics {
+            let payload = serde_json::to_vec(m).map_err(|e| Error::Sql(e.to_string()))?;
+            let key = m.key();
+            deliveries.push(
+                outputs
+                    .sink
+                    .send_confirmed(&outputs.topic, Some(key.as_bytes()), &payload)
+                    .await?,
+            );
+        }
+        todo.push(result);
+    }
+    for delivery in deliveries {
+        delivery.wait(&outputs.topic).await?;
+    }
+    for result in todo {
+        outputs
+            .table
+            .write(&result.tenant, result.end, &result.rows)?;
+        stats
+            .windows_closed
+            .fetch_add(result.metrics.len() as u64, Ordering::Relaxed);
+        metrics::counter!("aion_sent_events_total", "stage" => STAGE)
+            .increment(result.metrics.len() as u64);
+    }
+    Ok(())
+}
