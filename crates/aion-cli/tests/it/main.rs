@@ -4,6 +4,7 @@
 
 mod ndcg;
 mod relay;
+mod windows;
 
 use std::process::{Child, Command, Stdio};
 
