@@ -21,7 +21,7 @@ pub use operator::{
     Admission, ClosedGroup, ClosedWindow, Closing, Measure, Micros, Observation, Origin,
     WindowOperator,
 };
-pub use stage::{run, StageOptions, Stats, LATE_WINDOWS_HEADER};
+pub use stage::{observation, run, StageOptions, Stats, LATE_WINDOWS_HEADER};
 pub use table::MetricsTable;
 
 /// Errors of the windows stage.

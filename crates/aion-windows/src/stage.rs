@@ -7,9 +7,10 @@
 //! only at resume points, so a replay rebuilds every watermark exactly. A rebalance restarts the
 //! stage's state from the committed offsets (the run returns [`Error::Rebalanced`]).
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aion_events::{decode, AnswerEvent, DecodeLimits, RetrievalEvent};
@@ -48,7 +49,13 @@ pub struct Stats {
     pub late: AtomicU64,
     pub windows_closed: AtomicU64,
     pub stored_events: AtomicU64,
+    /// Seconds from the watermark passing window ends to their results being durable, the most
+    /// recent [`CLOSE_DELAYS_KEPT`].
+    pub close_delays: Mutex<VecDeque<f64>>,
 }
+
+/// How many close delays [`Stats`] keeps.
+pub const CLOSE_DELAYS_KEPT: usize = 10_000;
 
 struct Outputs {
     sink: Sink,
@@ -121,8 +128,13 @@ pub async fn run(
         let closing = operator.close(advanced);
         if !closing.groups.is_empty() {
             publish(&outputs, &closing.groups, stats).await?;
-            metrics::histogram!("aion_window_close_delay_seconds")
-                .record(advanced.elapsed().as_secs_f64());
+            let delay = advanced.elapsed().as_secs_f64();
+            metrics::histogram!("aion_window_close_delay_seconds").record(delay);
+            let mut delays = stats.close_delays.lock().unwrap_or_else(|p| p.into_inner());
+            if delays.len() == CLOSE_DELAYS_KEPT {
+                delays.pop_front();
+            }
+            delays.push_back(delay);
         }
         // Only now, with the results durable, may these events' offsets be stored.
         drop(closing);
@@ -137,6 +149,33 @@ pub async fn run(
     outputs.sink.flush(SHUTDOWN_TIMEOUT)?;
     source.shutdown(Duration::ZERO).await?;
     result
+}
+
+/// Decodes one record of input 0 (retrieval) or 1 (answer) into what its windows aggregate.
+pub fn observation(
+    config: &WindowsConfig,
+    limits: &DecodeLimits,
+    input: u8,
+    payload: &[u8],
+) -> Result<Observation, aion_events::Reject> {
+    if input == 0 {
+        decode::<RetrievalEvent>(payload, limits).map(|e| Observation {
+            tenant: Arc::from(e.tenant_id.as_str()),
+            ts: e.ts.timestamp_micros(),
+            measure: Measure::Retrieval {
+                ndcg: ndcg(&e, config.ndcg.k, config.ndcg.gain),
+            },
+        })
+    } else {
+        decode::<AnswerEvent>(payload, limits).map(|e| Observation {
+            tenant: Arc::from(e.tenant_id.as_str()),
+            ts: e.ts.timestamp_micros(),
+            measure: Measure::Answer {
+                fallback: e.fallback,
+                confidence: e.confidence,
+            },
+        })
+    }
 }
 
 async fn admit(
@@ -154,24 +193,7 @@ async fn admit(
         partition: record.partition,
         offset: record.offset,
     };
-    let observation = if input == 0 {
-        decode::<RetrievalEvent>(&record.payload, &options.decode).map(|e| Observation {
-            tenant: Arc::from(e.tenant_id.as_str()),
-            ts: e.ts.timestamp_micros(),
-            measure: Measure::Retrieval {
-                ndcg: ndcg(&e, config.ndcg.k, config.ndcg.gain),
-            },
-        })
-    } else {
-        decode::<AnswerEvent>(&record.payload, &options.decode).map(|e| Observation {
-            tenant: Arc::from(e.tenant_id.as_str()),
-            ts: e.ts.timestamp_micros(),
-            measure: Measure::Answer {
-                fallback: e.fallback,
-                confidence: e.confidence,
-            },
-        })
-    };
+    let observation = observation(config, &options.decode, input, &record.payload);
     let observation = match observation {
         Ok(o) => o,
         Err(reject) => {

@@ -35,8 +35,9 @@ pub enum Command {
     Windows(windows::Action),
     /// Per-event nDCG@k of a file of retrieval events.
     Ndcg(ndcg::Args),
-    /// Measure decode/validate speed and broker throughput against a bare consumer.
-    Bench(bench::Args),
+    /// Benchmarks with their targets: `relay` (decode, broker throughput) and `windows`.
+    #[command(subcommand)]
+    Bench(bench::Action),
     /// Run the whole loop locally: broker, topics, stages and synthetic traffic, with a live summary.
     Up(up::Args),
 }
@@ -71,7 +72,7 @@ pub async fn run(command: Command, ctx: Context) -> Result<()> {
         }
         Command::Windows(action) => windows::run(action, &ctx, shutdown_signal()).await,
         Command::Ndcg(args) => ndcg::run(args, &ctx),
-        Command::Bench(args) => bench::run(args, &ctx).await,
+        Command::Bench(action) => bench::run(action, &ctx).await,
         Command::Up(args) => up::run(args, ctx, shutdown_signal()).await,
     }
 }

@@ -60,6 +60,22 @@ pub async fn run(args: Args, mut ctx: Context, stop: CancellationToken) -> Resul
     };
     println!("stages    relay: retrieval.v1, answer.v1 → *.valid, invalid → *.dlq");
 
+    let window_stats = Arc::new(aion_windows::Stats::default());
+    let windows = {
+        let config = super::windows::load(None)?;
+        let options = super::windows::options(&ctx, None);
+        println!(
+            "          windows: nDCG@{} and fallback rate per tenant → {}, Parquet in {}",
+            config.ndcg.k,
+            config.output_topic,
+            options.table_dir.display()
+        );
+        let (stop, stats) = (stop.clone(), window_stats.clone());
+        tokio::spawn(
+            async move { super::windows::run_stage(&config, &options, stop, &stats).await },
+        )
+    };
+
     let already = aion_kafka::topic_records(&ctx.kafka, aion_events::topics::RETRIEVAL)?;
     let producer = if args.events > 0 && already == 0 {
         let produce = super::produce::Args {
@@ -96,7 +112,7 @@ pub async fn run(args: Args, mut ctx: Context, stop: CancellationToken) -> Resul
         tokio::select! {
             _ = tick.tick() => {
                 let (received, forwarded, dlq) = stats.snapshot();
-                println!("summary   events in {received}, forwarded {forwarded}, dead-lettered {dlq}");
+                println!("summary   events in {received}, forwarded {forwarded}, dead-lettered {dlq}; {}", windows_line(&window_stats));
             }
             () = stop.cancelled() => break,
         }
@@ -105,7 +121,18 @@ pub async fn run(args: Args, mut ctx: Context, stop: CancellationToken) -> Resul
         p.await??;
     }
     relay.await??;
+    windows.await??;
     let (received, forwarded, dlq) = stats.snapshot();
     println!("stopped   events in {received}, forwarded {forwarded}, dead-lettered {dlq}; offsets committed");
     Ok(())
+}
+
+fn windows_line(stats: &aion_windows::Stats) -> String {
+    use std::sync::atomic::Ordering::Relaxed;
+    format!(
+        "windows closed {}, late events {}, events in open windows {}",
+        stats.windows_closed.load(Relaxed),
+        stats.late.load(Relaxed),
+        stats.stored_events.load(Relaxed)
+    )
 }

@@ -1,5 +1,4 @@
-//! `aion bench`: throughput numbers side by side with their references. A benchmark, not a test:
-//! it prints, it does not assert.
+//! `aion bench relay`: decode/validate speed and broker throughput against a bare consumer.
 
 use std::time::{Duration, Instant};
 
@@ -55,9 +54,7 @@ fn decode_rate(
     Ok(rate(payloads.len() as u64, t.elapsed()))
 }
 
-fn rate(n: u64, d: Duration) -> f64 {
-    n as f64 / d.as_secs_f64().max(1e-9)
-}
+use super::rate;
 
 pub async fn run(args: Args, ctx: &Context) -> Result<()> {
     let n = args.events;
@@ -99,7 +96,7 @@ pub async fn run(args: Args, ctx: &Context) -> Result<()> {
     let run_id = chrono::Utc::now().timestamp_millis();
     let input = format!("bench.{run_id}");
     ctx.config.kafka.group_prefix = format!("bench.{run_id}");
-    super::topics::create(
+    crate::commands::topics::create(
         &ctx,
         &[
             input.clone(),
@@ -152,7 +149,7 @@ pub async fn run(args: Args, ctx: &Context) -> Result<()> {
         let broker = aion_broker::Broker::start_temporary()?;
         let mut out_ctx = ctx.clone();
         out_ctx.kafka.brokers = broker.bootstrap();
-        super::topics::create(
+        crate::commands::topics::create(
             &out_ctx,
             &[format!("{input}.out"), format!("{input}.dlq")],
             None,

@@ -1,0 +1,33 @@
+//! `aion bench`: speeds and memory side by side with their targets. Benchmarks, not tests: they
+//! print tables, they do not assert.
+
+mod relay;
+mod windows;
+
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::Subcommand;
+
+use crate::Context;
+
+#[derive(Debug, Subcommand)]
+pub enum Action {
+    /// Decode/validate speed per core, produce and consume rates, and the relay against a bare
+    /// consumer.
+    Relay(relay::Args),
+    /// Window aggregation events/s per core, memory at 100k..5M events, and the delay from the
+    /// watermark passing a window end to its result being durable (real broker).
+    Windows(windows::Args),
+}
+
+pub async fn run(action: Action, ctx: &Context) -> Result<()> {
+    match action {
+        Action::Relay(args) => relay::run(args, ctx).await,
+        Action::Windows(args) => windows::run(args, ctx).await,
+    }
+}
+
+fn rate(n: u64, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64().max(1e-9)
+}
