@@ -173,8 +173,11 @@ fn input_batch(groups: &[ClosedGroup]) -> Result<RecordBatch> {
     Ok(RecordBatch::try_new(input_schema(), columns)?)
 }
 
-/// The columns `metrics.v1` is read from, with the type each is cast to.
-const OUTPUT_COLUMNS: [(&str, fn() -> DataType); 13] = [
+/// An output column's name and the type it is cast to.
+type OutputColumn = (&'static str, fn() -> DataType);
+
+/// The columns `metrics.v1` is read from.
+const OUTPUT_COLUMNS: [OutputColumn; 13] = [
     ("tenant_id", || DataType::Utf8),
     ("window", || DataType::Utf8),
     ("window_start", timestamp),

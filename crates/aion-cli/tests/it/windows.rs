@@ -43,8 +43,11 @@ fn answer(id: &str, tenant: &str, minutes: i64, fallback: bool, confidence: f64)
            "confidence": confidence, "fallback": fallback, "provider": "local", "model": "m", "latency_ms": 5})
 }
 
-/// (topic, payload) in publish order: first half, then second half.
-fn input() -> (Vec<(&'static str, Vec<u8>)>, Vec<(&'static str, Vec<u8>)>) {
+/// (topic, payload) in publish order.
+type Records = Vec<(&'static str, Vec<u8>)>;
+
+/// The input: first half, then second half.
+fn input() -> (Records, Records) {
     let r = |v: Value| ("retrieval.v1", serde_json::to_vec(&v).unwrap());
     let a = |v: Value| ("answer.v1", serde_json::to_vec(&v).unwrap());
     let first = vec![
