@@ -11,6 +11,8 @@ use crate::{Error, Gain, Result};
 pub const DEFAULT_PIPELINE: &str = include_str!("../../../pipelines/windows.toml");
 /// Its aggregate SQL.
 pub const DEFAULT_SQL: &str = include_str!("../../../pipelines/windows.sql");
+/// The view that rebuilds the aggregate's input from the `window_history` table.
+pub const WINDOW_EVENTS_VIEW: &str = include_str!("../../../pipelines/window_events.sql");
 
 /// One windows pipeline: what it reads, how it scores, which windows it closes, what SQL
 /// aggregates them.

@@ -1,6 +1,7 @@
 //! Retrieval quality and fallback rate over event time: per-event nDCG@k, per-tenant tumbling and
 //! hopping windows with per-partition watermarks, aggregated by the pipeline's DataFusion SQL,
-//! published to `metrics.v1` and stored as a Parquet table.
+//! published to `metrics.v1` and stored as Parquet tables (window results, and the event history
+//! an analyst reruns the same SQL over).
 //!
 //! Owns the windows stage end to end (its run loop included); it reads the wire types of
 //! `aion-events` and the delivery contract of `aion-kafka`, and knows no other stage.
@@ -15,14 +16,18 @@ mod stage;
 mod table;
 
 pub use aggregate::{input_schema, Aggregator, GroupResult, INPUT_TABLE};
-pub use config::{parse_duration, WindowSpec, WindowsConfig, DEFAULT_PIPELINE, DEFAULT_SQL};
+pub use config::{
+    parse_duration, WindowSpec, WindowsConfig, DEFAULT_PIPELINE, DEFAULT_SQL, WINDOW_EVENTS_VIEW,
+};
 pub use ndcg::{ndcg, Gain};
 pub use operator::{
     Admission, ClosedGroup, ClosedWindow, Closing, Measure, Micros, Observation, Origin,
-    WindowOperator,
+    ReleasedPane, WindowOperator,
 };
-pub use stage::{observation, run, StageOptions, Stats, LATE_WINDOWS_HEADER};
-pub use table::MetricsTable;
+pub use stage::{
+    observation, run, StageOptions, Stats, HISTORY_TABLE, LATE_WINDOWS_HEADER, METRICS_TABLE,
+};
+pub use table::Table;
 
 /// Errors of the windows stage.
 #[derive(Debug, thiserror::Error)]

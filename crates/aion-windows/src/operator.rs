@@ -74,6 +74,17 @@ struct Pane<A> {
     sorted: bool,
 }
 
+impl<A> Pane<A> {
+    /// Arrival order across partitions differs between runs; this order does not, so float sums
+    /// in the SQL come out bit-identical on replay.
+    fn sort(&mut self) {
+        if !self.sorted {
+            self.rows.sort_by_key(|r| (r.ts, r.origin));
+            self.sorted = true;
+        }
+    }
+}
+
 struct Spec {
     name: Arc<str>,
     size: Micros,
@@ -117,10 +128,19 @@ pub struct ClosedGroup {
     pub windows: Vec<ClosedWindow>,
 }
 
+/// A pane no open window needs any more: its events, final, for the history table.
+#[derive(Debug)]
+pub struct ReleasedPane {
+    pub tenant: Arc<str>,
+    pub start: Micros,
+    pub(crate) rows: Vec<Row>,
+}
+
 /// Everything a watermark advance closed, and the acks to drop once its results are durable.
 #[derive(Debug)]
 pub struct Closing<A> {
     pub groups: Vec<ClosedGroup>,
+    pub released: Vec<ReleasedPane>,
     pub release: Vec<A>,
 }
 
@@ -283,6 +303,7 @@ impl<A> WindowOperator<A> {
     pub fn close(&mut self, now: Instant) -> Closing<A> {
         let mut closing = Closing {
             groups: Vec::new(),
+            released: Vec::new(),
             release: Vec::new(),
         };
         let Some(watermark) = self.watermark(now) else {
@@ -314,9 +335,15 @@ impl<A> WindowOperator<A> {
                     if last_end(start) > end {
                         break;
                     }
-                    if let Some((_, pane)) = panes.pop_first() {
+                    if let Some((start, mut pane)) = panes.pop_first() {
                         self.stored_rows -= pane.rows.len();
-                        closing.release.extend(pane.acks);
+                        pane.sort();
+                        closing.release.append(&mut pane.acks);
+                        closing.released.push(ReleasedPane {
+                            tenant: tenant.clone(),
+                            start,
+                            rows: pane.rows,
+                        });
                     }
                 }
                 if panes.is_empty() {
@@ -343,12 +370,7 @@ impl<A> WindowOperator<A> {
             let start = end - spec.size;
             let mut rows = Vec::new();
             for (_, pane) in panes.range_mut(start..end) {
-                if !pane.sorted {
-                    // Arrival order across partitions differs between runs; this order does not,
-                    // so float sums in the SQL come out bit-identical on replay.
-                    pane.rows.sort_by_key(|r| (r.ts, r.origin));
-                    pane.sorted = true;
-                }
+                pane.sort();
                 rows.extend(pane.rows.iter().filter(|r| r.arrived_at < end).copied());
             }
             if !rows.is_empty() {

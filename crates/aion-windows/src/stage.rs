@@ -19,9 +19,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::aggregate::Aggregator;
-use crate::operator::{Measure, Observation, Origin, WindowOperator};
-use crate::table::MetricsTable;
+use crate::operator::{Closing, Measure, Observation, Origin, WindowOperator};
+use crate::table::{pane_batch, Table};
 use crate::{ndcg, Error, Result, WindowsConfig};
+
+/// Table of closed windows' aggregates, under [`StageOptions::data_dir`].
+pub const METRICS_TABLE: &str = "metrics";
+/// Table of every counted event once, under [`StageOptions::data_dir`].
+pub const HISTORY_TABLE: &str = "window_history";
 
 /// Header of a `<topic>.late` record: the windows it missed, comma-separated.
 pub const LATE_WINDOWS_HEADER: &str = "aion.late.windows";
@@ -36,8 +41,8 @@ const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct StageOptions {
     pub kafka: KafkaConfig,
     pub group_id: String,
-    /// Root of the Parquet metrics table.
-    pub table_dir: PathBuf,
+    /// Where the Parquet tables go: `metrics/` and `window_history/` under it.
+    pub data_dir: PathBuf,
     pub decode: DecodeLimits,
 }
 
@@ -60,7 +65,8 @@ pub const CLOSE_DELAYS_KEPT: usize = 10_000;
 struct Outputs {
     sink: Sink,
     aggregator: Aggregator,
-    table: MetricsTable,
+    metrics: Table,
+    history: Table,
     topic: String,
 }
 
@@ -96,11 +102,12 @@ pub async fn run(
     let outputs = Outputs {
         sink: Sink::new(&options.kafka, STAGE)?,
         aggregator: Aggregator::new(&config.sql_text).await?,
-        table: MetricsTable::new(&options.table_dir),
+        metrics: Table::new(options.data_dir.join(METRICS_TABLE)),
+        history: Table::new(options.data_dir.join(HISTORY_TABLE)),
         topic: config.output_topic.clone(),
     };
     let revocations = source.revocations();
-    info!(group = %options.group_id, table = %options.table_dir.display(), "windows stage started");
+    info!(group = %options.group_id, data = %options.data_dir.display(), "windows stage started");
     let result = loop {
         let record = tokio::select! {
             r = source.recv() => Some(r?),
@@ -126,8 +133,8 @@ pub async fn run(
         }
         let advanced = Instant::now();
         let closing = operator.close(advanced);
-        if !closing.groups.is_empty() {
-            publish(&outputs, &closing.groups, stats).await?;
+        if !closing.groups.is_empty() || !closing.released.is_empty() {
+            publish(&outputs, &closing, stats).await?;
             let delay = advanced.elapsed().as_secs_f64();
             metrics::histogram!("aion_window_close_delay_seconds").record(delay);
             let mut delays = stats.close_delays.lock().unwrap_or_else(|p| p.into_inner());
@@ -244,16 +251,20 @@ fn rdkafka_header<'a>(key: &'a str, value: &'a str) -> aion_kafka::Header<'a, &'
 
 /// Aggregates the closed groups and makes each durable: metrics records acknowledged, then the
 /// Parquet file. A group whose file exists was made durable by an earlier run and is skipped.
-async fn publish(
-    outputs: &Outputs,
-    groups: &[crate::operator::ClosedGroup],
-    stats: &Stats,
-) -> Result<()> {
-    let results = outputs.aggregator.aggregate(groups).await?;
+async fn publish(outputs: &Outputs, closing: &Closing<Ack>, stats: &Stats) -> Result<()> {
+    let results = if closing.groups.is_empty() {
+        Vec::new()
+    } else {
+        outputs.aggregator.aggregate(&closing.groups).await?
+    };
     let mut deliveries = Vec::new();
     let mut todo = Vec::new();
     for result in results {
-        if outputs.table.contains(&result.tenant, result.end) {
+        if outputs
+            .metrics
+            .window_file(&result.tenant, result.end)
+            .exists()
+        {
             continue;
         }
         for m in &result.metrics {
@@ -272,14 +283,17 @@ async fn publish(
         delivery.wait(&outputs.topic).await?;
     }
     for result in todo {
-        outputs
-            .table
-            .write(&result.tenant, result.end, &result.rows)?;
+        let path = outputs.metrics.window_file(&result.tenant, result.end);
+        outputs.metrics.write(&path, &result.rows)?;
         stats
             .windows_closed
             .fetch_add(result.metrics.len() as u64, Ordering::Relaxed);
         metrics::counter!("aion_sent_events_total", "stage" => STAGE)
             .increment(result.metrics.len() as u64);
+    }
+    for pane in &closing.released {
+        let path = outputs.history.pane_file(&pane.tenant, pane.start);
+        outputs.history.write(&path, &pane_batch(pane)?)?;
     }
     Ok(())
 }

@@ -1,25 +1,35 @@
-//! The Parquet metrics table: `<root>/tenant_id=<t>/date=<YYYY-MM-DD>/w-<window end>.parquet`,
-//! one file per tenant and window end (every window of the tenant that closed at that instant).
+//! The stage's Parquet tables, Hive-partitioned `<root>/tenant_id=<t>/date=<YYYY-MM-DD>/<file>`:
 //!
-//! The file name is a function of the windows it holds, so a replay rewrites the same file, and
-//! its existence says the windows' results are durable: the topic records are acknowledged
-//! before the file is renamed into place.
+//! - `metrics`: one file `w-<end>.parquet` per tenant and window end (every window of the tenant
+//!   that closed at that instant), dated by the windows' last instant;
+//! - `window_history`: one file `p-<start>.parquet` per tenant and pane, written when no open
+//!   window needs the pane any more: each event once, with the watermark it arrived at, so
+//!   `pipelines/window_events.sql` rebuilds the stream's window input exactly.
+//!
+//! File names are functions of what the files hold, so a replay rewrites the same files. A
+//! metrics file's existence says its windows' results are durable: the topic records are
+//! acknowledged before the file is renamed into place.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use chrono::DateTime;
-use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::array::{
+    ArrayRef, BooleanBuilder, Float64Builder, RecordBatch, StringBuilder,
+    TimestampMicrosecondBuilder,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::file::properties::WriterProperties;
 
-use crate::operator::Micros;
+use crate::operator::{Measure, Micros, ReleasedPane};
 use crate::{Error, Result};
 
-/// A Hive-partitioned Parquet table of window results.
+/// A Hive-partitioned Parquet table.
 #[derive(Debug, Clone)]
-pub struct MetricsTable {
+pub struct Table {
     root: PathBuf,
 }
 
@@ -30,7 +40,14 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     }
 }
 
-impl MetricsTable {
+fn stamp(t: Micros) -> String {
+    DateTime::from_timestamp_micros(t)
+        .unwrap_or_default()
+        .format("%Y%m%dT%H%M%SZ")
+        .to_string()
+}
+
+impl Table {
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Self { root: root.into() }
     }
@@ -39,26 +56,28 @@ impl MetricsTable {
         &self.root
     }
 
-    /// The file of `tenant`'s windows ending at `end`. The date is the day of the windows' last
-    /// instant, so the windows of a day (and the day window itself) land under that day.
-    pub fn path(&self, tenant: &str, end: Micros) -> PathBuf {
+    fn path(&self, tenant: &str, day_of: Micros, file: &str) -> PathBuf {
         // Tenant ids were validated on decode: they cannot leave their directory.
-        let last = DateTime::from_timestamp_micros(end - 1).unwrap_or_default();
-        let end = DateTime::from_timestamp_micros(end).unwrap_or_default();
+        let day = DateTime::from_timestamp_micros(day_of).unwrap_or_default();
         self.root
             .join(format!("tenant_id={tenant}"))
-            .join(format!("date={}", last.format("%Y-%m-%d")))
-            .join(format!("w-{}.parquet", end.format("%Y%m%dT%H%M%SZ")))
+            .join(format!("date={}", day.format("%Y-%m-%d")))
+            .join(file)
     }
 
-    pub fn contains(&self, tenant: &str, end: Micros) -> bool {
-        self.path(tenant, end).exists()
+    /// The metrics file of `tenant`'s windows ending at `end`.
+    pub fn window_file(&self, tenant: &str, end: Micros) -> PathBuf {
+        self.path(tenant, end - 1, &format!("w-{}.parquet", stamp(end)))
     }
 
-    /// Writes the rows (without `tenant_id`: it is the directory) to a temporary file, fsyncs
-    /// it, renames it into place and fsyncs the directory.
-    pub fn write(&self, tenant: &str, end: Micros, rows: &RecordBatch) -> Result<PathBuf> {
-        let path = self.path(tenant, end);
+    /// The history file of `tenant`'s pane starting at `start`.
+    pub fn pane_file(&self, tenant: &str, start: Micros) -> PathBuf {
+        self.path(tenant, start, &format!("p-{}.parquet", stamp(start)))
+    }
+
+    /// Writes `rows` (without `tenant_id`: it is the directory) to a temporary file, fsyncs it,
+    /// renames it to `path` and fsyncs the directory.
+    pub fn write(&self, path: &Path, rows: &RecordBatch) -> Result<()> {
         let dir = path.parent().unwrap_or(&self.root).to_owned();
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         let mut rows = rows.clone();
@@ -74,10 +93,64 @@ impl MetricsTable {
         writer.write(&rows)?;
         let file = writer.into_inner()?;
         file.sync_all().map_err(io(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io(&path))?;
+        std::fs::rename(&tmp, path).map_err(io(path))?;
         File::open(&dir)
             .and_then(|d| d.sync_all())
             .map_err(io(&dir))?;
-        Ok(path)
+        Ok(())
     }
+}
+
+fn timestamp() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+/// Rows of the `window_history` table: one per event of a released pane.
+pub fn pane_batch(pane: &ReleasedPane) -> Result<RecordBatch> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("kind", DataType::Utf8, false),
+        Field::new("ts", timestamp(), false),
+        Field::new("ndcg", DataType::Float64, true),
+        Field::new("fallback", DataType::Boolean, true),
+        Field::new("confidence", DataType::Float64, true),
+        // The effective watermark on arrival: the event counts in windows ending after it.
+        Field::new("arrived_at", timestamp(), true),
+    ]));
+    let n = pane.rows.len();
+    let mut kind = StringBuilder::with_capacity(n, n * 9);
+    let ts_builder = || TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
+    let (mut ts, mut arrived) = (ts_builder(), ts_builder());
+    let mut ndcg = Float64Builder::with_capacity(n);
+    let mut fallback = BooleanBuilder::with_capacity(n);
+    let mut confidence = Float64Builder::with_capacity(n);
+    for row in &pane.rows {
+        ts.append_value(row.ts);
+        arrived.append_option((row.arrived_at != Micros::MIN).then_some(row.arrived_at));
+        match row.measure {
+            Measure::Retrieval { ndcg: score } => {
+                kind.append_value("retrieval");
+                ndcg.append_option(score);
+                fallback.append_null();
+                confidence.append_null();
+            }
+            Measure::Answer {
+                fallback: f,
+                confidence: c,
+            } => {
+                kind.append_value("answer");
+                ndcg.append_null();
+                fallback.append_value(f);
+                confidence.append_value(c);
+            }
+        }
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(kind.finish()),
+        Arc::new(ts.finish()),
+        Arc::new(ndcg.finish()),
+        Arc::new(fallback.finish()),
+        Arc::new(confidence.finish()),
+        Arc::new(arrived.finish()),
+    ];
+    Ok(RecordBatch::try_new(schema, columns)?)
 }

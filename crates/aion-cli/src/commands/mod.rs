@@ -4,6 +4,7 @@ mod bench;
 mod broker;
 mod ndcg;
 mod produce;
+mod sql;
 mod tail;
 mod topics;
 mod up;
@@ -33,6 +34,8 @@ pub enum Command {
     /// Windowed nDCG and fallback-rate aggregates per tenant, on event time.
     #[command(subcommand)]
     Windows(windows::Action),
+    /// SQL (DataFusion) over the Parquet tables: window metrics, the window history.
+    Sql(sql::Args),
     /// Per-event nDCG@k of a file of retrieval events.
     Ndcg(ndcg::Args),
     /// Benchmarks with their targets: `relay` (decode, broker throughput) and `windows`.
@@ -71,6 +74,7 @@ pub async fn run(command: Command, ctx: Context) -> Result<()> {
             .await
         }
         Command::Windows(action) => windows::run(action, &ctx, shutdown_signal()).await,
+        Command::Sql(args) => sql::run(args, &ctx).await,
         Command::Ndcg(args) => ndcg::run(args, &ctx),
         Command::Bench(action) => bench::run(action, &ctx).await,
         Command::Up(args) => up::run(args, ctx, shutdown_signal()).await,

@@ -68,7 +68,7 @@ pub async fn run(args: Args, mut ctx: Context, stop: CancellationToken) -> Resul
             "          windows: nDCG@{} and fallback rate per tenant → {}, Parquet in {}",
             config.ndcg.k,
             config.output_topic,
-            options.table_dir.display()
+            options.data_dir.join(aion_windows::METRICS_TABLE).display()
         );
         let (stop, stats) = (stop.clone(), window_stats.clone());
         tokio::spawn(

@@ -13,7 +13,8 @@ use crate::Context;
 #[derive(Debug, Subcommand)]
 pub enum Action {
     /// Consume retrieval and answer events, close event-time windows per tenant and publish their
-    /// aggregates to `metrics.v1` and the Parquet metrics table (`<state dir>/metrics`).
+    /// aggregates to `metrics.v1` and the Parquet tables `<state dir>/metrics` (results) and
+    /// `<state dir>/window_history` (each counted event once, for `aion sql`).
     /// Late events go to `<topic>.late`, invalid ones to `<topic>.dlq`.
     Run(RunArgs),
     /// Check a pipeline file and its SQL (DataFusion plans it) without running anything.
@@ -28,9 +29,9 @@ pub struct RunArgs {
     /// Pipeline TOML (default: the embedded `pipelines/windows.toml`).
     #[arg(long, env = "AION_WINDOWS_PIPELINE")]
     pub pipeline: Option<PathBuf>,
-    /// Root of the Parquet metrics table (default: `<state dir>/metrics`).
-    #[arg(long, env = "AION_METRICS_TABLE")]
-    pub table: Option<PathBuf>,
+    /// Where the Parquet tables `metrics/` and `window_history/` go (default: the state dir).
+    #[arg(long, env = "AION_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
 }
 
 pub fn load(pipeline: Option<&std::path::Path>) -> Result<WindowsConfig> {
@@ -40,11 +41,11 @@ pub fn load(pipeline: Option<&std::path::Path>) -> Result<WindowsConfig> {
     })
 }
 
-pub fn options(ctx: &Context, table: Option<PathBuf>) -> StageOptions {
+pub fn options(ctx: &Context, data_dir: Option<PathBuf>) -> StageOptions {
     StageOptions {
         kafka: ctx.kafka.clone(),
         group_id: ctx.group("windows"),
-        table_dir: table.unwrap_or_else(|| ctx.state_dir.join("metrics")),
+        data_dir: data_dir.unwrap_or_else(|| ctx.state_dir.clone()),
         decode: ctx.decode_limits(),
     }
 }
@@ -70,7 +71,13 @@ pub async fn run(action: Action, ctx: &Context, stop: CancellationToken) -> Resu
     match action {
         Action::Run(args) => {
             let config = load(args.pipeline.as_deref())?;
-            run_stage(&config, &options(ctx, args.table), stop, &Stats::default()).await
+            run_stage(
+                &config,
+                &options(ctx, args.data_dir),
+                stop,
+                &Stats::default(),
+            )
+            .await
         }
         Action::Validate { pipeline } => {
             let config = load(pipeline.as_deref())?;

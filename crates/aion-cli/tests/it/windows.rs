@@ -224,7 +224,7 @@ fn check(s: &Stack, got: &BTreeMap<String, Value>) {
         "window results differ from the golden file"
     );
 
-    // The Parquet table holds the same windows and values.
+    // The metrics table holds the same windows and values.
     let table = parquet_rows(&s.state.path().join("metrics"));
     let from_topic: BTreeMap<String, (i64, Option<f64>, Option<f64>)> = got
         .iter()
@@ -274,6 +274,53 @@ fn check(s: &Stack, got: &BTreeMap<String, Value>) {
     );
 }
 
+/// An analyst reruns the stream's SQL over the Parquet history and gets the published results.
+fn check_analyst_rerun(s: &Stack, got: &BTreeMap<String, Value>) {
+    let sql = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../pipelines/windows.sql");
+    let out = s.run(&["sql", "--format", "json", &format!("@{}", sql.display())]);
+    let mut rerun = BTreeMap::new();
+    for line in out.lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        let start: chrono::DateTime<chrono::Utc> =
+            v["window_start"].as_str().unwrap().parse().unwrap();
+        let key = format!(
+            "{}/{}/{}",
+            v["tenant_id"].as_str().unwrap(),
+            v["window"].as_str().unwrap(),
+            start.format("%Y-%m-%dT%H:%M:%SZ")
+        );
+        rerun.insert(key, v);
+    }
+    assert_eq!(
+        rerun.keys().collect::<Vec<_>>(),
+        got.keys().collect::<Vec<_>>()
+    );
+    for (key, published) in got {
+        for field in [
+            "retrieval_events",
+            "judged_events",
+            "answers",
+            "fallbacks",
+            "ndcg_mean",
+            "ndcg_p50",
+            "ndcg_p10",
+            "fallback_rate",
+            "confidence_mean",
+        ] {
+            // Arrow's JSON writer leaves NULL fields out.
+            let (a, b) = (
+                published[field].as_f64(),
+                rerun[key].get(field).and_then(Value::as_f64),
+            );
+            assert!(
+                a.zip(b)
+                    .map_or(a.is_none() && b.is_none(), |(a, b)| (a - b).abs() < 1e-12),
+                "{key} {field}: published {a:?}, rerun {b:?}"
+            );
+        }
+    }
+}
+
 /// Hand-computed values of a few windows, so the golden file itself is checked.
 fn check_by_hand(got: &BTreeMap<String, Value>) {
     let hour0 = &got["acme/tumbling_1h/2026-11-02T00:00:00Z"];
@@ -316,6 +363,7 @@ async fn windows_golden_results_straight() {
     let (s, got) = run_pipeline(false).await;
     check_by_hand(&got);
     check(&s, &got);
+    check_analyst_rerun(&s, &got);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -323,4 +371,5 @@ async fn windows_golden_results_after_kill_9_midway() {
     let (s, got) = run_pipeline(true).await;
     check_by_hand(&got);
     check(&s, &got);
+    check_analyst_rerun(&s, &got);
 }

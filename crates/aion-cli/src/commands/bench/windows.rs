@@ -312,7 +312,7 @@ async fn close_delays(args: &Args, ctx: &Context) -> Result<Option<(f64, f64, us
     let options = StageOptions {
         kafka: ctx.kafka.clone(),
         group_id: ctx.group("windows"),
-        table_dir: table.clone(),
+        data_dir: table.clone(),
         decode: ctx.decode_limits(),
     };
     let stats = Arc::new(Stats::default());

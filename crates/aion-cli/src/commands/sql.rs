@@ -1,0 +1,138 @@
+//! `aion sql`: DataFusion SQL over the Parquet tables the stages write, for analysts.
+
+use std::path::{Path, PathBuf};
+
+use aion_windows::{HISTORY_TABLE, METRICS_TABLE, WINDOW_EVENTS_VIEW};
+use anyhow::{bail, Context as _, Result};
+use clap::ValueEnum;
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::prelude::{ParquetReadOptions, SessionContext};
+
+use crate::Context;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Format {
+    /// Aligned text table.
+    Table,
+    /// CSV with a header row.
+    Csv,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The query. `@FILE` reads it from a file (e.g. `@pipelines/windows.sql`), `-` from standard
+    /// input. Tables: `metrics` (closed windows' aggregates), `window_history` (each counted event
+    /// once) and the view `window_events` (the windows' input, as `pipelines/windows.sql` reads
+    /// it); `tenant_id` and `date` come from the directory names.
+    pub query: String,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// Where the tables are (default: the state dir, as `aion windows run` writes them).
+    #[arg(long, env = "AION_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+fn has_parquet(dir: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    entries.flatten().any(|e| {
+        let p = e.path();
+        if p.is_dir() {
+            has_parquet(&p)
+        } else {
+            p.extension().is_some_and(|x| x == "parquet")
+        }
+    })
+}
+
+/// A session with every table that has data registered.
+pub async fn session(data_dir: &Path) -> Result<SessionContext> {
+    let ctx = SessionContext::new();
+    let partitions = vec![
+        ("tenant_id".to_owned(), DataType::Utf8),
+        ("date".to_owned(), DataType::Utf8),
+    ];
+    for name in [METRICS_TABLE, HISTORY_TABLE] {
+        let dir = data_dir.join(name);
+        if !has_parquet(&dir) {
+            continue;
+        }
+        let options = ParquetReadOptions::default().table_partition_cols(partitions.clone());
+        ctx.register_parquet(name, format!("{}/", dir.display()), options)
+            .await
+            .with_context(|| format!("registering {}", dir.display()))?;
+    }
+    if ctx.table_exist(HISTORY_TABLE)? {
+        ctx.sql(WINDOW_EVENTS_VIEW).await?.collect().await?;
+    }
+    Ok(ctx)
+}
+
+pub async fn run(args: Args, ctx: &Context) -> Result<()> {
+    let query = match args.query.as_str() {
+        "-" => std::io::read_to_string(std::io::stdin()).context("reading the query")?,
+        q => match q.strip_prefix('@') {
+            Some(file) => {
+                std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?
+            }
+            None => q.to_owned(),
+        },
+    };
+    let data_dir = args.data_dir.unwrap_or_else(|| ctx.state_dir.clone());
+    let session = session(&data_dir).await?;
+    let frame = match session.sql(&query).await {
+        Ok(f) => f,
+        Err(e) => {
+            let tables: Vec<String> = session
+                .catalog_names()
+                .into_iter()
+                .flat_map(|c| {
+                    let c = session.catalog(&c);
+                    c.into_iter().flat_map(|c| {
+                        c.schema_names()
+                            .into_iter()
+                            .filter_map(move |s| c.schema(&s))
+                            .flat_map(|s| s.table_names())
+                    })
+                })
+                .filter(|t| !t.starts_with("information_schema") && t != "tables")
+                .collect();
+            bail!(
+                "{e}\n(tables with data under {}: {})",
+                data_dir.display(),
+                if tables.is_empty() {
+                    "none".into()
+                } else {
+                    tables.join(", ")
+                }
+            );
+        }
+    };
+    let batches: Vec<RecordBatch> = frame.collect().await?;
+    let mut out = std::io::stdout().lock();
+    match args.format {
+        Format::Table => {
+            use std::io::Write;
+            let text = datafusion::arrow::util::pretty::pretty_format_batches(&batches)?;
+            writeln!(out, "{text}")?;
+        }
+        Format::Csv => {
+            let mut w = datafusion::arrow::csv::Writer::new(out);
+            for b in &batches {
+                w.write(b)?;
+            }
+        }
+        Format::Json => {
+            let mut w = datafusion::arrow::json::LineDelimitedWriter::new(out);
+            for b in &batches {
+                w.write(b)?;
+            }
+            w.finish()?;
+        }
+    }
+    Ok(())
+}
