@@ -10,6 +10,7 @@ mod decode;
 mod event;
 mod metrics;
 pub mod topics;
+mod trigger;
 
 pub use decode::{decode, DecodeLimits, Reject};
 pub use event::{
@@ -17,3 +18,4 @@ pub use event::{
     MAX_RELEVANCE,
 };
 pub use metrics::WindowMetrics;
+pub use trigger::{Recipe, Thresholds, TrainTrigger, TriggerReason};

@@ -9,6 +9,9 @@ pub const ANSWER: &str = "answer.v1";
 /// Closed-window aggregates per tenant (schema `metrics.v1`), from the windows stage.
 pub const METRICS: &str = "metrics.v1";
 
+/// Training requests (schema `train.trigger.v1`), from the trigger gate and `aion train trigger`.
+pub const TRAIN_TRIGGER: &str = "train.trigger.v1";
+
 /// Topics the applications publish to; every stage that consumes one dead-letters into [`dlq`].
 pub const INPUTS: [&str; 2] = [RETRIEVAL, ANSWER];
 

@@ -129,15 +129,25 @@ impl Sink {
         headers: Option<OwnedHeaders>,
         ack: Option<Ack>,
     ) -> Result<()> {
-        self.enqueue(topic, key, payload, headers, Pending { ack, confirm: None })
-            .await
+        self.enqueue(
+            topic,
+            None,
+            key,
+            payload,
+            headers,
+            Pending { ack, confirm: None },
+        )
+        .await
     }
 
     /// Queues one record and returns its [`Delivery`], for outputs whose durability the stage
-    /// itself must know (a window result before its Parquet file is written).
+    /// itself must know (a window result before its Parquet file is written). `partition` picks
+    /// the partition instead of the key's hash (records of one tenant under different keys that
+    /// must stay in order).
     pub async fn send_confirmed(
         &self,
         topic: &str,
+        partition: Option<i32>,
         key: Option<&[u8]>,
         payload: &[u8],
     ) -> Result<Delivery> {
@@ -146,19 +156,24 @@ impl Sink {
             ack: None,
             confirm: Some(tx),
         };
-        self.enqueue(topic, key, payload, None, pending).await?;
+        self.enqueue(topic, partition, key, payload, None, pending)
+            .await?;
         Ok(Delivery(rx))
     }
 
     async fn enqueue(
         &self,
         topic: &str,
+        partition: Option<i32>,
         key: Option<&[u8]>,
         payload: &[u8],
         headers: Option<OwnedHeaders>,
         pending: Pending,
     ) -> Result<()> {
         let mut record = BaseRecord::with_opaque_to(topic, Box::new(pending)).payload(payload);
+        if let Some(partition) = partition {
+            record = record.partition(partition);
+        }
         if let Some(key) = key {
             record = record.key(key);
         }

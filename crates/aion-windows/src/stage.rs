@@ -68,6 +68,7 @@ struct Outputs {
     metrics: Table,
     history: Table,
     topic: String,
+    topic_partitions: usize,
 }
 
 /// Runs until `stop` is cancelled. Returns [`Error::Rebalanced`] when partitions were revoked:
@@ -98,13 +99,14 @@ pub async fn run(
             aion_kafka::partition_count(&options.kafka, &side)?;
         }
     }
-    aion_kafka::partition_count(&options.kafka, &config.output_topic)?;
+    let topic_partitions = aion_kafka::partition_count(&options.kafka, &config.output_topic)?;
     let outputs = Outputs {
         sink: Sink::new(&options.kafka, STAGE)?,
         aggregator: Aggregator::new(&config.sql_text).await?,
         metrics: Table::new(options.data_dir.join(METRICS_TABLE)),
         history: Table::new(options.data_dir.join(HISTORY_TABLE)),
         topic: config.output_topic.clone(),
+        topic_partitions,
     };
     let revocations = source.revocations();
     info!(group = %options.group_id, data = %options.data_dir.display(), "windows stage started");
@@ -249,6 +251,15 @@ fn rdkafka_header<'a>(key: &'a str, value: &'a str) -> aion_kafka::Header<'a, &'
     }
 }
 
+/// A tenant's results all go to one partition (FNV-1a of the tenant id), so the trigger gate reads
+/// each tenant's windows in the order they closed, while keys stay per window.
+fn tenant_partition(tenant: &str, partitions: usize) -> Option<i32> {
+    let hash = tenant.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    i32::try_from(hash % partitions.max(1) as u64).ok()
+}
+
 /// Aggregates the closed groups and makes each durable: metrics records acknowledged, then the
 /// Parquet file. A group whose file exists was made durable by an earlier run and is skipped.
 async fn publish(outputs: &Outputs, closing: &Closing<Ack>, stats: &Stats) -> Result<()> {
@@ -270,10 +281,11 @@ async fn publish(outputs: &Outputs, closing: &Closing<Ack>, stats: &Stats) -> Re
         for m in &result.metrics {
             let payload = serde_json::to_vec(m).map_err(|e| Error::Sql(e.to_string()))?;
             let key = m.key();
+            let partition = tenant_partition(&m.tenant_id, outputs.topic_partitions);
             deliveries.push(
                 outputs
                     .sink
-                    .send_confirmed(&outputs.topic, Some(key.as_bytes()), &payload)
+                    .send_confirmed(&outputs.topic, partition, Some(key.as_bytes()), &payload)
                     .await?,
             );
         }

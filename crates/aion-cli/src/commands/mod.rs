@@ -2,6 +2,7 @@
 
 mod bench;
 mod broker;
+mod gate;
 mod ndcg;
 mod produce;
 mod sql;
@@ -34,6 +35,12 @@ pub enum Command {
     /// Windowed nDCG and fallback-rate aggregates per tenant, on event time.
     #[command(subcommand)]
     Windows(windows::Action),
+    /// The trigger gate: thresholds over window metrics → `train.trigger.v1`.
+    #[command(subcommand)]
+    Gate(gate::Action),
+    /// Training requests.
+    #[command(subcommand)]
+    Train(TrainAction),
     /// SQL (DataFusion) over the Parquet tables: window metrics, the window history.
     Sql(sql::Args),
     /// Per-event nDCG@k of a file of retrieval events.
@@ -43,6 +50,12 @@ pub enum Command {
     Bench(bench::Action),
     /// Run the whole loop locally: broker, topics, stages and synthetic traffic, with a live summary.
     Up(up::Args),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TrainAction {
+    /// Publish a manual trigger for a tenant (reason `manual`), as the gate would.
+    Trigger(gate::TriggerArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -74,6 +87,8 @@ pub async fn run(command: Command, ctx: Context) -> Result<()> {
             .await
         }
         Command::Windows(action) => windows::run(action, &ctx, shutdown_signal()).await,
+        Command::Gate(action) => gate::run(action, &ctx, shutdown_signal()).await,
+        Command::Train(TrainAction::Trigger(args)) => gate::trigger(args, &ctx).await,
         Command::Sql(args) => sql::run(args, &ctx).await,
         Command::Ndcg(args) => ndcg::run(args, &ctx),
         Command::Bench(action) => bench::run(action, &ctx).await,

@@ -23,13 +23,17 @@ pub enum Action {
     List,
 }
 
-/// The topics AION Stream itself needs: inputs with their dead-letter and late side outputs, and
-/// the window results.
+/// The topics AION Stream itself needs: inputs with their dead-letter and late side outputs, the
+/// window results (and their dead letters, for the gate) and the training triggers.
 pub fn product_topics() -> Vec<String> {
     topics::INPUTS
         .iter()
         .flat_map(|t| [t.to_string(), topics::dlq(t), topics::late(t)])
-        .chain([topics::METRICS.to_string()])
+        .chain([
+            topics::METRICS.to_string(),
+            topics::dlq(topics::METRICS),
+            topics::TRAIN_TRIGGER.to_string(),
+        ])
         .collect()
 }
 

@@ -1,4 +1,6 @@
-use aion_events::{decode, AnswerEvent, DecodeLimits, RetrievalEvent, Schema, WindowMetrics};
+use aion_events::{
+    decode, AnswerEvent, DecodeLimits, RetrievalEvent, Schema, TrainTrigger, WindowMetrics,
+};
 
 use crate::{examples, schema_dir};
 
@@ -85,4 +87,14 @@ fn metrics_examples_decode_and_round_trip() {
 #[test]
 fn metrics_schema_matches_rust_type() {
     schema_fields_match::<WindowMetrics>(0);
+}
+
+#[test]
+fn trigger_examples_decode_and_round_trip() {
+    examples_decode_and_round_trip::<TrainTrigger>();
+}
+
+#[test]
+fn trigger_schema_matches_rust_type() {
+    schema_fields_match::<TrainTrigger>(0);
 }

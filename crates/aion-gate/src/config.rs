@@ -1,0 +1,173 @@
+//! The gate pipeline (`pipelines/gate.toml`) and its run-time settings.
+
+use std::path::{Path, PathBuf};
+
+use aion_events::Recipe;
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// The pipeline shipped in the repository, embedded so the binary runs without the source tree.
+pub const DEFAULT_PIPELINE: &str = include_str!("../../../pipelines/gate.toml");
+
+/// The gate's pipeline definition.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GateConfig {
+    /// Topic of `metrics.v1` records.
+    pub input_topic: String,
+    /// Topic the `train.trigger.v1` records go to.
+    pub output_topic: String,
+    /// The window kind judged; other kinds are read and ignored.
+    pub window: String,
+    /// Initial thresholds (run-time changes are persisted separately and win).
+    pub settings: Settings,
+    /// The training recipe every trigger carries.
+    pub recipe: Recipe,
+}
+
+impl GateConfig {
+    pub fn embedded() -> Result<Self> {
+        Self::parse(DEFAULT_PIPELINE, "pipelines/gate.toml")
+    }
+
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Config {
+            origin: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    fn parse(text: &str, origin: &str) -> Result<Self> {
+        let invalid = |message: String| Error::Config {
+            origin: origin.to_owned(),
+            message,
+        };
+        let config: Self = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        config.settings.validate().map_err(invalid)?;
+        Ok(config)
+    }
+}
+
+/// Thresholds the gate reads for every window; changeable while it runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Fire when the fallback rate is above this (0..=1).
+    pub tau_fallback: f64,
+    /// Fire when the mean nDCG is below this (0..=1).
+    pub tau_ndcg: f64,
+    /// Answers a window needs before its fallback rate counts.
+    pub min_answers: u64,
+    /// Judged retrieval events a window needs before its nDCG counts.
+    pub min_judged: u64,
+    /// Quiet period after a trigger, in hours of event time (≥ 0).
+    pub cooldown_hours: f64,
+    /// Re-arm only after recovering past the thresholds by this margin (0: off).
+    pub rearm_margin: f64,
+}
+
+impl Settings {
+    /// Checks ranges; the message names the setting.
+    pub fn validate(&self) -> Result<(), String> {
+        let unit = |name: &str, v: f64| {
+            if v.is_finite() && (0.0..=1.0).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!("{name} must be within 0..=1, got {v}"))
+            }
+        };
+        unit("tau_fallback", self.tau_fallback)?;
+        unit("tau_ndcg", self.tau_ndcg)?;
+        unit("rearm_margin", self.rearm_margin)?;
+        if !(self.cooldown_hours.is_finite() && self.cooldown_hours >= 0.0) {
+            return Err(format!(
+                "cooldown_hours must be a number >= 0, got {}",
+                self.cooldown_hours
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Where run-time settings are persisted: a JSON file replaced atomically, read by the gate
+/// whenever it changes.
+#[derive(Debug, Clone)]
+pub struct SettingsStore {
+    path: PathBuf,
+}
+
+impl SettingsStore {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The persisted settings, if any were saved.
+    pub fn load(&self) -> Result<Option<Settings>> {
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(crate::io(&self.path, e)),
+        };
+        let settings: Settings = serde_json::from_str(&text).map_err(|e| Error::Config {
+            origin: self.path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        settings.validate().map_err(|message| Error::Config {
+            origin: self.path.display().to_string(),
+            message,
+        })?;
+        Ok(Some(settings))
+    }
+
+    /// Validates and persists `settings` (write to a temporary file, fsync, rename).
+    pub fn save(&self, settings: &Settings) -> Result<()> {
+        settings.validate().map_err(|message| Error::Config {
+            origin: "settings".into(),
+            message,
+        })?;
+        crate::write_atomically(&self.path, &serde_json::to_vec_pretty(settings)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_pipeline_has_the_seed_defaults() {
+        let c = GateConfig::embedded().unwrap();
+        assert_eq!(c.settings.tau_fallback, 0.18);
+        assert_eq!(c.settings.tau_ndcg, 0.82);
+        assert_eq!(c.settings.cooldown_hours, 6.0);
+        assert_eq!(c.recipe.lora_r, 16);
+    }
+
+    #[test]
+    fn out_of_range_settings_are_refused_by_name() {
+        let mut s = GateConfig::embedded().unwrap().settings;
+        s.tau_ndcg = 1.5;
+        assert!(s.validate().unwrap_err().contains("tau_ndcg"));
+        s.tau_ndcg = 0.8;
+        s.cooldown_hours = -1.0;
+        assert!(s.validate().unwrap_err().contains("cooldown_hours"));
+    }
+
+    #[test]
+    fn settings_persist_and_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SettingsStore::new(dir.path().join("gate/settings.json"));
+        assert_eq!(store.load().unwrap(), None);
+        let mut s = GateConfig::embedded().unwrap().settings;
+        s.tau_fallback = 0.25;
+        store.save(&s).unwrap();
+        assert_eq!(store.load().unwrap(), Some(s.clone()));
+        s.tau_fallback = 2.0;
+        assert!(store.save(&s).is_err());
+    }
+}

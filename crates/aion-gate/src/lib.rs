@@ -1,0 +1,58 @@
+//! The trigger gate: reads closed windows' metrics (`metrics.v1`), decides per tenant whether
+//! quality dropped enough to train (thresholds, minimum samples, cooldown, hysteresis) and publishes
+//! explained `train.trigger.v1` events. Owns its state file and the persisted run-time settings.
+//!
+//! Reads the wire types of `aion-events` and the delivery contract of `aion-kafka`; knows no other
+//! stage.
+
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+mod config;
+mod gate;
+mod stage;
+
+use std::path::Path;
+
+pub use config::{GateConfig, Settings, SettingsStore, DEFAULT_PIPELINE};
+pub use gate::{state_path, Gate, TenantState, Verdict};
+pub use stage::{manual_trigger, run, trigger, GateOptions, Stats};
+
+/// Errors of the gate.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid gate configuration {origin}: {message}")]
+    Config { origin: String, message: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("gate state: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error(transparent)]
+    Kafka(#[from] aion_kafka::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn io(path: &Path, source: std::io::Error) -> Error {
+    Error::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Replaces `path` with `bytes` so that a reader sees the old or the new file, never a torn one.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp).map_err(|e| io(&tmp, e))?;
+    file.write_all(bytes).map_err(|e| io(&tmp, e))?;
+    file.sync_all().map_err(|e| io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| io(path, e))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io(dir, e))
+}

@@ -1,0 +1,217 @@
+//! The gate stage: `metrics.v1` in, `train.trigger.v1` out.
+//!
+//! Delivery: a metrics record's offset is stored after its trigger (if any) is acknowledged and the
+//! state file is saved. A crash before the save re-fires the same `trigger_id` (consumers dedupe);
+//! after it, the replayed window is recognised and ignored.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use aion_events::{
+    decode, DecodeLimits, Schema as _, Thresholds, TrainTrigger, TriggerReason, WindowMetrics,
+};
+use aion_kafka::{KafkaConfig, Sink, Source, SourceConfig};
+use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::{state_path, Gate, GateConfig, Result, Settings, SettingsStore, Verdict};
+
+const STAGE: &str = "gate";
+/// How often run-time settings are re-read.
+const SETTINGS_REFRESH: Duration = Duration::from_secs(1);
+
+/// Where and how one gate runs.
+#[derive(Debug, Clone)]
+pub struct GateOptions {
+    pub kafka: KafkaConfig,
+    pub group_id: String,
+    /// Holds `gate/state.json`.
+    pub state_dir: PathBuf,
+    /// Run-time settings; when it holds none, `initial` applies.
+    pub settings: SettingsStore,
+    pub initial: Settings,
+    /// Log what would fire; publish nothing, keep no state.
+    pub dry_run: bool,
+    pub decode: DecodeLimits,
+}
+
+impl GateOptions {
+    /// The settings in force now.
+    pub fn current_settings(&self) -> Result<Settings> {
+        Ok(self
+            .settings
+            .load()?
+            .unwrap_or_else(|| self.initial.clone()))
+    }
+}
+
+/// Live counts.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub evaluated: AtomicU64,
+    pub fired: AtomicU64,
+}
+
+fn thresholds(s: &Settings) -> Thresholds {
+    Thresholds {
+        tau_fallback: s.tau_fallback,
+        tau_ndcg: s.tau_ndcg,
+        min_answers: s.min_answers,
+        min_judged: s.min_judged,
+        cooldown_hours: s.cooldown_hours,
+    }
+}
+
+/// The trigger for a degraded window; its id is the window's key, so a replay repeats it.
+pub fn trigger(
+    config: &GateConfig,
+    settings: &Settings,
+    m: &WindowMetrics,
+    reason: TriggerReason,
+) -> TrainTrigger {
+    TrainTrigger {
+        trigger_id: m.key(),
+        tenant_id: m.tenant_id.clone(),
+        reason,
+        note: None,
+        window: Some(m.window.clone()),
+        window_start: Some(m.window_start),
+        at: m.window_end,
+        fallback_rate: m.fallback_rate,
+        ndcg_mean: m.ndcg_mean,
+        answers: m.answers,
+        judged_events: m.judged_events,
+        thresholds: thresholds(settings),
+        top_entities: Vec::new(),
+        shards: Vec::new(),
+        recipe: config.recipe.clone(),
+    }
+}
+
+/// An operator's trigger for `tenant`.
+pub fn manual_trigger(
+    config: &GateConfig,
+    settings: &Settings,
+    tenant: &str,
+    note: Option<String>,
+    now: DateTime<Utc>,
+) -> TrainTrigger {
+    TrainTrigger {
+        trigger_id: format!("{tenant}/manual/{}", now.format("%Y-%m-%dT%H:%M:%S%.3fZ")),
+        tenant_id: tenant.to_owned(),
+        reason: TriggerReason::Manual,
+        note,
+        window: None,
+        window_start: None,
+        at: now,
+        fallback_rate: None,
+        ndcg_mean: None,
+        answers: 0,
+        judged_events: 0,
+        thresholds: thresholds(settings),
+        top_entities: Vec::new(),
+        shards: Vec::new(),
+        recipe: config.recipe.clone(),
+    }
+}
+
+/// Runs until `stop` is cancelled.
+pub async fn run(
+    config: &GateConfig,
+    options: &GateOptions,
+    stop: CancellationToken,
+    stats: &Stats,
+) -> Result<()> {
+    let mut source = Source::new(
+        &options.kafka,
+        &SourceConfig::new(
+            STAGE,
+            vec![config.input_topic.clone()],
+            options.group_id.clone(),
+        ),
+    )?;
+    for topic in [
+        config.output_topic.clone(),
+        aion_events::topics::dlq(&config.input_topic),
+    ] {
+        aion_kafka::partition_count(&options.kafka, &topic)?;
+    }
+    let sink = Sink::new(&options.kafka, STAGE)?;
+    let path = state_path(&options.state_dir);
+    let mut gate = if options.dry_run {
+        Gate::default()
+    } else {
+        Gate::load(&path)?
+    };
+    let mut settings = options.current_settings()?;
+    let mut next_refresh = Instant::now() + SETTINGS_REFRESH;
+    info!(window = %config.window, ?settings, dry_run = options.dry_run, "gate started");
+    loop {
+        let record = tokio::select! {
+            r = source.recv() => r?,
+            () = stop.cancelled() => break,
+        };
+        if Instant::now() >= next_refresh {
+            match options.current_settings() {
+                Ok(s) if s != settings => {
+                    info!(?s, "gate settings changed");
+                    settings = s;
+                }
+                Ok(_) => {}
+                // A bad edit must not stop the gate: keep the last good settings.
+                Err(error) => warn!(%error, "ignoring unreadable gate settings"),
+            }
+            next_refresh = Instant::now() + SETTINGS_REFRESH;
+        }
+        let m = match decode::<WindowMetrics>(&record.payload, &options.decode) {
+            Ok(m) => m,
+            Err(reject) => {
+                sink.dead_letter(record, &reject.path, &reject.message)
+                    .await?;
+                continue;
+            }
+        };
+        let verdict = gate.evaluate(&config.window, &m, &settings);
+        if verdict == Verdict::Ignored {
+            continue;
+        }
+        stats.evaluated.fetch_add(1, Ordering::Relaxed);
+        match verdict {
+            Verdict::Fire(reason) => {
+                let t = trigger(config, &settings, &m, reason);
+                debug_assert!(t.validate().is_ok());
+                stats.fired.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("aion_triggers_total", "stage" => STAGE).increment(1);
+                if options.dry_run {
+                    info!(trigger_id = %t.trigger_id, ?reason, fallback_rate = ?m.fallback_rate, ndcg = ?m.ndcg_mean, "dry run: would fire");
+                } else {
+                    let payload = serde_json::to_vec(&t)?;
+                    sink.send_confirmed(
+                        &config.output_topic,
+                        None,
+                        Some(t.key().as_bytes()),
+                        &payload,
+                    )
+                    .await?
+                    .wait(&config.output_topic)
+                    .await?;
+                    info!(trigger_id = %t.trigger_id, ?reason, fallback_rate = ?m.fallback_rate, ndcg = ?m.ndcg_mean, "trigger fired");
+                }
+            }
+            Verdict::Quiet(why) => {
+                tracing::debug!(tenant = %m.tenant_id, end = %m.window_end, %why, "quiet");
+            }
+            Verdict::Ignored => {}
+        }
+        if !options.dry_run {
+            gate.save(&path)?;
+        }
+        // The record's offset may be stored now: trigger acknowledged, state saved.
+        drop(record);
+    }
+    sink.flush(Duration::from_secs(30))?;
+    source.shutdown(Duration::from_secs(30)).await?;
+    Ok(())
+}
