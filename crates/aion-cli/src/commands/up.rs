@@ -76,6 +76,29 @@ pub async fn run(args: Args, mut ctx: Context, stop: CancellationToken) -> Resul
         )
     };
 
+    let gate_stats = Arc::new(aion_gate::Stats::default());
+    let gate = {
+        let config = super::gate::load(None)?;
+        let options = super::gate::options(
+            &ctx,
+            &config,
+            &super::gate::InitialSettings::default(),
+            false,
+        )?;
+        let s = options.current_settings()?;
+        println!(
+            "          gate: {} of {} → {} when fallback > {} or nDCG < {} (cooldown {} h)",
+            config.window,
+            config.input_topic,
+            config.output_topic,
+            s.tau_fallback,
+            s.tau_ndcg,
+            s.cooldown_hours
+        );
+        let (stop, stats) = (stop.clone(), gate_stats.clone());
+        tokio::spawn(async move { aion_gate::run(&config, &options, stop, &stats).await })
+    };
+
     let already = aion_kafka::topic_records(&ctx.kafka, aion_events::topics::RETRIEVAL)?;
     let producer = if args.events > 0 && already == 0 {
         let produce = super::produce::Args {
@@ -112,7 +135,7 @@ pub async fn run(args: Args, mut ctx: Context, stop: CancellationToken) -> Resul
         tokio::select! {
             _ = tick.tick() => {
                 let (received, forwarded, dlq) = stats.snapshot();
-                println!("summary   events in {received}, forwarded {forwarded}, dead-lettered {dlq}; {}", windows_line(&window_stats));
+                println!("summary   events in {received}, forwarded {forwarded}, dead-lettered {dlq}; {}; triggers fired {}", windows_line(&window_stats), gate_stats.fired.load(std::sync::atomic::Ordering::Relaxed));
             }
             () = stop.cancelled() => break,
         }
@@ -122,6 +145,7 @@ pub async fn run(args: Args, mut ctx: Context, stop: CancellationToken) -> Resul
     }
     relay.await??;
     windows.await??;
+    gate.await??;
     let (received, forwarded, dlq) = stats.snapshot();
     println!("stopped   events in {received}, forwarded {forwarded}, dead-lettered {dlq}; offsets committed");
     Ok(())
