@@ -9,6 +9,7 @@
 mod decode;
 mod event;
 mod metrics;
+mod rebuild;
 pub mod topics;
 mod trigger;
 
@@ -18,4 +19,5 @@ pub use event::{
     MAX_RELEVANCE,
 };
 pub use metrics::WindowMetrics;
+pub use rebuild::{IndexRebuild, RebuildReason};
 pub use trigger::{Recipe, Thresholds, TrainTrigger, TriggerReason};

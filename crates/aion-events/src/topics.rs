@@ -12,6 +12,9 @@ pub const METRICS: &str = "metrics.v1";
 /// Training requests (schema `train.trigger.v1`), from the trigger gate and `aion train trigger`.
 pub const TRAIN_TRIGGER: &str = "train.trigger.v1";
 
+/// Index rebuild requests (schema `index.rebuild.v1`), from the gate.
+pub const INDEX_REBUILD: &str = "index.rebuild.v1";
+
 /// Topics the applications publish to; every stage that consumes one dead-letters into [`dlq`].
 pub const INPUTS: [&str; 2] = [RETRIEVAL, ANSWER];
 

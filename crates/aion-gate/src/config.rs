@@ -24,6 +24,19 @@ pub struct GateConfig {
     pub settings: Settings,
     /// The training recipe every trigger carries.
     pub recipe: Recipe,
+    pub index_rebuild: IndexRebuildConfig,
+}
+
+/// The index-rebuild rule.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IndexRebuildConfig {
+    /// Topic of `retrieval.v1` events whose result documents are counted.
+    pub retrieval_topic: String,
+    /// Topic the `index.rebuild.v1` requests go to.
+    pub output_topic: String,
+    /// ΔN: documents never seen before that make a tenant's index worth rebuilding (≥ 1).
+    pub new_documents: u64,
 }
 
 impl GateConfig {
@@ -46,6 +59,11 @@ impl GateConfig {
         };
         let config: Self = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
         config.settings.validate().map_err(invalid)?;
+        if config.index_rebuild.new_documents == 0 {
+            return Err(invalid(
+                "index_rebuild.new_documents must be at least 1".into(),
+            ));
+        }
         Ok(config)
     }
 }

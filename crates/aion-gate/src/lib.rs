@@ -1,6 +1,8 @@
 //! The trigger gate: reads closed windows' metrics (`metrics.v1`), decides per tenant whether
 //! quality dropped enough to train (thresholds, minimum samples, cooldown, hysteresis) and publishes
-//! explained `train.trigger.v1` events. Owns its state file and the persisted run-time settings.
+//! explained `train.trigger.v1` events; and the index-rebuild rule (`index.rebuild.v1` every ΔN new
+//! documents seen in a tenant's retrieval results). Owns their state files and the persisted
+//! run-time settings.
 //!
 //! Reads the wire types of `aion-events` and the delivery contract of `aion-kafka`; knows no other
 //! stage.
@@ -9,12 +11,14 @@
 
 mod config;
 mod gate;
+mod index;
 mod stage;
 
 use std::path::Path;
 
-pub use config::{GateConfig, Settings, SettingsStore, DEFAULT_PIPELINE};
+pub use config::{GateConfig, IndexRebuildConfig, Settings, SettingsStore, DEFAULT_PIPELINE};
 pub use gate::{state_path, Gate, TenantState, Verdict};
+pub use index::{index_path, run_index, IndexWatch};
 pub use stage::{manual_trigger, run, trigger, GateOptions, Stats};
 
 /// Errors of the gate.

@@ -13,7 +13,8 @@ use crate::Context;
 #[derive(Debug, Subcommand)]
 pub enum Action {
     /// Consume `metrics.v1` and publish `train.trigger.v1` when a tenant's fallback rate rises
-    /// above τ_f or its nDCG falls below τ_n (with minimum samples, cooldown and hysteresis).
+    /// above τ_f or its nDCG falls below τ_n (with minimum samples, cooldown and hysteresis);
+    /// alongside, publish `index.rebuild.v1` every ΔN new documents seen in `retrieval.v1`.
     Run(RunArgs),
     /// Print the thresholds in force (JSON); with flags, change and persist them. A running gate
     /// picks changes up within a second.
@@ -122,7 +123,7 @@ pub async fn run(action: Action, ctx: &Context, stop: CancellationToken) -> Resu
         Action::Run(args) => {
             let config = load(args.pipeline.as_deref())?;
             let options = options(ctx, &config, &args.initial, args.dry_run)?;
-            Ok(aion_gate::run(&config, &options, stop, &Stats::default()).await?)
+            run_both(&config, &options, stop, &Stats::default()).await
         }
         Action::Settings(args) => {
             let config = load(None)?;
@@ -157,6 +158,32 @@ pub async fn run(action: Action, ctx: &Context, stop: CancellationToken) -> Resu
             Ok(())
         }
     }
+}
+
+/// The gate and the index-rebuild rule, side by side; either failing stops both.
+pub async fn run_both(
+    config: &GateConfig,
+    options: &GateOptions,
+    stop: CancellationToken,
+    stats: &Stats,
+) -> Result<()> {
+    let index_stop = stop.child_token();
+    let (gate, index) = tokio::join!(
+        async {
+            let r = aion_gate::run(config, options, stop.clone(), stats).await;
+            index_stop.cancel();
+            r
+        },
+        async {
+            let r = aion_gate::run_index(config, options, index_stop.clone()).await;
+            if r.is_err() {
+                stop.cancel();
+            }
+            r
+        }
+    );
+    gate?;
+    Ok(index?)
 }
 
 /// `aion train trigger`: publishes a manual trigger.

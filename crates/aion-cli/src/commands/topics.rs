@@ -33,6 +33,7 @@ pub fn product_topics() -> Vec<String> {
             topics::METRICS.to_string(),
             topics::dlq(topics::METRICS),
             topics::TRAIN_TRIGGER.to_string(),
+            topics::INDEX_REBUILD.to_string(),
         ])
         .collect()
 }

@@ -96,7 +96,7 @@ pub async fn run(args: Args, mut ctx: Context, stop: CancellationToken) -> Resul
             s.cooldown_hours
         );
         let (stop, stats) = (stop.clone(), gate_stats.clone());
-        tokio::spawn(async move { aion_gate::run(&config, &options, stop, &stats).await })
+        tokio::spawn(async move { super::gate::run_both(&config, &options, stop, &stats).await })
     };
 
     let already = aion_kafka::topic_records(&ctx.kafka, aion_events::topics::RETRIEVAL)?;

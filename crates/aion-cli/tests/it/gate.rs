@@ -148,6 +148,7 @@ async fn one_trigger_per_cooldown_for_the_degraded_tenant_only_across_a_gate_kil
             "one trigger per cooldown: {ends:?}"
         );
     }
+    check_index_rebuilds(&s, &[r1, r2].concat());
     for t in got.values() {
         let breached = t["fallback_rate"].as_f64().is_some_and(|r| r > 0.18)
             || t["ndcg_mean"].as_f64().is_some_and(|n| n < 0.82);
@@ -155,6 +156,58 @@ async fn one_trigger_per_cooldown_for_the_degraded_tenant_only_across_a_gate_kil
         assert_eq!(t["window"], "hopping_24h");
         assert!(t["answers"].as_u64().unwrap() >= 50);
         assert_eq!(t["recipe"]["lora_r"], 16);
+    }
+}
+
+/// Every 1,000 new documents of a tenant (the default ΔN) asked for one rebuild, numbered 1..n,
+/// each id once, across the gate's kill.
+fn check_index_rebuilds(s: &Stack, retrievals: &[String]) {
+    let mut distinct: BTreeMap<String, std::collections::HashSet<String>> = BTreeMap::new();
+    for l in retrievals {
+        let v: Value = serde_json::from_str(l).unwrap();
+        let docs = distinct
+            .entry(v["tenant_id"].as_str().unwrap().to_owned())
+            .or_default();
+        for r in v["results"].as_array().unwrap() {
+            docs.insert(r["doc_id"].as_str().unwrap().to_owned());
+        }
+    }
+    let mut requests: BTreeMap<String, Value> = BTreeMap::new();
+    let records = Reader::new(&s.kafka, &["index.rebuild.v1"], true)
+        .unwrap()
+        .drain(Duration::from_secs(3), None)
+        .unwrap();
+    for r in records {
+        let v: Value = serde_json::from_slice(&r.payload).unwrap();
+        let id = v["rebuild_id"].as_str().unwrap().to_owned();
+        if let Some(previous) = requests.insert(id.clone(), v.clone()) {
+            assert_eq!(previous, v, "{id} requested twice differently");
+        }
+    }
+    for (tenant, docs) in &distinct {
+        eprintln!("{tenant}: {} distinct documents", docs.len());
+        let mine: Vec<&Value> = requests
+            .values()
+            .filter(|v| v["tenant_id"] == tenant.as_str())
+            .collect();
+        // A request fires at the event that reaches ΔN; an event adds at most 12 documents.
+        let (most, least) = (docs.len() / 1000, docs.len() / 1012);
+        assert!(
+            (least..=most).contains(&mine.len()),
+            "{tenant}: {} distinct documents, {} requests",
+            docs.len(),
+            mine.len()
+        );
+        let mut ids: Vec<String> = mine
+            .iter()
+            .map(|v| v["rebuild_id"].as_str().unwrap().to_owned())
+            .collect();
+        ids.sort_by_key(|id| id.rsplit('/').next().unwrap().parse::<u64>().unwrap());
+        let expected: Vec<String> = (1..=mine.len()).map(|n| format!("{tenant}/{n}")).collect();
+        assert_eq!(ids, expected);
+        assert!(mine
+            .iter()
+            .all(|v| v["new_documents"].as_u64().unwrap() >= 1000));
     }
 }
 

@@ -1,5 +1,6 @@
 use aion_events::{
-    decode, AnswerEvent, DecodeLimits, RetrievalEvent, Schema, TrainTrigger, WindowMetrics,
+    decode, AnswerEvent, DecodeLimits, IndexRebuild, RetrievalEvent, Schema, TrainTrigger,
+    WindowMetrics,
 };
 
 use crate::{examples, schema_dir};
@@ -97,4 +98,14 @@ fn trigger_examples_decode_and_round_trip() {
 #[test]
 fn trigger_schema_matches_rust_type() {
     schema_fields_match::<TrainTrigger>(0);
+}
+
+#[test]
+fn rebuild_examples_decode_and_round_trip() {
+    examples_decode_and_round_trip::<IndexRebuild>();
+}
+
+#[test]
+fn rebuild_schema_matches_rust_type() {
+    schema_fields_match::<IndexRebuild>(0);
 }
