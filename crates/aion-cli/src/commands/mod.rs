@@ -5,6 +5,7 @@ mod broker;
 mod gate;
 mod ndcg;
 mod produce;
+mod shards;
 mod sql;
 mod tail;
 mod topics;
@@ -35,6 +36,9 @@ pub enum Command {
     /// Windowed nDCG and fallback-rate aggregates per tenant, on event time.
     #[command(subcommand)]
     Windows(windows::Action),
+    /// Training shards: answer events, PII redacted, as Parquet under `<state dir>/shards`.
+    #[command(subcommand)]
+    Shards(ShardsAction),
     /// The trigger gate: thresholds over window metrics → `train.trigger.v1`.
     #[command(subcommand)]
     Gate(gate::Action),
@@ -50,6 +54,13 @@ pub enum Command {
     Bench(bench::Action),
     /// Run the whole loop locally: broker, topics, stages and synthetic traffic, with a live summary.
     Up(up::Args),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ShardsAction {
+    /// Consume `answer.v1` and write Hive-partitioned, zstd Parquet shards with a manifest;
+    /// offsets are stored only once a row's file is renamed into place.
+    Run(shards::RunArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -87,6 +98,9 @@ pub async fn run(command: Command, ctx: Context) -> Result<()> {
             .await
         }
         Command::Windows(action) => windows::run(action, &ctx, shutdown_signal()).await,
+        Command::Shards(ShardsAction::Run(args)) => {
+            shards::run(args, &ctx, shutdown_signal()).await
+        }
         Command::Gate(action) => gate::run(action, &ctx, shutdown_signal()).await,
         Command::Train(TrainAction::Trigger(args)) => gate::trigger(args, &ctx).await,
         Command::Sql(args) => sql::run(args, &ctx).await,

@@ -1,0 +1,49 @@
+//! `aion shards run`: the training-shard writer.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use aion_shards::{RollPolicy, ShardOptions, Stats};
+use anyhow::Result;
+use tokio_util::sync::CancellationToken;
+
+use crate::Context;
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Root of the shard table (default: `<state dir>/shards`).
+    #[arg(long, env = "AION_SHARDS_DIR", value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Roll a file at this many rows.
+    #[arg(long, default_value_t = RollPolicy::default().max_rows)]
+    pub max_rows: usize,
+    /// Roll a file at this many bytes of text.
+    #[arg(long, default_value_t = RollPolicy::default().max_bytes)]
+    pub max_bytes: usize,
+    /// Roll a file this many seconds after its first row.
+    #[arg(long, default_value_t = RollPolicy::default().max_age.as_secs())]
+    pub max_age_secs: u64,
+    /// Write prompts and replies unredacted (only for data known to carry no personal data).
+    #[arg(long)]
+    pub no_redact: bool,
+}
+
+pub fn options(ctx: &Context, args: RunArgs) -> ShardOptions {
+    ShardOptions {
+        kafka: ctx.kafka.clone(),
+        group_id: ctx.group("shards"),
+        topic: aion_events::topics::ANSWER.to_owned(),
+        root: args.dir.unwrap_or_else(|| ctx.state_dir.join("shards")),
+        policy: RollPolicy {
+            max_rows: args.max_rows.max(1),
+            max_bytes: args.max_bytes.max(1),
+            max_age: Duration::from_secs(args.max_age_secs),
+        },
+        redact: !args.no_redact,
+        decode: ctx.decode_limits(),
+    }
+}
+
+pub async fn run(args: RunArgs, ctx: &Context, stop: CancellationToken) -> Result<()> {
+    Ok(aion_shards::run(&options(ctx, args), stop, &Stats::default()).await?)
+}

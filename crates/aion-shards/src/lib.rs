@@ -1,0 +1,32 @@
+//! Training shards: answer events, PII redacted, as Hive-partitioned Parquet files with a manifest
+//! the trigger and trainer reference. Owns the shard table; reads the wire types of `aion-events`
+//! and the delivery contract of `aion-kafka`; knows no other stage.
+
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod redact;
+mod stage;
+mod writer;
+
+pub use stage::{run, ShardOptions, Stats};
+pub use writer::{read_manifest, schema, RollPolicy, ShardEntry, ShardWriter, MANIFEST};
+
+/// Errors of the shard writer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("arrow: {0}")]
+    Arrow(#[from] datafusion::arrow::error::ArrowError),
+    #[error("parquet: {0}")]
+    Parquet(#[from] datafusion::parquet::errors::ParquetError),
+    #[error("manifest: {0}")]
+    Manifest(String),
+    #[error(transparent)]
+    Kafka(#[from] aion_kafka::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,250 @@
+//! PII redaction before anything reaches a shard: e-mail addresses, CPF and CNPJ numbers whose
+//! check digits are valid, card numbers that pass the Luhn check, and phone numbers, replaced by
+//! typed placeholders. Numbers that only look like a CPF/CNPJ/card (wrong check digits: order
+//! numbers, protocols) are kept — they are not personal data and the trainer needs them.
+//!
+//! Order matters: documents and cards are matched before phones, whose digit runs they contain.
+
+use std::collections::BTreeMap;
+
+use regex::{Captures, Regex};
+
+/// The kinds of PII replaced, and their placeholders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Pii {
+    Email,
+    Cpf,
+    Cnpj,
+    Card,
+    Phone,
+}
+
+impl Pii {
+    pub fn placeholder(self) -> &'static str {
+        match self {
+            Pii::Email => "<EMAIL>",
+            Pii::Cpf => "<CPF>",
+            Pii::Cnpj => "<CNPJ>",
+            Pii::Card => "<CARD>",
+            Pii::Phone => "<PHONE>",
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Pii::Email => "email",
+            Pii::Cpf => "cpf",
+            Pii::Cnpj => "cnpj",
+            Pii::Card => "card",
+            Pii::Phone => "phone",
+        }
+    }
+}
+
+/// Compiled patterns; build once per stage.
+#[derive(Debug)]
+pub struct Redactor {
+    rules: Vec<(Pii, Regex)>,
+}
+
+/// Redactions made, by kind.
+pub type Counts = BTreeMap<Pii, u64>;
+
+fn digits(s: &str) -> Vec<u32> {
+    s.chars().filter_map(|c| c.to_digit(10)).collect()
+}
+
+/// Brazilian mod-11 check digit over `d` with weights counting down from `first_weight`
+/// (CPF), or cycling 2..=9 from the right (CNPJ).
+fn mod11(sum: u32) -> u32 {
+    let r = sum % 11;
+    if r < 2 {
+        0
+    } else {
+        11 - r
+    }
+}
+
+pub fn valid_cpf(s: &str) -> bool {
+    let d = digits(s);
+    if d.len() != 11 || d.iter().all(|&x| x == d[0]) {
+        return false;
+    }
+    (9..=10).all(|len| {
+        let sum: u32 = (0..len).map(|i| d[i] * (len as u32 + 1 - i as u32)).sum();
+        mod11(sum) == d[len]
+    })
+}
+
+pub fn valid_cnpj(s: &str) -> bool {
+    let d = digits(s);
+    if d.len() != 14 || d.iter().all(|&x| x == d[0]) {
+        return false;
+    }
+    (12..=13).all(|len| {
+        let sum: u32 = (0..len)
+            .map(|i| d[i] * (2 + ((len - 1 - i) as u32 % 8)))
+            .sum();
+        mod11(sum) == d[len]
+    })
+}
+
+pub fn luhn(s: &str) -> bool {
+    let d = digits(s);
+    if !(13..=19).contains(&d.len()) {
+        return false;
+    }
+    let sum: u32 = d
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(i, &x)| {
+            if i % 2 == 1 {
+                if x * 2 > 9 {
+                    x * 2 - 9
+                } else {
+                    x * 2
+                }
+            } else {
+                x
+            }
+        })
+        .sum();
+    sum % 10 == 0
+}
+
+impl Default for Redactor {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Redactor {
+    pub fn new() -> Self {
+        let rule = |pii, pattern: &str| {
+            // The patterns are constants; a typo is caught by every test.
+            #[allow(clippy::expect_used)]
+            (pii, Regex::new(pattern).expect("valid PII pattern"))
+        };
+        Self {
+            rules: vec![
+                rule(
+                    Pii::Email,
+                    r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}",
+                ),
+                rule(Pii::Cnpj, r"\b\d{2}\.?\d{3}\.?\d{3}/?\d{4}-?\d{2}\b"),
+                rule(Pii::Cpf, r"\b\d{3}\.?\d{3}\.?\d{3}-?\d{2}\b"),
+                rule(Pii::Card, r"\b\d(?:[ -]?\d){12,18}\b"),
+                // +55 (11) 98765-4321, (11) 3456-7890, +1 (312) 555-0199, 11987654321.
+                rule(
+                    Pii::Phone,
+                    r"(?:\+\d{1,3}[\s.-]?)?(?:\(\d{2,4}\)|\b\d{2,4})[\s.-]?\d{3,5}[\s.-]?\d{4}\b",
+                ),
+            ],
+        }
+    }
+
+    /// Replaces every PII match in `text`, adding to `counts`.
+    pub fn redact(&self, text: &str, counts: &mut Counts) -> String {
+        let mut out = text.to_owned();
+        for (pii, re) in &self.rules {
+            let check: fn(&str) -> bool = match pii {
+                Pii::Cpf => valid_cpf,
+                Pii::Cnpj => valid_cnpj,
+                Pii::Card => luhn,
+                Pii::Email | Pii::Phone => |_| true,
+            };
+            let replaced = re.replace_all(&out, |c: &Captures<'_>| {
+                let m = &c[0];
+                if check(m) {
+                    *counts.entry(*pii).or_default() += 1;
+                    pii.placeholder().to_owned()
+                } else {
+                    m.to_owned()
+                }
+            });
+            if let std::borrow::Cow::Owned(s) = replaced {
+                out = s;
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn redact(text: &str) -> (String, Counts) {
+        let mut counts = Counts::new();
+        (Redactor::new().redact(text, &mut counts), counts)
+    }
+
+    #[test]
+    fn check_digits() {
+        assert!(valid_cpf("529.982.247-25"));
+        assert!(valid_cpf("52998224725"));
+        assert!(!valid_cpf("529.982.247-24"));
+        assert!(!valid_cpf("111.111.111-11"));
+        assert!(valid_cnpj("11.222.333/0001-81"));
+        assert!(!valid_cnpj("11.222.333/0001-80"));
+        assert!(luhn("4111 1111 1111 1111"));
+        assert!(!luhn("4111 1111 1111 1112"));
+    }
+
+    #[test]
+    fn portuguese_and_english_pii_is_replaced_by_type() {
+        let cases = [
+            (
+                "O CPF 529.982.247-25 de Ana",
+                "O CPF <CPF> de Ana",
+                Pii::Cpf,
+            ),
+            ("CPF 52998224725 vinculado", "CPF <CPF> vinculado", Pii::Cpf),
+            (
+                "empresa 11.222.333/0001-81 ativa",
+                "empresa <CNPJ> ativa",
+                Pii::Cnpj,
+            ),
+            (
+                "e-mail ana.souza@mail.com.br agora",
+                "e-mail <EMAIL> agora",
+                Pii::Email,
+            ),
+            (
+                "Change email to j.doe+x@corp.example.org now",
+                "Change email to <EMAIL> now",
+                Pii::Email,
+            ),
+            (
+                "ligue +55 (11) 98765-4321 hoje",
+                "ligue <PHONE> hoje",
+                Pii::Phone,
+            ),
+            ("tel (11) 3456-7890.", "tel <PHONE>.", Pii::Phone),
+            ("phone +1 (312) 555-0199?", "phone <PHONE>?", Pii::Phone),
+            (
+                "card 4111 1111 1111 1111 expired",
+                "card <CARD> expired",
+                Pii::Card,
+            ),
+        ];
+        for (input, expected, pii) in cases {
+            let (out, counts) = redact(input);
+            assert_eq!(out, expected, "{input}");
+            assert_eq!(counts.get(&pii), Some(&1), "{input}");
+        }
+    }
+
+    #[test]
+    fn numbers_with_wrong_check_digits_are_not_documents() {
+        let (out, counts) = redact("pedido 529.982.247-24 e protocolo 11.222.333/0001-80");
+        assert_eq!(out, "pedido 529.982.247-24 e protocolo 11.222.333/0001-80");
+        assert!(!counts.contains_key(&Pii::Cpf) && !counts.contains_key(&Pii::Cnpj));
+        let (out, _) = redact("Qual o prazo de entrega do Fibra 500 Mega para Recife?");
+        assert_eq!(
+            out,
+            "Qual o prazo de entrega do Fibra 500 Mega para Recife?"
+        );
+    }
+}

@@ -1,0 +1,408 @@
+//! Training shards on disk: Hive partitions `tenant_id=<t>/date=<YYYY-MM-DD>/`, one buffer per
+//! (source partition, tenant, day), rolled by rows, bytes or age into
+//! `part-<partition>-<first offset>-<last offset>.parquet` (temporary name, fsync, rename, then a
+//! manifest line), and only then are the rows' offsets released.
+//!
+//! A buffer holds every row of its (partition, tenant, day) between its first and last offset, so
+//! after a crash a replayed row whose offset falls inside a committed file's range is already in
+//! that file and is skipped: replays never duplicate rows, whatever the roll points were.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aion_events::AnswerEvent;
+use datafusion::arrow::array::{
+    ArrayRef, BooleanBuilder, Float64Builder, Int32Builder, Int64Builder, RecordBatch,
+    StringBuilder, TimestampMicrosecondBuilder, UInt64Builder,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::parquet::basic::{Compression, ZstdLevel};
+use datafusion::parquet::file::properties::WriterProperties;
+use serde::{Deserialize, Serialize};
+
+use crate::redact::{Counts, Redactor};
+use crate::{Error, Result};
+
+/// When a buffer becomes a file.
+#[derive(Debug, Clone)]
+pub struct RollPolicy {
+    pub max_rows: usize,
+    pub max_bytes: usize,
+    pub max_age: Duration,
+}
+
+impl Default for RollPolicy {
+    fn default() -> Self {
+        // Files of tens of thousands of rows scan well; a minute bounds how stale the newest
+        // training data and how long offsets stay unstored.
+        Self {
+            max_rows: 50_000,
+            max_bytes: 64 << 20,
+            max_age: Duration::from_secs(60),
+        }
+    }
+}
+
+/// One manifest line: a committed shard.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardEntry {
+    /// Relative to the table root.
+    pub path: String,
+    pub tenant_id: String,
+    pub date: String,
+    pub source_partition: i32,
+    pub first_offset: i64,
+    pub last_offset: i64,
+    pub rows: usize,
+}
+
+/// A row waiting in a buffer.
+#[derive(Debug, Clone)]
+pub struct ShardRow {
+    pub event: AnswerEvent,
+    pub offset: i64,
+}
+
+struct Buffer<A> {
+    rows: Vec<ShardRow>,
+    ids: HashSet<String>,
+    acks: Vec<A>,
+    first: i64,
+    last: i64,
+    bytes: usize,
+    opened: Instant,
+}
+
+type BufferKey = (i32, String, String);
+
+/// The shard table writer. `A` is the acknowledgement a buffered row holds.
+pub struct ShardWriter<A> {
+    root: PathBuf,
+    policy: RollPolicy,
+    redactor: Option<Redactor>,
+    buffers: BTreeMap<BufferKey, Buffer<A>>,
+    /// Committed offset ranges per (partition, tenant, day), from the manifest.
+    committed: BTreeMap<BufferKey, Vec<(i64, i64)>>,
+    manifest: File,
+    pub redactions: Counts,
+    pub skipped_replays: u64,
+}
+
+pub const MANIFEST: &str = "_manifest.jsonl";
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Reads the manifest of a shard table (empty if there is none yet).
+pub fn read_manifest(root: &Path) -> Result<Vec<ShardEntry>> {
+    let path = root.join(MANIFEST);
+    let file = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io(&path)(e)),
+    };
+    let mut entries = Vec::new();
+    for line in BufReader::new(file).lines() {
+        let line = line.map_err(io(&path))?;
+        // A torn last line (crash mid-append) names a file that was already renamed into place
+        // but not recorded; its rows are rewritten under the same name on replay.
+        if let Ok(entry) = serde_json::from_str::<ShardEntry>(&line) {
+            entries.push(entry);
+        }
+    }
+    Ok(entries)
+}
+
+pub fn schema() -> SchemaRef {
+    let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+    Arc::new(Schema::new(vec![
+        Field::new("event_id", DataType::Utf8, false),
+        Field::new("ts", ts, false),
+        Field::new("instruction", DataType::Utf8, false),
+        Field::new("response", DataType::Utf8, false),
+        Field::new("confidence", DataType::Float64, false),
+        Field::new("fallback", DataType::Boolean, false),
+        Field::new("provider", DataType::Utf8, false),
+        Field::new("model", DataType::Utf8, false),
+        Field::new("latency_ms", DataType::UInt64, false),
+        Field::new("retrieval_event_id", DataType::Utf8, true),
+        Field::new("source_partition", DataType::Int32, false),
+        Field::new("source_offset", DataType::Int64, false),
+    ]))
+}
+
+impl<A> ShardWriter<A> {
+    /// Opens (or creates) the table at `root`. `redactor: None` writes raw text.
+    pub fn open(root: &Path, policy: RollPolicy, redactor: Option<Redactor>) -> Result<Self> {
+        std::fs::create_dir_all(root).map_err(io(root))?;
+        let mut committed: BTreeMap<BufferKey, Vec<(i64, i64)>> = BTreeMap::new();
+        for e in read_manifest(root)? {
+            committed
+                .entry((e.source_partition, e.tenant_id, e.date))
+                .or_default()
+                .push((e.first_offset, e.last_offset));
+        }
+        let path = root.join(MANIFEST);
+        let manifest = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io(&path))?;
+        Ok(Self {
+            root: root.to_owned(),
+            policy,
+            redactor,
+            buffers: BTreeMap::new(),
+            committed,
+            manifest,
+            redactions: Counts::new(),
+            skipped_replays: 0,
+        })
+    }
+
+    /// Buffers one answer. Returns false (and drops `ack`) when the row is already in a committed
+    /// shard or duplicates an `event_id` of its buffer.
+    pub fn push(&mut self, partition: i32, offset: i64, mut event: AnswerEvent, ack: A) -> bool {
+        let date = event.ts.format("%Y-%m-%d").to_string();
+        let key = (partition, event.tenant_id.clone(), date);
+        if self
+            .committed
+            .get(&key)
+            .is_some_and(|ranges| ranges.iter().any(|&(f, l)| (f..=l).contains(&offset)))
+        {
+            self.skipped_replays += 1;
+            return false;
+        }
+        let buffer = self.buffers.entry(key).or_insert_with(|| Buffer {
+            rows: Vec::new(),
+            ids: HashSet::new(),
+            acks: Vec::new(),
+            first: offset,
+            last: offset,
+            bytes: 0,
+            opened: Instant::now(),
+        });
+        buffer.last = offset;
+        buffer.acks.push(ack);
+        if !buffer.ids.insert(event.event_id.clone()) {
+            return false;
+        }
+        if let Some(r) = &self.redactor {
+            event.prompt = r.redact(&event.prompt, &mut self.redactions);
+            event.reply = r.redact(&event.reply, &mut self.redactions);
+        }
+        buffer.bytes += event.prompt.len() + event.reply.len() + 128;
+        buffer.rows.push(ShardRow { event, offset });
+        true
+    }
+
+    /// Writes every buffer the policy says is due (all of them with `force`), returning the acks
+    /// now durable and the new manifest entries.
+    pub fn roll(&mut self, now: Instant, force: bool) -> Result<(Vec<A>, Vec<ShardEntry>)> {
+        let due: Vec<BufferKey> = self
+            .buffers
+            .iter()
+            .filter(|(_, b)| {
+                force
+                    || b.rows.len() >= self.policy.max_rows
+                    || b.bytes >= self.policy.max_bytes
+                    || now.duration_since(b.opened) >= self.policy.max_age
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        let (mut acks, mut entries) = (Vec::new(), Vec::new());
+        for key in due {
+            let Some(buffer) = self.buffers.remove(&key) else {
+                continue;
+            };
+            let entry = self.write(&key, &buffer)?;
+            self.committed
+                .entry(key)
+                .or_default()
+                .push((entry.first_offset, entry.last_offset));
+            acks.extend(buffer.acks);
+            entries.push(entry);
+        }
+        Ok((acks, entries))
+    }
+
+    fn write(&mut self, key: &BufferKey, buffer: &Buffer<A>) -> Result<ShardEntry> {
+        let (partition, tenant, date) = key;
+        let rel = format!(
+            "tenant_id={tenant}/date={date}/part-{partition:03}-{:012}-{:012}.parquet",
+            buffer.first, buffer.last
+        );
+        let path = self.root.join(&rel);
+        let dir = path.parent().unwrap_or(&self.root).to_owned();
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        // Hidden from readers (DataFusion, DuckDB and pyarrow skip dot-files) until renamed.
+        let tmp = dir.join(format!(
+            ".{}.tmp",
+            path.file_name().and_then(|n| n.to_str()).unwrap_or("part")
+        ));
+        let file = File::create(&tmp).map_err(io(&tmp))?;
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::default()))
+            .set_max_row_group_row_count(Some(128 * 1024))
+            .build();
+        let mut writer = ArrowWriter::try_new(file, schema(), Some(props))?;
+        writer.write(&batch(&buffer.rows, *partition)?)?;
+        let file = writer.into_inner()?;
+        file.sync_all().map_err(io(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io(&path))?;
+        File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(&dir))?;
+        let entry = ShardEntry {
+            path: rel,
+            tenant_id: tenant.clone(),
+            date: date.clone(),
+            source_partition: *partition,
+            first_offset: buffer.first,
+            last_offset: buffer.last,
+            rows: buffer.rows.len(),
+        };
+        let mut line = serde_json::to_vec(&entry).map_err(|e| Error::Manifest(e.to_string()))?;
+        line.push(b'\n');
+        let manifest = self.root.join(MANIFEST);
+        self.manifest.write_all(&line).map_err(io(&manifest))?;
+        self.manifest.sync_data().map_err(io(&manifest))?;
+        Ok(entry)
+    }
+
+    /// Rows buffered, not yet in a file.
+    pub fn buffered(&self) -> usize {
+        self.buffers.values().map(|b| b.rows.len()).sum()
+    }
+
+    /// Takes every buffered ack (on shutdown: the caller abandons them, the rows are replayed).
+    pub fn into_acks(self) -> impl Iterator<Item = A> {
+        self.buffers.into_values().flat_map(|b| b.acks)
+    }
+}
+
+fn batch(rows: &[ShardRow], partition: i32) -> Result<RecordBatch> {
+    let n = rows.len();
+    let text = |avg: usize| StringBuilder::with_capacity(n, n * avg);
+    let (mut id, mut instruction, mut response) = (text(24), text(96), text(160));
+    let (mut provider, mut model, mut retrieval) = (text(8), text(16), text(24));
+    let mut ts = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
+    let mut confidence = Float64Builder::with_capacity(n);
+    let mut fallback = BooleanBuilder::with_capacity(n);
+    let mut latency = UInt64Builder::with_capacity(n);
+    let mut source_partition = Int32Builder::with_capacity(n);
+    let mut source_offset = Int64Builder::with_capacity(n);
+    for r in rows {
+        let e = &r.event;
+        id.append_value(&e.event_id);
+        ts.append_value(e.ts.timestamp_micros());
+        instruction.append_value(&e.prompt);
+        response.append_value(&e.reply);
+        confidence.append_value(e.confidence);
+        fallback.append_value(e.fallback);
+        provider.append_value(&e.provider);
+        model.append_value(&e.model);
+        latency.append_value(e.latency_ms);
+        retrieval.append_option(e.retrieval_event_id.as_deref());
+        source_partition.append_value(partition);
+        source_offset.append_value(r.offset);
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(id.finish()),
+        Arc::new(ts.finish()),
+        Arc::new(instruction.finish()),
+        Arc::new(response.finish()),
+        Arc::new(confidence.finish()),
+        Arc::new(fallback.finish()),
+        Arc::new(provider.finish()),
+        Arc::new(model.finish()),
+        Arc::new(latency.finish()),
+        Arc::new(retrieval.finish()),
+        Arc::new(source_partition.finish()),
+        Arc::new(source_offset.finish()),
+    ];
+    Ok(RecordBatch::try_new(schema(), columns)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(id: &str, tenant: &str, prompt: &str) -> AnswerEvent {
+        serde_json::from_value(serde_json::json!({
+            "event_id": id, "tenant_id": tenant, "ts": "2026-11-02T10:00:00Z", "prompt": prompt,
+            "reply": "ok", "confidence": 0.9, "fallback": false, "provider": "local", "model": "m",
+            "latency_ms": 3
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn rolled_rows_are_never_written_twice_after_a_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = RollPolicy {
+            max_rows: 3,
+            ..RollPolicy::default()
+        };
+        let mut w: ShardWriter<()> = ShardWriter::open(dir.path(), policy.clone(), None).unwrap();
+        for o in 0..5 {
+            w.push(0, o, answer(&format!("e{o}"), "acme", "p"), ());
+        }
+        let (acks, entries) = w.roll(Instant::now(), false).unwrap();
+        assert_eq!(
+            (acks.len(), entries.len()),
+            (5, 1),
+            "the buffer of 3 rows (plus none) rolled"
+        );
+        assert_eq!(
+            entries[0].path,
+            "tenant_id=acme/date=2026-11-02/part-000-000000000000-000000000004.parquet"
+        );
+        assert_eq!(w.buffered(), 0);
+        // A crash before the offsets were committed: the replay meets committed offsets.
+        let mut again: ShardWriter<()> = ShardWriter::open(dir.path(), policy, None).unwrap();
+        for o in 0..6 {
+            again.push(0, o, answer(&format!("e{o}"), "acme", "p"), ());
+        }
+        assert_eq!(again.skipped_replays, 5);
+        assert_eq!(again.buffered(), 1);
+        let (_, entries) = again.roll(Instant::now(), true).unwrap();
+        assert_eq!(entries[0].first_offset, 5);
+        assert_eq!(read_manifest(dir.path()).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn duplicate_event_ids_in_a_buffer_are_written_once_and_pii_never_reaches_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w: ShardWriter<()> =
+            ShardWriter::open(dir.path(), RollPolicy::default(), Some(Redactor::new())).unwrap();
+        assert!(w.push(1, 7, answer("x", "acme", "CPF 529.982.247-25, a@b.com"), ()));
+        assert!(!w.push(1, 8, answer("x", "acme", "CPF 529.982.247-25, a@b.com"), ()));
+        let (acks, entries) = w.roll(Instant::now(), true).unwrap();
+        assert_eq!((acks.len(), entries[0].rows), (2, 1));
+        let file = File::open(dir.path().join(&entries[0].path)).unwrap();
+        let reader =
+            datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+                file,
+            )
+            .unwrap()
+            .build()
+            .unwrap();
+        for batch in reader {
+            let batch = batch.unwrap();
+            let col = batch.column_by_name("instruction").unwrap();
+            let text = datafusion::arrow::array::AsArray::as_string::<i32>(col).value(0);
+            assert_eq!(text, "CPF <CPF>, <EMAIL>");
+        }
+        assert_eq!(w.redactions.values().sum::<u64>(), 2);
+    }
+}
