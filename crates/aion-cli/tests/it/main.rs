@@ -5,6 +5,7 @@
 mod gate;
 mod ndcg;
 mod relay;
+mod shards;
 mod windows;
 
 use std::process::{Child, Command, Stdio};

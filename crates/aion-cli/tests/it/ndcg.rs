@@ -5,7 +5,7 @@ use std::process::Command;
 
 use crate::Stack;
 
-fn reference_python() -> PathBuf {
+pub fn reference_python() -> PathBuf {
     let cache = std::env::var_os("AION_CACHE_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/aion"));

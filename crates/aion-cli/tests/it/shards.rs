@@ -1,0 +1,142 @@
+//! The shard writer through the real broker: killed with SIGKILL at random points, every valid
+//! answer still ends up in exactly one shard row, no PII the generator planted reaches a shard, and
+//! readers never see a temporary file.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use aion_traffic::{Generator, Scenario, TrafficConfig};
+use datafusion::arrow::array::AsArray;
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use rand::{Rng, SeedableRng};
+use serde_json::Value;
+
+use crate::Stack;
+
+/// (event_id → instruction) of every row of every shard file; panics on a visible temp file.
+fn shard_rows(root: &std::path::Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut dirs = vec![root.to_owned()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if name.ends_with(".parquet") {
+                let file = std::fs::File::open(&path).unwrap();
+                for batch in ParquetRecordBatchReaderBuilder::try_new(file)
+                    .unwrap()
+                    .build()
+                    .unwrap()
+                {
+                    let b = batch.unwrap();
+                    let ids = b
+                        .column_by_name("event_id")
+                        .unwrap()
+                        .as_string::<i32>()
+                        .clone();
+                    let text = b
+                        .column_by_name("instruction")
+                        .unwrap()
+                        .as_string::<i32>()
+                        .clone();
+                    for i in 0..b.num_rows() {
+                        out.push((ids.value(i).to_owned(), text.value(i).to_owned()));
+                    }
+                }
+            } else {
+                assert!(
+                    name.starts_with('.') || name == "_manifest.jsonl",
+                    "{name}: a file readers would pick up"
+                );
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_answer_lands_in_exactly_one_redacted_row_across_ten_kill_9() {
+    let s = Stack::start();
+    s.run(&["topics", "create"]);
+    let traffic: Vec<_> = Generator::new(TrafficConfig {
+        seed: 21,
+        tenants: vec!["acme".into(), "globex".into()],
+        count: 8_000,
+        start: "2026-11-01T00:00:00Z".parse().unwrap(),
+        span: chrono::Duration::hours(72),
+        scenario: Scenario::Steady,
+        invalid_fraction: 0.02,
+        late_fraction: 0.0,
+    })
+    .filter(|p| p.topic == aion_events::topics::ANSWER)
+    .collect();
+    let mut expected = BTreeMap::new();
+    let sink = aion_kafka::Sink::new(&s.kafka, "test").unwrap();
+    for p in &traffic {
+        sink.send(p.topic, Some(p.key.as_bytes()), &p.bytes, None, None)
+            .await
+            .unwrap();
+        if p.valid {
+            let v: Value = serde_json::from_slice(&p.bytes).unwrap();
+            expected.insert(
+                v["event_id"].as_str().unwrap().to_owned(),
+                v["prompt"].as_str().unwrap().to_owned(),
+            );
+        }
+    }
+    sink.flush(Duration::from_secs(60)).unwrap();
+
+    let args = ["shards", "run", "--max-rows", "150", "--max-age-secs", "1"];
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    for _ in 0..10 {
+        let mut writer = s.spawn(&args, "shards.log");
+        std::thread::sleep(Duration::from_millis(rng.random_range(300..2500)));
+        writer.kill();
+    }
+    let writer = s.spawn(&args, "shards.log");
+    let root = s.state.path().join("shards");
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let rows = loop {
+        let rows = shard_rows(&root);
+        if rows.len() >= expected.len() || std::time::Instant::now() > deadline {
+            break rows;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(writer.terminate(), "clean stop\n{}", s.logs());
+
+    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+    for (id, _) in &rows {
+        *seen.entry(id).or_default() += 1;
+    }
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "written more than once: {:?}",
+        &twice[..twice.len().min(5)]
+    );
+    let missing: Vec<_> = expected
+        .keys()
+        .filter(|id| !seen.contains_key(id.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} answers missing\n{}",
+        missing.len(),
+        s.logs()
+    );
+
+    // The generator plants e-mails, CPFs and phone numbers in prompts; none may survive.
+    let pii = regex::Regex::new(r"@|\d{3}\.\d{3}\.\d{3}-\d{2}|\(\d{3}\) \d{3}-\d{4}").unwrap();
+    let planted = expected.values().filter(|p| pii.is_match(p)).count();
+    assert!(planted > 100, "the input carries PII ({planted} prompts)");
+    for (id, text) in &rows {
+        assert!(!pii.is_match(text), "{id}: PII left in {text:?}");
+    }
+    assert!(
+        rows.iter().any(|(_, t)| t.contains("<CPF>"))
+            && rows.iter().any(|(_, t)| t.contains("<EMAIL>"))
+    );
+}
