@@ -2,6 +2,7 @@
 //! print tables, they do not assert.
 
 mod relay;
+mod shards;
 mod windows;
 
 use std::time::Duration;
@@ -19,12 +20,15 @@ pub enum Action {
     /// Window aggregation events/s per core, memory at 100k..5M events, and the delay from the
     /// watermark passing a window end to its result being durable (real broker).
     Windows(windows::Args),
+    /// Shard rows written per CPU-second, next to pyarrow writing the same rows and layout.
+    Shards(shards::Args),
 }
 
 pub async fn run(action: Action, ctx: &Context) -> Result<()> {
     match action {
         Action::Relay(args) => relay::run(args, ctx).await,
         Action::Windows(args) => windows::run(args, ctx).await,
+        Action::Shards(args) => shards::run(args, ctx).await,
     }
 }
 
