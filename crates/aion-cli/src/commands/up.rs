@@ -76,6 +76,26 @@ pub async fn run(args: Args, mut ctx: Context, stop: CancellationToken) -> Resul
         )
     };
 
+    let shard_stats = Arc::new(aion_shards::Stats::default());
+    let shards = {
+        let options = super::shards::options(
+            &ctx,
+            super::shards::RunArgs {
+                dir: None,
+                max_rows: aion_shards::RollPolicy::default().max_rows,
+                max_bytes: aion_shards::RollPolicy::default().max_bytes,
+                max_age_secs: 10,
+                no_redact: false,
+            },
+        );
+        println!(
+            "          shards: answer.v1 → PII-redacted Parquet in {}",
+            options.root.display()
+        );
+        let (stop, stats) = (stop.clone(), shard_stats.clone());
+        tokio::spawn(async move { aion_shards::run(&options, stop, &stats).await })
+    };
+
     let gate_stats = Arc::new(aion_gate::Stats::default());
     let gate = {
         let config = super::gate::load(None)?;
@@ -135,7 +155,7 @@ pub async fn run(args: Args, mut ctx: Context, stop: CancellationToken) -> Resul
         tokio::select! {
             _ = tick.tick() => {
                 let (received, forwarded, dlq) = stats.snapshot();
-                println!("summary   events in {received}, forwarded {forwarded}, dead-lettered {dlq}; {}; triggers fired {}", windows_line(&window_stats), gate_stats.fired.load(std::sync::atomic::Ordering::Relaxed));
+                println!("summary   events in {received}, forwarded {forwarded}, dead-lettered {dlq}; {}; shard rows {}; triggers fired {}", windows_line(&window_stats), shard_stats.written.load(std::sync::atomic::Ordering::Relaxed), gate_stats.fired.load(std::sync::atomic::Ordering::Relaxed));
             }
             () = stop.cancelled() => break,
         }
@@ -146,6 +166,7 @@ pub async fn run(args: Args, mut ctx: Context, stop: CancellationToken) -> Resul
     relay.await??;
     windows.await??;
     gate.await??;
+    shards.await??;
     let (received, forwarded, dlq) = stats.snapshot();
     println!("stopped   events in {received}, forwarded {forwarded}, dead-lettered {dlq}; offsets committed");
     Ok(())
