@@ -8,6 +8,7 @@
 
 mod decode;
 mod event;
+mod manifest;
 mod metrics;
 mod rebuild;
 pub mod topics;
@@ -18,6 +19,7 @@ pub use event::{
     validate_tenant_id, AnswerEvent, Judgment, Relevance, RetrievalEvent, RetrievalResult, Schema,
     MAX_RELEVANCE,
 };
+pub use manifest::{parse_manifest, ShardEntry, SHARD_MANIFEST};
 pub use metrics::WindowMetrics;
 pub use rebuild::{IndexRebuild, RebuildReason};
 pub use trigger::{Recipe, Thresholds, TrainTrigger, TriggerReason};

@@ -34,6 +34,8 @@ pub struct GateOptions {
     pub initial: Settings,
     /// Log what would fire; publish nothing, keep no state.
     pub dry_run: bool,
+    /// Root of the shard table whose manifest a trigger snapshots (`None`: no shards).
+    pub shards_root: Option<PathBuf>,
     pub decode: DecodeLimits,
 }
 
@@ -117,6 +119,25 @@ pub fn manual_trigger(
     }
 }
 
+/// The tenant's committed shards (paths relative to the shard root) at trigger time. A replayed
+/// trigger may list more than its first publication; the trainer keeps the first per id.
+pub fn shard_snapshot(options: &GateOptions, tenant: &str) -> Result<Vec<String>> {
+    let Some(root) = &options.shards_root else {
+        return Ok(Vec::new());
+    };
+    let path = root.join(aion_events::SHARD_MANIFEST);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(crate::io(&path, e)),
+    };
+    Ok(aion_events::parse_manifest(&text)
+        .into_iter()
+        .filter(|e| e.tenant_id == tenant)
+        .map(|e| e.path)
+        .collect())
+}
+
 /// Runs until `stop` is cancelled.
 pub async fn run(
     config: &GateConfig,
@@ -180,7 +201,8 @@ pub async fn run(
         stats.evaluated.fetch_add(1, Ordering::Relaxed);
         match verdict {
             Verdict::Fire(reason) => {
-                let t = trigger(config, &settings, &m, reason);
+                let mut t = trigger(config, &settings, &m, reason);
+                t.shards = shard_snapshot(options, &m.tenant_id)?;
                 debug_assert!(t.validate().is_ok());
                 stats.fired.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("aion_triggers_total", "stage" => STAGE).increment(1);

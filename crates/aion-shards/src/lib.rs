@@ -8,8 +8,9 @@ pub mod redact;
 mod stage;
 mod writer;
 
+pub use aion_events::ShardEntry;
 pub use stage::{run, ShardOptions, Stats};
-pub use writer::{read_manifest, schema, RollPolicy, ShardEntry, ShardWriter, MANIFEST};
+pub use writer::{read_manifest, schema, RollPolicy, ShardWriter, MANIFEST};
 
 /// Errors of the shard writer.
 #[derive(Debug, thiserror::Error)]

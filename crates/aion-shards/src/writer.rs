@@ -9,12 +9,12 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aion_events::AnswerEvent;
+use aion_events::{AnswerEvent, ShardEntry};
 use datafusion::arrow::array::{
     ArrayRef, BooleanBuilder, Float64Builder, Int32Builder, Int64Builder, RecordBatch,
     StringBuilder, TimestampMicrosecondBuilder, UInt64Builder,
@@ -23,7 +23,6 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit}
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::file::properties::WriterProperties;
-use serde::{Deserialize, Serialize};
 
 use crate::redact::{Counts, Redactor};
 use crate::{Error, Result};
@@ -46,19 +45,6 @@ impl Default for RollPolicy {
             max_age: Duration::from_secs(60),
         }
     }
-}
-
-/// One manifest line: a committed shard.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ShardEntry {
-    /// Relative to the table root.
-    pub path: String,
-    pub tenant_id: String,
-    pub date: String,
-    pub source_partition: i32,
-    pub first_offset: i64,
-    pub last_offset: i64,
-    pub rows: usize,
 }
 
 /// A row waiting in a buffer.
@@ -93,7 +79,7 @@ pub struct ShardWriter<A> {
     pub skipped_replays: u64,
 }
 
-pub const MANIFEST: &str = "_manifest.jsonl";
+pub use aion_events::SHARD_MANIFEST as MANIFEST;
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::Io {
@@ -105,21 +91,11 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
 /// Reads the manifest of a shard table (empty if there is none yet).
 pub fn read_manifest(root: &Path) -> Result<Vec<ShardEntry>> {
     let path = root.join(MANIFEST);
-    let file = match File::open(&path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(io(&path)(e)),
-    };
-    let mut entries = Vec::new();
-    for line in BufReader::new(file).lines() {
-        let line = line.map_err(io(&path))?;
-        // A torn last line (crash mid-append) names a file that was already renamed into place
-        // but not recorded; its rows are rewritten under the same name on replay.
-        if let Ok(entry) = serde_json::from_str::<ShardEntry>(&line) {
-            entries.push(entry);
-        }
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(aion_events::parse_manifest(&text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(io(&path)(e)),
     }
-    Ok(entries)
 }
 
 pub fn schema() -> SchemaRef {

@@ -114,6 +114,7 @@ pub fn options(
         settings: store(ctx),
         initial: settings,
         dry_run,
+        shards_root: Some(ctx.state_dir.join("shards")),
         decode: ctx.decode_limits(),
     })
 }
