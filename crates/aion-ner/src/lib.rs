@@ -3,15 +3,20 @@
 //! `tokenizer.json`), entity spans with character offsets and scores, aggregated like
 //! transformers' `aggregation_strategy="simple"`, and long texts split into overlapping windows.
 //!
+//! Also the statistical keyphrase extractor and the term scoring (entities 3, keyphrases 1).
 //! Owns inference only: no Kafka, no storage.
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 mod classifier;
 mod entities;
+mod keyphrases;
+mod terms;
 
 pub use classifier::TokenClassifier;
 pub use entities::{group_simple, Entity, TokenPrediction};
+pub use keyphrases::keyphrases;
+pub use terms::{top_terms, Term, ENTITY_WEIGHT, KEYPHRASE_WEIGHT};
 
 /// Errors of model loading and inference.
 #[derive(Debug, thiserror::Error)]
