@@ -15,6 +15,9 @@ pub const TRAIN_TRIGGER: &str = "train.trigger.v1";
 /// Index rebuild requests (schema `index.rebuild.v1`), from the gate.
 pub const INDEX_REBUILD: &str = "index.rebuild.v1";
 
+/// Retrieval events with their top entities and keyphrases, from the enricher.
+pub const RETRIEVAL_ENRICHED: &str = "retrieval.enriched.v1";
+
 /// Topics the applications publish to; every stage that consumes one dead-letters into [`dlq`].
 pub const INPUTS: [&str; 2] = [RETRIEVAL, ANSWER];
 

@@ -4,18 +4,20 @@
 //! transformers' `aggregation_strategy="simple"`, and long texts split into overlapping windows.
 //!
 //! Also the statistical keyphrase extractor and the term scoring (entities 3, keyphrases 1).
-//! Owns inference only: no Kafka, no storage.
+//! And the enricher stage that runs them over `retrieval.v1`.
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 mod classifier;
 mod entities;
 mod keyphrases;
+mod stage;
 mod terms;
 
 pub use classifier::TokenClassifier;
 pub use entities::{group_simple, Entity, TokenPrediction};
 pub use keyphrases::keyphrases;
+pub use stage::{enrich, run, sample_text, EnrichOptions, Stats, EVENT_TERMS, SAMPLE_CHARS};
 pub use terms::{top_terms, Term, ENTITY_WEIGHT, KEYPHRASE_WEIGHT};
 
 /// Errors of model loading and inference.
@@ -27,6 +29,10 @@ pub enum Error {
     Candle(#[from] candle_core::Error),
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+    #[error(transparent)]
+    Kafka(aion_kafka::Error),
+    #[error("event JSON: {0}")]
+    Json(#[from] serde_json::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

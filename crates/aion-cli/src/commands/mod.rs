@@ -2,6 +2,7 @@
 
 mod bench;
 mod broker;
+mod enrich;
 mod gate;
 mod ndcg;
 mod produce;
@@ -36,6 +37,9 @@ pub enum Command {
     /// Windowed nDCG and fallback-rate aggregates per tenant, on event time.
     #[command(subcommand)]
     Windows(windows::Action),
+    /// Entities and keyphrases of retrieval events (local NER on candle) → `retrieval.enriched.v1`.
+    #[command(subcommand)]
+    Enrich(EnrichAction),
     /// Training shards: answer events, PII redacted, as Parquet under `<state dir>/shards`.
     #[command(subcommand)]
     Shards(ShardsAction),
@@ -54,6 +58,13 @@ pub enum Command {
     Bench(bench::Action),
     /// Run the whole loop locally: broker, topics, stages and synthetic traffic, with a live summary.
     Up(up::Args),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EnrichAction {
+    /// Consume `retrieval.v1`, publish each event with its top 20 terms (entity mentions weigh 3,
+    /// keyphrases 1) to `retrieval.enriched.v1`; invalid events go to the DLQ.
+    Run(enrich::RunArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -98,6 +109,9 @@ pub async fn run(command: Command, ctx: Context) -> Result<()> {
             .await
         }
         Command::Windows(action) => windows::run(action, &ctx, shutdown_signal()).await,
+        Command::Enrich(EnrichAction::Run(args)) => {
+            enrich::run(args, &ctx, shutdown_signal()).await
+        }
         Command::Shards(ShardsAction::Run(args)) => {
             shards::run(args, &ctx, shutdown_signal()).await
         }

@@ -34,6 +34,7 @@ pub fn product_topics() -> Vec<String> {
             topics::dlq(topics::METRICS),
             topics::TRAIN_TRIGGER.to_string(),
             topics::INDEX_REBUILD.to_string(),
+            topics::RETRIEVAL_ENRICHED.to_string(),
         ])
         .collect()
 }

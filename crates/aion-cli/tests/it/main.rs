@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
+mod enrich;
 mod gate;
 mod ndcg;
 mod relay;
@@ -46,6 +47,9 @@ impl Stack {
         let mut c = Command::new(env!("CARGO_BIN_EXE_aion"));
         c.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            // Where scripts/setup put the offline model.
+            .env("HOME", std::env::var_os("HOME").unwrap_or_default())
+            .envs(std::env::var_os("AION_CACHE_DIR").map(|d| ("AION_CACHE_DIR", d)))
             .env("AION_BROKERS", &self.kafka.brokers)
             .env("AION_STATE_DIR", self.state.path())
             .env("AION_LOG", "warn");

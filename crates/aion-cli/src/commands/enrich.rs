@@ -1,0 +1,58 @@
+//! `aion enrich run`: NER + keyphrase enrichment of retrieval events.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use aion_ner::{EnrichOptions, Stats};
+use anyhow::Result;
+use tokio_util::sync::CancellationToken;
+
+use crate::Context;
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Token-classification model directory (default: the offline model `scripts/setup`
+    /// converts, `$AION_CACHE_DIR/models/rampart-1.4.0`).
+    #[arg(long, env = "AION_NER_MODEL", value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    /// Events per inference batch.
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// Longest wait for a batch to fill, in milliseconds.
+    #[arg(long, default_value_t = 50)]
+    pub max_wait_ms: u64,
+}
+
+/// The offline model's directory.
+pub fn default_model() -> PathBuf {
+    let cache = std::env::var_os("AION_CACHE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_default()
+                .join(".cache/aion")
+        });
+    cache.join("models/rampart-1.4.0")
+}
+
+pub async fn run(args: RunArgs, ctx: &Context, stop: CancellationToken) -> Result<()> {
+    let model_dir = args.model.unwrap_or_else(default_model);
+    if !model_dir.join("model.safetensors").is_file() {
+        anyhow::bail!(
+            "no model at {} (scripts/setup converts the offline one; --model DIR for another)",
+            model_dir.display()
+        );
+    }
+    let options = EnrichOptions {
+        kafka: ctx.kafka.clone(),
+        group_id: ctx.group("enrich"),
+        input_topic: aion_events::topics::RETRIEVAL.to_owned(),
+        output_topic: aion_events::topics::RETRIEVAL_ENRICHED.to_owned(),
+        model_dir,
+        batch_size: args.batch_size.max(1),
+        max_wait: Duration::from_millis(args.max_wait_ms),
+        decode: ctx.decode_limits(),
+    };
+    Ok(aion_ner::run(&options, stop, &Stats::default()).await?)
+}

@@ -1,0 +1,168 @@
+//! The enricher stage: `retrieval.v1` in, `retrieval.enriched.v1` out — the original event (every
+//! field kept, unknown ones too) plus `entities`: its top terms from NER and keyphrases.
+//!
+//! Records are handled in batches (up to `batch_size`, or whatever arrived within `max_wait`);
+//! each output's delivery releases its input's offset.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use aion_events::{decode, DecodeLimits, RetrievalEvent};
+use aion_kafka::{KafkaConfig, Record, Sink, Source, SourceConfig};
+use candle_core::Device;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::{keyphrases, top_terms, Error, Result, TokenClassifier};
+
+const STAGE: &str = "enrich";
+/// The text an event is judged by: its query and its best results, this long at most.
+pub const SAMPLE_CHARS: usize = 7_000;
+/// Results of an event that go into its sample.
+pub const SAMPLE_RESULTS: usize = 3;
+/// Terms kept per event.
+pub const EVENT_TERMS: usize = 20;
+
+/// Where and how the enricher runs.
+#[derive(Debug, Clone)]
+pub struct EnrichOptions {
+    pub kafka: KafkaConfig,
+    pub group_id: String,
+    pub input_topic: String,
+    pub output_topic: String,
+    /// A Hugging Face token-classification directory.
+    pub model_dir: PathBuf,
+    pub batch_size: usize,
+    pub max_wait: Duration,
+    pub decode: DecodeLimits,
+}
+
+/// Live counts.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub received: AtomicU64,
+    pub enriched: AtomicU64,
+}
+
+/// Query + the top results by rank, cut at [`SAMPLE_CHARS`] characters.
+pub fn sample_text(event: &RetrievalEvent) -> String {
+    let mut results: Vec<_> = event.results.iter().collect();
+    results.sort_by_key(|r| r.rank);
+    let mut text = event.query.clone();
+    for r in results.iter().take(SAMPLE_RESULTS) {
+        text.push('\n');
+        text.push_str(&r.text);
+    }
+    match text.char_indices().nth(SAMPLE_CHARS) {
+        Some((cut, _)) => text[..cut].to_owned(),
+        None => text,
+    }
+}
+
+/// The enriched record of one event: its original JSON with `entities` added.
+pub fn enrich(model: &TokenClassifier, event: &RetrievalEvent, payload: &[u8]) -> Result<Vec<u8>> {
+    let text = sample_text(event);
+    let entities = model.entities(&text)?;
+    let terms = top_terms(&entities, &keyphrases(&text, EVENT_TERMS), EVENT_TERMS);
+    let mut value: serde_json::Value = serde_json::from_slice(payload)?;
+    if let Some(object) = value.as_object_mut() {
+        object.insert("entities".into(), serde_json::to_value(&terms)?);
+    }
+    Ok(serde_json::to_vec(&value)?)
+}
+
+/// Runs until `stop`.
+pub async fn run(options: &EnrichOptions, stop: CancellationToken, stats: &Stats) -> Result<()> {
+    let model = TokenClassifier::load(&options.model_dir, &Device::Cpu)?;
+    let config = SourceConfig::new(
+        STAGE,
+        vec![options.input_topic.clone()],
+        options.group_id.clone(),
+    );
+    let mut source = Source::new(&options.kafka, &config).map_err(kafka)?;
+    for topic in [
+        options.output_topic.clone(),
+        aion_events::topics::dlq(&options.input_topic),
+    ] {
+        aion_kafka::partition_count(&options.kafka, &topic).map_err(kafka)?;
+    }
+    let sink = Sink::new(&options.kafka, STAGE).map_err(kafka)?;
+    info!(model = %options.model_dir.display(), batch = options.batch_size, "enricher started");
+    loop {
+        let mut batch: Vec<Record> = Vec::with_capacity(options.batch_size);
+        let deadline = tokio::time::Instant::now() + options.max_wait;
+        while batch.len() < options.batch_size.max(1) {
+            tokio::select! {
+                r = source.recv() => batch.push(r.map_err(kafka)?),
+                () = tokio::time::sleep_until(deadline), if !batch.is_empty() => break,
+                () = stop.cancelled() => break,
+            }
+        }
+        if batch.is_empty() && stop.is_cancelled() {
+            break;
+        }
+        let started = Instant::now();
+        let n = batch.len() as u64;
+        stats.received.fetch_add(n, Ordering::Relaxed);
+        for record in batch {
+            let event = match decode::<RetrievalEvent>(&record.payload, &options.decode) {
+                Ok(e) => e,
+                Err(reject) => {
+                    sink.dead_letter(record, &reject.path, &reject.message)
+                        .await
+                        .map_err(kafka)?;
+                    continue;
+                }
+            };
+            let enriched = enrich(&model, &event, &record.payload)?;
+            sink.send(
+                &options.output_topic,
+                Some(event.tenant_id.as_bytes()),
+                &enriched,
+                None,
+                Some(record.ack),
+            )
+            .await
+            .map_err(kafka)?;
+            stats.enriched.fetch_add(1, Ordering::Relaxed);
+        }
+        metrics::histogram!("aion_ner_batch_seconds").record(started.elapsed().as_secs_f64());
+        if stop.is_cancelled() {
+            break;
+        }
+    }
+    sink.flush(Duration::from_secs(30)).map_err(kafka)?;
+    source
+        .shutdown(Duration::from_secs(30))
+        .await
+        .map_err(kafka)?;
+    Ok(())
+}
+
+fn kafka(e: aion_kafka::Error) -> Error {
+    Error::Kafka(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sample_is_the_query_and_the_three_best_results_capped() {
+        let event: RetrievalEvent = serde_json::from_value(serde_json::json!({
+            "event_id": "e", "tenant_id": "t", "ts": "2026-11-02T00:00:00Z", "query": "q",
+            "results": [
+                {"doc_id": "d4", "rank": 4, "text": "four", "score": 0.1},
+                {"doc_id": "d1", "rank": 1, "text": "one", "score": 0.9},
+                {"doc_id": "d3", "rank": 3, "text": "three", "score": 0.3},
+                {"doc_id": "d2", "rank": 2, "text": "ção".repeat(5000), "score": 0.5}
+            ]
+        }))
+        .unwrap();
+        let s = sample_text(&event);
+        assert!(s.starts_with("q\none\nção"));
+        assert!(!s.contains("four"));
+        assert_eq!(s.chars().count(), SAMPLE_CHARS);
+    }
+}
