@@ -54,7 +54,7 @@ pub async fn run(options: &ShardOptions, stop: CancellationToken, stats: &Stats)
     let mut writer: ShardWriter<Ack> =
         ShardWriter::open(&options.root, options.policy.clone(), redactor)?;
     info!(root = %options.root.display(), redact = options.redact, "shard writer started");
-    let revocations = source.revocations();
+    let mut revocations = source.revocations();
     let result = loop {
         let record = tokio::select! {
             r = source.recv() => Some(r?),
@@ -75,6 +75,7 @@ pub async fn run(options: &ShardOptions, stop: CancellationToken, stats: &Stats)
         }
         // A rebalance moves partitions: what is buffered for them is replayed by their new owner.
         let force = source.revocations() != revocations;
+        revocations = source.revocations();
         let (acks, entries) = writer.roll(Instant::now(), force)?;
         for e in &entries {
             stats.written.fetch_add(e.rows as u64, Ordering::Relaxed);
