@@ -100,3 +100,34 @@ fn finds_the_people_and_contacts_in_english_text() {
     assert!(e.iter().any(|e| e.text == "Maria"), "{e:?}");
     assert!(e.iter().all(|e| long[e.start..e.end] == e.text));
 }
+
+#[test]
+fn odd_input_gives_sensible_output_in_bounded_work() {
+    let m = model();
+    for text in [
+        "",
+        "   \n\t  ",
+        "🙂🙂🙂 👍",
+        "Olá Мария 日本語テキスト مرحبا John",
+        "\u{0}\u{1}",
+    ] {
+        let e = m.entities(text).unwrap();
+        assert!(
+            e.iter()
+                .all(|e| text.get(e.start..e.end) == Some(e.text.as_str())),
+            "{text:?}"
+        );
+    }
+    // A 1 MB query: the enricher's sample is capped, so the model sees at most 7,000 characters.
+    let event: aion_events::RetrievalEvent = serde_json::from_value(serde_json::json!({
+        "event_id": "e", "tenant_id": "t", "ts": "2026-11-02T00:00:00Z",
+        "query": "John Smith pediu reembolso. ".repeat(40_000), "results": []
+    }))
+    .unwrap();
+    let sample = aion_ner::sample_text(&event);
+    assert_eq!(sample.chars().count(), aion_ner::SAMPLE_CHARS);
+    let started = std::time::Instant::now();
+    let e = m.entities(&sample).unwrap();
+    assert!(e.iter().filter(|e| e.text == "John").count() > 100);
+    eprintln!("7,000 characters in {:?}", started.elapsed());
+}
