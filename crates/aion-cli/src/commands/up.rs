@@ -60,6 +60,32 @@ pub async fn run(args: Args, mut ctx: Context, stop: CancellationToken) -> Resul
     };
     println!("stages    relay: retrieval.v1, answer.v1 → *.valid, invalid → *.dlq");
 
+    let enrich_stats = Arc::new(aion_ner::Stats::default());
+    let model_dir = super::enrich::default_model();
+    let enrich = if model_dir.join("model.safetensors").is_file() {
+        let options = aion_ner::EnrichOptions {
+            kafka: ctx.kafka.clone(),
+            group_id: ctx.group("enrich"),
+            input_topic: aion_events::topics::RETRIEVAL.to_owned(),
+            output_topic: aion_events::topics::RETRIEVAL_ENRICHED.to_owned(),
+            model_dir,
+            batch_size: 16,
+            max_wait: Duration::from_millis(50),
+            decode: ctx.decode_limits(),
+        };
+        println!("          enrich: NER + keyphrases → retrieval.enriched.v1");
+        let (stop, stats) = (stop.clone(), enrich_stats.clone());
+        Some(tokio::spawn(async move {
+            aion_ner::run(&options, stop, &stats).await
+        }))
+    } else {
+        println!(
+            "          enrich: skipped, no model at {} (scripts/setup converts it)",
+            model_dir.display()
+        );
+        None
+    };
+
     let window_stats = Arc::new(aion_windows::Stats::default());
     let windows = {
         let config = super::windows::load(None)?;
@@ -155,7 +181,7 @@ pub async fn run(args: Args, mut ctx: Context, stop: CancellationToken) -> Resul
         tokio::select! {
             _ = tick.tick() => {
                 let (received, forwarded, dlq) = stats.snapshot();
-                println!("summary   events in {received}, forwarded {forwarded}, dead-lettered {dlq}; {}; shard rows {}; triggers fired {}", windows_line(&window_stats), shard_stats.written.load(std::sync::atomic::Ordering::Relaxed), gate_stats.fired.load(std::sync::atomic::Ordering::Relaxed));
+                println!("summary   events in {received}, forwarded {forwarded}, dead-lettered {dlq}; {}; enriched {}; shard rows {}; triggers fired {}", windows_line(&window_stats), enrich_stats.enriched.load(std::sync::atomic::Ordering::Relaxed), shard_stats.written.load(std::sync::atomic::Ordering::Relaxed), gate_stats.fired.load(std::sync::atomic::Ordering::Relaxed));
             }
             () = stop.cancelled() => break,
         }
@@ -167,6 +193,9 @@ pub async fn run(args: Args, mut ctx: Context, stop: CancellationToken) -> Resul
     windows.await??;
     gate.await??;
     shards.await??;
+    if let Some(enrich) = enrich {
+        enrich.await??;
+    }
     let (received, forwarded, dlq) = stats.snapshot();
     println!("stopped   events in {received}, forwarded {forwarded}, dead-lettered {dlq}; offsets committed");
     Ok(())
