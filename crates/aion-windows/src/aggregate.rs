@@ -21,7 +21,7 @@ use crate::{Error, Result};
 /// The table the SQL reads.
 pub const INPUT_TABLE: &str = "window_events";
 
-fn timestamp() -> DataType {
+pub(crate) fn timestamp() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
 }
 
@@ -118,6 +118,55 @@ impl Aggregator {
     }
 }
 
+/// The columns a [`Measure`] fills: `kind`, `ndcg`, `fallback`, `confidence` (NULL where the
+/// event kind has no such value). Shared by the aggregate's input and the history table.
+pub(crate) struct MeasureColumns {
+    kind: StringBuilder,
+    ndcg: Float64Builder,
+    fallback: BooleanBuilder,
+    confidence: Float64Builder,
+}
+
+impl MeasureColumns {
+    pub(crate) fn with_capacity(n: usize) -> Self {
+        Self {
+            kind: StringBuilder::with_capacity(n, n * 9),
+            ndcg: Float64Builder::with_capacity(n),
+            fallback: BooleanBuilder::with_capacity(n),
+            confidence: Float64Builder::with_capacity(n),
+        }
+    }
+
+    pub(crate) fn push(&mut self, measure: Measure) {
+        match measure {
+            Measure::Retrieval { ndcg } => {
+                self.kind.append_value("retrieval");
+                self.ndcg.append_option(ndcg);
+                self.fallback.append_null();
+                self.confidence.append_null();
+            }
+            Measure::Answer {
+                fallback,
+                confidence,
+            } => {
+                self.kind.append_value("answer");
+                self.ndcg.append_null();
+                self.fallback.append_value(fallback);
+                self.confidence.append_value(confidence);
+            }
+        }
+    }
+
+    pub(crate) fn finish(mut self) -> [ArrayRef; 4] {
+        [
+            Arc::new(self.kind.finish()),
+            Arc::new(self.ndcg.finish()),
+            Arc::new(self.fallback.finish()),
+            Arc::new(self.confidence.finish()),
+        ]
+    }
+}
+
 /// Expands closed windows into one input row per (event, window).
 fn input_batch(groups: &[ClosedGroup]) -> Result<RecordBatch> {
     let n: usize = groups
@@ -129,10 +178,7 @@ fn input_batch(groups: &[ClosedGroup]) -> Result<RecordBatch> {
     let mut window = StringBuilder::with_capacity(n, n * 12);
     let ts_builder = || TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
     let (mut start, mut end, mut ts) = (ts_builder(), ts_builder(), ts_builder());
-    let mut kind = StringBuilder::with_capacity(n, n * 9);
-    let mut ndcg = Float64Builder::with_capacity(n);
-    let mut fallback = BooleanBuilder::with_capacity(n);
-    let mut confidence = Float64Builder::with_capacity(n);
+    let mut measures = MeasureColumns::with_capacity(n);
     for w in groups.iter().flat_map(|g| &g.windows) {
         for row in &w.rows {
             tenant.append_value(&w.tenant);
@@ -140,35 +186,20 @@ fn input_batch(groups: &[ClosedGroup]) -> Result<RecordBatch> {
             start.append_value(w.start);
             end.append_value(w.end);
             ts.append_value(row.ts);
-            match row.measure {
-                Measure::Retrieval { ndcg: score } => {
-                    kind.append_value("retrieval");
-                    ndcg.append_option(score);
-                    fallback.append_null();
-                    confidence.append_null();
-                }
-                Measure::Answer {
-                    fallback: f,
-                    confidence: c,
-                } => {
-                    kind.append_value("answer");
-                    ndcg.append_null();
-                    fallback.append_value(f);
-                    confidence.append_value(c);
-                }
-            }
+            measures.push(row.measure);
         }
     }
+    let [kind, ndcg, fallback, confidence] = measures.finish();
     let columns: Vec<ArrayRef> = vec![
         Arc::new(tenant.finish()),
         Arc::new(window.finish()),
         Arc::new(start.finish()),
         Arc::new(end.finish()),
-        Arc::new(kind.finish()),
+        kind,
         Arc::new(ts.finish()),
-        Arc::new(ndcg.finish()),
-        Arc::new(fallback.finish()),
-        Arc::new(confidence.finish()),
+        ndcg,
+        fallback,
+        confidence,
     ];
     Ok(RecordBatch::try_new(input_schema(), columns)?)
 }

@@ -15,16 +15,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use chrono::DateTime;
-use datafusion::arrow::array::{
-    ArrayRef, BooleanBuilder, Float64Builder, RecordBatch, StringBuilder,
-    TimestampMicrosecondBuilder,
-};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use datafusion::arrow::array::{ArrayRef, RecordBatch, TimestampMicrosecondBuilder};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::file::properties::WriterProperties;
 
-use crate::operator::{Measure, Micros, ReleasedPane};
+use crate::aggregate::{timestamp, MeasureColumns};
+use crate::operator::{Micros, ReleasedPane};
 use crate::{Error, Result};
 
 /// A Hive-partitioned Parquet table.
@@ -101,10 +99,6 @@ impl Table {
     }
 }
 
-fn timestamp() -> DataType {
-    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
-}
-
 /// Rows of the `window_history` table: one per event of a released pane.
 pub fn pane_batch(pane: &ReleasedPane) -> Result<RecordBatch> {
     let schema = Arc::new(Schema::new(vec![
@@ -117,39 +111,21 @@ pub fn pane_batch(pane: &ReleasedPane) -> Result<RecordBatch> {
         Field::new("arrived_at", timestamp(), true),
     ]));
     let n = pane.rows.len();
-    let mut kind = StringBuilder::with_capacity(n, n * 9);
     let ts_builder = || TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
     let (mut ts, mut arrived) = (ts_builder(), ts_builder());
-    let mut ndcg = Float64Builder::with_capacity(n);
-    let mut fallback = BooleanBuilder::with_capacity(n);
-    let mut confidence = Float64Builder::with_capacity(n);
+    let mut measures = MeasureColumns::with_capacity(n);
     for row in &pane.rows {
         ts.append_value(row.ts);
         arrived.append_option((row.arrived_at != Micros::MIN).then_some(row.arrived_at));
-        match row.measure {
-            Measure::Retrieval { ndcg: score } => {
-                kind.append_value("retrieval");
-                ndcg.append_option(score);
-                fallback.append_null();
-                confidence.append_null();
-            }
-            Measure::Answer {
-                fallback: f,
-                confidence: c,
-            } => {
-                kind.append_value("answer");
-                ndcg.append_null();
-                fallback.append_value(f);
-                confidence.append_value(c);
-            }
-        }
+        measures.push(row.measure);
     }
+    let [kind, ndcg, fallback, confidence] = measures.finish();
     let columns: Vec<ArrayRef> = vec![
-        Arc::new(kind.finish()),
+        kind,
         Arc::new(ts.finish()),
-        Arc::new(ndcg.finish()),
-        Arc::new(fallback.finish()),
-        Arc::new(confidence.finish()),
+        ndcg,
+        fallback,
+        confidence,
         Arc::new(arrived.finish()),
     ];
     Ok(RecordBatch::try_new(schema, columns)?)
