@@ -69,15 +69,11 @@ impl IndexWatch {
     }
 
     pub fn load(path: &Path) -> Result<Self> {
-        match std::fs::read(path) {
-            Ok(bytes) => Ok(serde_json::from_slice(&bytes)?),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
-            Err(e) => Err(crate::io(path, e)),
-        }
+        crate::load_json(path)
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {
-        crate::write_atomically(path, &serde_json::to_vec(self)?)
+        crate::save_json(path, self)
     }
 }
 

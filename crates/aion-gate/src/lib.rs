@@ -46,6 +46,19 @@ fn io(path: &Path, source: std::io::Error) -> Error {
     }
 }
 
+/// A JSON state file, or the default state when it does not exist yet.
+fn load_json<T: serde::de::DeserializeOwned + Default>(path: &Path) -> Result<T> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(serde_json::from_slice(&bytes)?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
+        Err(e) => Err(io(path, e)),
+    }
+}
+
+fn save_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
+    write_atomically(path, &serde_json::to_vec(value)?)
+}
+
 /// Replaces `path` with `bytes` so that a reader sees the old or the new file, never a torn one.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
