@@ -32,6 +32,25 @@ pub async fn run(action: Action, ctx: &Context) -> Result<()> {
     }
 }
 
+/// The context a broker benchmark runs in: a fresh local broker (kept alive by the returned
+/// handle) unless `configured_brokers`, and group ids of their own; with the run's id.
+fn bench_context(
+    ctx: &Context,
+    configured_brokers: bool,
+) -> Result<(Context, Option<aion_broker::Broker>, i64)> {
+    let mut ctx = ctx.clone();
+    let broker = if configured_brokers {
+        None
+    } else {
+        let broker = aion_broker::Broker::start_temporary()?;
+        ctx.kafka.brokers = broker.bootstrap();
+        Some(broker)
+    };
+    let run_id = chrono::Utc::now().timestamp_millis();
+    ctx.config.kafka.group_prefix = format!("bench.{run_id}");
+    Ok((ctx, broker, run_id))
+}
+
 fn rate(n: u64, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64().max(1e-9)
 }

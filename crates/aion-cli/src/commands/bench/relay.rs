@@ -86,16 +86,8 @@ pub async fn run(args: Args, ctx: &Context) -> Result<()> {
     let decode_mixed = decode_rate(&mixed.iter().collect::<Vec<_>>(), &limits)?;
 
     // Through the broker: publish once, then read with a bare consumer and with the relay.
-    let _broker;
-    let mut ctx = ctx.clone();
-    if !args.configured_brokers {
-        let broker = aion_broker::Broker::start_temporary()?;
-        ctx.kafka.brokers = broker.bootstrap();
-        _broker = broker;
-    }
-    let run_id = chrono::Utc::now().timestamp_millis();
+    let (ctx, _broker, run_id) = super::bench_context(ctx, args.configured_brokers)?;
     let input = format!("bench.{run_id}");
-    ctx.config.kafka.group_prefix = format!("bench.{run_id}");
     crate::commands::topics::create(
         &ctx,
         &[

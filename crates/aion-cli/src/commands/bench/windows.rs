@@ -263,15 +263,7 @@ pub async fn run(args: Args, ctx: &Context) -> Result<()> {
 
 /// Runs the stage over generated traffic on a broker; returns (p50, p99, closes) in seconds.
 async fn close_delays(args: &Args, ctx: &Context) -> Result<Option<(f64, f64, usize)>> {
-    let _broker;
-    let mut ctx = ctx.clone();
-    if !args.configured_brokers {
-        let broker = aion_broker::Broker::start_temporary()?;
-        ctx.kafka.brokers = broker.bootstrap();
-        _broker = broker;
-    }
-    let run_id = chrono::Utc::now().timestamp_millis();
-    ctx.config.kafka.group_prefix = format!("bench.{run_id}");
+    let (ctx, _broker, run_id) = super::bench_context(ctx, args.configured_brokers)?;
     let mut config = WindowsConfig::embedded()?;
     config.retrieval_topic = format!("bench.{run_id}.retrieval");
     config.answer_topic = format!("bench.{run_id}.answer");
