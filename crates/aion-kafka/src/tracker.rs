@@ -153,6 +153,15 @@ impl Tracker {
     }
 
     fn done(&self, key: &PartitionKey, offset: i64) {
+        self.update(key, offset, |e| e.done = true);
+    }
+
+    fn mark_resume_point(&self, key: &PartitionKey, offset: i64) {
+        self.update(key, offset, |e| e.resume = true);
+    }
+
+    /// Changes one pending record, then advances its partition.
+    fn update(&self, key: &PartitionKey, offset: i64, change: impl FnOnce(&mut Pending)) {
         let mut state = self.lock();
         // A revoked partition is no longer tracked: its late acks are ignored (the new owner
         // replays from the last committed offset).
@@ -160,23 +169,12 @@ impl Tracker {
             return;
         };
         if let Ok(i) = p.pending.binary_search_by_key(&offset, |e| e.offset) {
-            p.pending[i].done = true;
+            change(&mut p.pending[i]);
         }
         self.advance(p);
         if p.pending.is_empty() {
             self.settled.notify_all();
         }
-    }
-
-    fn mark_resume_point(&self, key: &PartitionKey, offset: i64) {
-        let mut state = self.lock();
-        let Some(p) = state.partitions.get_mut(key) else {
-            return;
-        };
-        if let Ok(i) = p.pending.binary_search_by_key(&offset, |e| e.offset) {
-            p.pending[i].resume = true;
-        }
-        self.advance(p);
     }
 
     /// Drops the done prefix and moves the storable position to the last place a replay may
