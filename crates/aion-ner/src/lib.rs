@@ -14,11 +14,21 @@ mod keyphrases;
 mod stage;
 mod terms;
 
-pub use classifier::TokenClassifier;
+pub use classifier::{argmax, TokenClassifier};
 pub use entities::{group_simple, Entity, TokenPrediction};
 pub use keyphrases::keyphrases;
 pub use stage::{enrich, run, sample_text, EnrichOptions, Stats, EVENT_TERMS, SAMPLE_CHARS};
 pub use terms::{top_terms, Term, ENTITY_WEIGHT, KEYPHRASE_WEIGHT};
+
+/// 320 varied Brazilian Portuguese and English texts (names, e-mails, phones, cities, addresses,
+/// CPFs, and text without entities) for the parity check and the benchmark; written by
+/// `scripts/models/make_ner_texts.py`.
+pub fn parity_texts() -> Vec<String> {
+    include_str!("../data/texts.jsonl")
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
 
 /// Errors of model loading and inference.
 #[derive(Debug, thiserror::Error)]

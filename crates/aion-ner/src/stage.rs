@@ -1,8 +1,8 @@
 //! The enricher stage: `retrieval.v1` in, `retrieval.enriched.v1` out — the original event (every
 //! field kept, unknown ones too) plus `entities`: its top terms from NER and keyphrases.
 //!
-//! Records are handled in batches (up to `batch_size`, or whatever arrived within `max_wait`);
-//! each output's delivery releases its input's offset.
+//! Records are handled in batches (up to `batch_size`, or whatever arrived within `max_wait`) whose
+//! texts run through the model together; each output's delivery releases its input's offset.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -60,16 +60,28 @@ pub fn sample_text(event: &RetrievalEvent) -> String {
     }
 }
 
-/// The enriched record of one event: its original JSON with `entities` added.
-pub fn enrich(model: &TokenClassifier, event: &RetrievalEvent, payload: &[u8]) -> Result<Vec<u8>> {
-    let text = sample_text(event);
-    let entities = model.entities(&text)?;
-    let terms = top_terms(&entities, &keyphrases(&text, EVENT_TERMS), EVENT_TERMS);
-    let mut value: serde_json::Value = serde_json::from_slice(payload)?;
-    if let Some(object) = value.as_object_mut() {
-        object.insert("entities".into(), serde_json::to_value(&terms)?);
-    }
-    Ok(serde_json::to_vec(&value)?)
+/// The enriched records of events (each with its original JSON), `entities` added: texts of the
+/// whole batch go through the model together.
+pub fn enrich(
+    model: &TokenClassifier,
+    events: &[(&RetrievalEvent, &[u8])],
+    batch_size: usize,
+) -> Result<Vec<Vec<u8>>> {
+    let texts: Vec<String> = events.iter().map(|(e, _)| sample_text(e)).collect();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let entities = model.entities_batch(&refs, batch_size)?;
+    events
+        .iter()
+        .zip(texts.iter().zip(entities))
+        .map(|((_, payload), (text, entities))| {
+            let terms = top_terms(&entities, &keyphrases(text, EVENT_TERMS), EVENT_TERMS);
+            let mut value: serde_json::Value = serde_json::from_slice(payload)?;
+            if let Some(object) = value.as_object_mut() {
+                object.insert("entities".into(), serde_json::to_value(&terms)?);
+            }
+            Ok(serde_json::to_vec(&value)?)
+        })
+        .collect()
 }
 
 /// Runs until `stop`.
@@ -105,17 +117,23 @@ pub async fn run(options: &EnrichOptions, stop: CancellationToken, stats: &Stats
         let started = Instant::now();
         let n = batch.len() as u64;
         stats.received.fetch_add(n, Ordering::Relaxed);
+        let mut valid = Vec::with_capacity(batch.len());
         for record in batch {
-            let event = match decode::<RetrievalEvent>(&record.payload, &options.decode) {
-                Ok(e) => e,
-                Err(reject) => {
-                    sink.dead_letter(record, &reject.path, &reject.message)
-                        .await
-                        .map_err(kafka)?;
-                    continue;
-                }
-            };
-            let enriched = enrich(&model, &event, &record.payload)?;
+            match decode::<RetrievalEvent>(&record.payload, &options.decode) {
+                Ok(event) => valid.push((event, record)),
+                Err(reject) => sink
+                    .dead_letter(record, &reject.path, &reject.message)
+                    .await
+                    .map_err(kafka)?,
+            }
+        }
+        let inputs: Vec<(&RetrievalEvent, &[u8])> = valid
+            .iter()
+            .map(|(e, r)| (e, r.payload.as_slice()))
+            .collect();
+        let enriched = enrich(&model, &inputs, options.batch_size)?;
+        drop(inputs);
+        for ((event, record), enriched) in valid.into_iter().zip(enriched) {
             sink.send(
                 &options.output_topic,
                 Some(event.tenant_id.as_bytes()),

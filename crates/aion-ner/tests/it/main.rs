@@ -7,7 +7,9 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use aion_ner::TokenClassifier;
+use std::collections::HashSet;
+
+use aion_ner::{group_simple, Entity, TokenClassifier, TokenPrediction};
 use candle_core::Device;
 
 fn cache() -> PathBuf {
@@ -33,10 +35,8 @@ const TEXTS: [&str; 4] = [
     "The quarterly report is attached.",
 ];
 
-#[test]
-fn logits_match_onnxruntime_on_the_original_model() {
-    let m = model();
-    let ids: Vec<Vec<u32>> = TEXTS.iter().map(|t| m.encode(t).unwrap()).collect();
+/// onnxruntime's logits for each token-id sequence, from the checks' venv.
+fn onnxruntime_logits(ids: &[Vec<u32>]) -> Vec<Vec<Vec<f32>>> {
     let mut child = Command::new(cache().join("venv/bin/python"))
         .arg(
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/checks/ner_reference.py"),
@@ -48,26 +48,115 @@ fn logits_match_onnxruntime_on_the_original_model() {
         .expect("the checks' venv (scripts/setup)");
     {
         let mut stdin = child.stdin.take().unwrap();
-        for i in &ids {
+        for i in ids {
             writeln!(stdin, "{}", serde_json::to_string(i).unwrap()).unwrap();
         }
     }
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
-    let reference: Vec<Vec<Vec<f32>>> = String::from_utf8(out.stdout)
+    String::from_utf8(out.stdout)
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let mut worst = 0f32;
-    for (i, ids) in ids.iter().enumerate() {
-        let ours: Vec<Vec<f32>> = m.logits(ids).unwrap().to_vec2().unwrap();
-        assert_eq!(ours.len(), reference[i].len());
-        for (a, b) in ours.iter().flatten().zip(reference[i].iter().flatten()) {
+        .collect()
+}
+
+/// Parity with the original model on the 320 PT/EN texts of `data/texts.jsonl` (names, e-mails,
+/// phones, cities, addresses, CPFs, text without entities): per-token labels and entities of
+/// candle (batched, as the enricher runs) against onnxruntime on the quantised ONNX.
+#[test]
+fn labels_and_entities_match_onnxruntime_on_the_original_model() {
+    let m = model();
+    let texts = aion_ner::parity_texts();
+    assert!(texts.len() >= 300);
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let ours = m.token_predictions(&refs, 16).unwrap();
+    let ids: Vec<Vec<u32>> = refs.iter().map(|t| m.encode(t).unwrap()).collect();
+    let reference = onnxruntime_logits(&ids);
+    let (mut tokens, mut agree, mut worst) = (0usize, 0usize, 0f32);
+    let (mut both, mut only_ours, mut only_reference) = (0usize, 0usize, 0usize);
+    let mut differences = Vec::new();
+    for (t, text) in refs.iter().enumerate() {
+        // Every text fits one window: rows 1..=n are its tokens.
+        assert_eq!(reference[t].len(), ours[t].len() + 2, "{text}");
+        let theirs: Vec<TokenPrediction> = ours[t]
+            .iter()
+            .zip(&reference[t][1..])
+            .map(|(o, logits)| {
+                let (label, score) = aion_ner::argmax(&softmax(logits));
+                TokenPrediction {
+                    label: m.labels()[label].clone(),
+                    score,
+                    ..o.clone()
+                }
+            })
+            .collect();
+        for (a, b) in ours[t].iter().zip(&theirs) {
+            tokens += 1;
+            if a.label == b.label {
+                agree += 1;
+            } else {
+                differences.push(format!(
+                    "{:?}: {} vs {}",
+                    &text[a.start..a.end],
+                    a.label,
+                    b.label
+                ));
+            }
+        }
+        let single: Vec<Vec<f32>> = m.logits(&ids[t]).unwrap().to_vec2().unwrap();
+        for (a, b) in single.iter().flatten().zip(reference[t].iter().flatten()) {
             worst = worst.max((a - b).abs());
         }
+        let key = |e: &Entity| (e.label.clone(), e.start, e.end);
+        let a: HashSet<_> = group_simple(text, &ours[t]).iter().map(key).collect();
+        let b: HashSet<_> = group_simple(text, &theirs).iter().map(key).collect();
+        both += a.intersection(&b).count();
+        only_ours += a.difference(&b).count();
+        only_reference += b.difference(&a).count();
     }
+    let agreement = agree as f64 / tokens as f64;
+    let precision = both as f64 / (both + only_ours).max(1) as f64;
+    let recall = both as f64 / (both + only_reference).max(1) as f64;
+    let f1 = 2.0 * precision * recall / (precision + recall).max(f64::MIN_POSITIVE);
+    eprintln!(
+        "parity over {} texts: {tokens} tokens, label agreement {:.4}%, entities {both} shared / \
+         {only_ours} only candle / {only_reference} only onnxruntime, entity F1 {f1:.4}, \
+         max |Δlogit| {worst:.2e}; differing tokens: {differences:?}",
+        refs.len(),
+        agreement * 100.0
+    );
+    assert!(both > 500, "the texts are full of entities: {both}");
+    assert!(agreement >= 0.995, "token agreement {agreement}");
+    assert!(f1 >= 0.99, "entity F1 {f1}");
     assert!(worst < 1e-3, "max |Δlogit| = {worst}");
+}
+
+fn softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::MIN, f32::max);
+    let exp: Vec<f32> = logits.iter().map(|l| (l - max).exp()).collect();
+    let sum: f32 = exp.iter().sum();
+    exp.into_iter().map(|e| e / sum).collect()
+}
+
+#[test]
+fn batched_inference_equals_one_text_at_a_time() {
+    let m = model();
+    let texts = aion_ner::parity_texts();
+    let refs: Vec<&str> = texts.iter().take(40).map(String::as_str).collect();
+    let batched = m.entities_batch(&refs, 8).unwrap();
+    for (text, batched) in refs.iter().zip(batched) {
+        let single = m.entities(text).unwrap();
+        assert_eq!(single.len(), batched.len(), "{text}");
+        for (a, b) in single.iter().zip(&batched) {
+            assert_eq!(
+                (&a.label, a.start, a.end),
+                (&b.label, b.start, b.end),
+                "{text}"
+            );
+            assert!((a.score - b.score).abs() < 1e-4, "{text}");
+        }
+    }
 }
 
 #[test]
