@@ -10,12 +10,14 @@
 
 mod classifier;
 mod entities;
+mod hub;
 mod keyphrases;
 mod stage;
 mod terms;
 
 pub use classifier::{argmax, TokenClassifier};
 pub use entities::{group_simple, Entity, TokenPrediction};
+pub use hub::{pull, Hub};
 pub use keyphrases::keyphrases;
 pub use stage::{enrich, run, sample_text, EnrichOptions, Stats, EVENT_TERMS, SAMPLE_CHARS};
 pub use terms::{top_terms, Term, ENTITY_WEIGHT, KEYPHRASE_WEIGHT};

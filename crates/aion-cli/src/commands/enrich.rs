@@ -25,15 +25,7 @@ pub struct RunArgs {
 
 /// The offline model's directory.
 pub fn default_model() -> PathBuf {
-    let cache = std::env::var_os("AION_CACHE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            std::env::var_os("HOME")
-                .map(PathBuf::from)
-                .unwrap_or_default()
-                .join(".cache/aion")
-        });
-    cache.join("models/rampart-1.4.0")
+    aion_broker::cache_dir().join("models/rampart-1.4.0")
 }
 
 pub async fn run(args: RunArgs, ctx: &Context, stop: CancellationToken) -> Result<()> {

@@ -4,6 +4,7 @@ mod bench;
 mod broker;
 mod enrich;
 mod gate;
+mod models;
 mod ndcg;
 mod produce;
 mod shards;
@@ -40,6 +41,9 @@ pub enum Command {
     /// Entities and keyphrases of retrieval events (local NER on candle) → `retrieval.enriched.v1`.
     #[command(subcommand)]
     Enrich(EnrichAction),
+    /// Token-classification models for the enricher: `pull` from the Hugging Face hub.
+    #[command(subcommand)]
+    Models(models::Action),
     /// Training shards: answer events, PII redacted, as Parquet under `<state dir>/shards`.
     #[command(subcommand)]
     Shards(ShardsAction),
@@ -53,7 +57,7 @@ pub enum Command {
     Sql(sql::Args),
     /// Per-event nDCG@k of a file of retrieval events.
     Ndcg(ndcg::Args),
-    /// Benchmarks with their targets: `relay` (decode, broker throughput) and `windows`.
+    /// Benchmarks side by side with their targets and references: relay, windows, shards, ner.
     #[command(subcommand)]
     Bench(bench::Action),
     /// Run the whole loop locally: broker, topics, stages and synthetic traffic, with a live summary.
@@ -112,6 +116,7 @@ pub async fn run(command: Command, ctx: Context) -> Result<()> {
         Command::Enrich(EnrichAction::Run(args)) => {
             enrich::run(args, &ctx, shutdown_signal()).await
         }
+        Command::Models(action) => models::run(action).await,
         Command::Shards(ShardsAction::Run(args)) => {
             shards::run(args, &ctx, shutdown_signal()).await
         }

@@ -64,3 +64,91 @@ async fn retrieval_events_come_out_enriched_and_offsets_are_committed_after() {
     let committed = committed_offsets(&s.kafka, "aion.enrich", "retrieval.v1").unwrap();
     assert_eq!(committed.values().sum::<i64>(), 4, "{committed:?}");
 }
+
+/// `aion models pull` against a local server laid out like the hub (`<repo>/resolve/<rev>/<file>`,
+/// serving the offline model's files), and against an unreachable endpoint.
+#[test]
+fn models_pull_downloads_a_loadable_model_or_says_why_not() {
+    let s = Stack::offline();
+    let model = aion_broker::cache_dir().join("models/rampart-1.4.0");
+    let root = s.state.path().join("hub");
+    let files = root.join("acme/ner-small/resolve/main");
+    std::fs::create_dir_all(&files).unwrap();
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "LICENSE",
+    ] {
+        std::os::unix::fs::symlink(model.join(f), files.join(f)).unwrap();
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut server = crate::Running(Some(
+        std::process::Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                &port.to_string(),
+            ])
+            .current_dir(&root)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    let dest = s.state.path().join("pulled");
+    let pull = |endpoint: &str, repo: &str| {
+        s.aion()
+            .env("HF_ENDPOINT", endpoint)
+            .args(["models", "pull", repo, "--dest"])
+            .arg(&dest)
+            .output()
+            .unwrap()
+    };
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let mut out = pull(&endpoint, "acme/ner-small");
+    for _ in 0..50 {
+        if out.status.success() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200)); // the server is still starting
+        out = pull(&endpoint, "acme/ner-small");
+    }
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "LICENSE",
+    ] {
+        assert_eq!(
+            std::fs::read(dest.join(f)).unwrap(),
+            std::fs::read(model.join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    let missing = pull(&endpoint, "acme/nothing-here");
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("does not exist"));
+    server.kill();
+    let offline = pull("http://127.0.0.1:1", "acme/ner-small");
+    assert!(!offline.status.success());
+    let message = String::from_utf8_lossy(&offline.stderr);
+    assert!(message.contains("could not fetch"), "{message}");
+    assert!(
+        dest.join("model.safetensors").is_file(),
+        "a failed pull keeps the old model"
+    );
+    let bad = pull(&endpoint, "../etc");
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("owner/name"));
+}

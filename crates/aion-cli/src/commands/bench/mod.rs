@@ -1,6 +1,7 @@
 //! `aion bench`: speeds and memory side by side with their targets. Benchmarks, not tests: they
 //! print tables, they do not assert.
 
+mod ner;
 mod relay;
 mod shards;
 mod windows;
@@ -22,6 +23,9 @@ pub enum Action {
     Windows(windows::Args),
     /// Shard rows written per CPU-second, next to pyarrow writing the same rows and layout.
     Shards(shards::Args),
+    /// Enrichment events and tokens per CPU-second by inference batch size, next to the Python
+    /// onnxruntime pipeline on the same texts.
+    Ner(ner::Args),
 }
 
 pub async fn run(action: Action, ctx: &Context) -> Result<()> {
@@ -29,6 +33,7 @@ pub async fn run(action: Action, ctx: &Context) -> Result<()> {
         Action::Relay(args) => relay::run(args, ctx).await,
         Action::Windows(args) => windows::run(args, ctx).await,
         Action::Shards(args) => shards::run(args, ctx).await,
+        Action::Ner(args) => ner::run(args).await,
     }
 }
 
@@ -49,6 +54,26 @@ fn bench_context(
     let run_id = chrono::Utc::now().timestamp_millis();
     ctx.config.kafka.group_prefix = format!("bench.{run_id}");
     Ok((ctx, broker, run_id))
+}
+
+/// The Python of the reference checks: `explicit`, else the venv `scripts/setup` makes.
+fn reference_python(explicit: Option<std::path::PathBuf>) -> std::path::PathBuf {
+    explicit.unwrap_or_else(|| aion_broker::cache_dir().join("venv/bin/python"))
+}
+
+/// CPU seconds this process has used (user + system), from /proc.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn rate(n: u64, d: Duration) -> f64 {

@@ -8,7 +8,7 @@ use aion_shards::{RollPolicy, ShardWriter};
 use aion_traffic::{Generator, Scenario, TrafficConfig};
 use anyhow::{bail, Context as _, Result};
 
-use super::windows::cpu_seconds;
+use super::cpu_seconds;
 use crate::Context;
 
 #[derive(Debug, clap::Args)]
@@ -78,12 +78,7 @@ pub async fn run(args: Args, ctx: &Context) -> Result<()> {
         lines.push('\n');
     }
     std::fs::write(&rows_path, lines)?;
-    let python = args.python.unwrap_or_else(|| {
-        let home = std::env::var_os("HOME")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_default();
-        home.join(".cache/aion/venv/bin/python")
-    });
+    let python = super::reference_python(args.python);
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../scripts/checks/shards_pyarrow_bench.py");
     let out = std::process::Command::new(&python)

@@ -19,6 +19,7 @@ use aion_windows::{
 use anyhow::{bail, Context as _, Result};
 use tokio_util::sync::CancellationToken;
 
+use super::cpu_seconds;
 use super::rate;
 use crate::Context;
 
@@ -83,21 +84,6 @@ impl Synthetic {
         };
         (origin, obs)
     }
-}
-
-/// CPU seconds this process has used (user + system), from /proc.
-pub(super) fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn rss_mb() -> f64 {
