@@ -1,0 +1,51 @@
+//! QLoRA fine-tuning of a LLaMA-family decoder on candle, CPU first.
+//!
+//! The crate owns the ML core of the trainer stage: loading a base model (a llama.cpp GGUF or a
+//! Hugging Face directory), its 4-bit NormalFloat storage ([`nf4`]), the decoder with LoRA adapters
+//! ([`model`]). It knows nothing about Kafka, shards or the CLI: the stage that consumes
+//! `train.trigger.v1` sits on top of this API.
+
+pub mod model;
+pub mod nf4;
+pub mod tokenizer;
+pub mod weights;
+
+pub use model::{BaseModel, Llama, LlamaConfig, Lora, LoraConfig, Storage};
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in the trainer library.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The model files or the configuration do not describe something this crate can run.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+pub(crate) fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+    let path = path.into();
+    move |source| Error::Io { path, source }
+}
+
+pub(crate) fn json_err(path: impl Into<PathBuf>) -> impl FnOnce(serde_json::Error) -> Error {
+    let path = path.into();
+    move |source| Error::Json { path, source }
+}

@@ -1,0 +1,42 @@
+//! Tests on the real SmolLM2-135M-Instruct weights (installed by `scripts/setup`). Without the
+//! model file they are skipped loudly, unless `AION_REQUIRE_MODELS` is set (CI), then they fail.
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+mod model;
+mod tokenizer;
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use aion_trainer::model::Storage;
+use aion_trainer::BaseModel;
+
+pub fn model_path() -> Option<PathBuf> {
+    let cache = std::env::var_os("AION_CACHE_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/aion")))?;
+    let path = cache.join("models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if path.is_file() {
+        return Some(path);
+    }
+    assert!(
+        std::env::var_os("AION_REQUIRE_MODELS").is_none(),
+        "AION_REQUIRE_MODELS is set but {} is missing: run scripts/setup",
+        path.display()
+    );
+    eprintln!("SKIPPED: {} is missing (run scripts/setup)", path.display());
+    None
+}
+
+/// The NF4 base, loaded once per test binary.
+pub fn base() -> Option<&'static BaseModel> {
+    static BASE: OnceLock<Option<BaseModel>> = OnceLock::new();
+    BASE.get_or_init(|| {
+        let path = model_path()?;
+        let start = std::time::Instant::now();
+        let base = BaseModel::load(&path, Storage::Nf4 { double_quant: true }).unwrap();
+        eprintln!("loaded NF4 base in {:.1?}", start.elapsed());
+        Some(base)
+    })
+    .as_ref()
+}
