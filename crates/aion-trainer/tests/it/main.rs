@@ -2,8 +2,10 @@
 //! model file they are skipped loudly, unless `AION_REQUIRE_MODELS` is set (CI), then they fail.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+mod adapter;
 mod model;
 mod tokenizer;
+mod train;
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
