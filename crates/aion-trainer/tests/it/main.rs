@@ -4,6 +4,7 @@
 
 mod adapter;
 mod model;
+mod peft;
 mod tokenizer;
 mod train;
 
