@@ -217,7 +217,7 @@ where
         .min()
 }
 
-fn validate_id(path: &str, id: &str) -> Result<(), Reject> {
+pub(crate) fn validate_id(path: &str, id: &str) -> Result<(), Reject> {
     check_id(id).map_err(|m| Reject::new(path, m))
 }
 

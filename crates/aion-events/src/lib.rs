@@ -7,6 +7,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 mod decode;
+mod enriched;
 mod event;
 mod manifest;
 mod metrics;
@@ -15,6 +16,7 @@ pub mod topics;
 mod trigger;
 
 pub use decode::{decode, DecodeLimits, Reject};
+pub use enriched::{EnrichedRetrieval, Term};
 pub use event::{
     validate_tenant_id, AnswerEvent, Judgment, Relevance, RetrievalEvent, RetrievalResult, Schema,
     MAX_RELEVANCE,

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+pub use aion_events::Term;
 
 use crate::Entity;
 
@@ -11,19 +11,6 @@ use crate::Entity;
 pub const ENTITY_WEIGHT: u32 = 3;
 /// Weight of one keyphrase.
 pub const KEYPHRASE_WEIGHT: u32 = 1;
-
-/// One scored term.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Term {
-    /// Lower-cased text.
-    pub text: String,
-    /// The entity type (of its first mention), or `KEYPHRASE`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub score: u32,
-    /// `ner`, `keyphrase` or `ner+keyphrase`.
-    pub source: String,
-}
 
 /// Merges entity mentions and keyphrases into the `n` best terms.
 pub fn top_terms(entities: &[Entity], keyphrases: &[String], n: usize) -> Vec<Term> {

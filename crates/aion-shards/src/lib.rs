@@ -1,16 +1,18 @@
 //! Training shards: answer events, PII redacted, as Hive-partitioned Parquet files with a manifest
-//! the trigger and trainer reference. Owns the shard table; reads the wire types of `aion-events`
-//! and the delivery contract of `aion-kafka`; knows no other stage.
+//! the trigger and trainer reference; and, written the same way, the entity mentions of enriched
+//! retrieval events. Owns those tables; reads the wire types of `aion-events` and the delivery
+//! contract of `aion-kafka`; knows no other stage.
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+mod entities;
 pub mod redact;
 mod stage;
 mod writer;
 
 pub use aion_events::ShardEntry;
 pub use stage::{run, ShardOptions, Stats};
-pub use writer::{read_manifest, schema, RollPolicy, ShardWriter, MANIFEST};
+pub use writer::{read_manifest, RollPolicy, ShardRecord, ShardWriter, MANIFEST};
 
 /// Errors of the shard writer.
 #[derive(Debug, thiserror::Error)]

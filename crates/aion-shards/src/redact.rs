@@ -17,9 +17,33 @@ pub enum Pii {
     Cnpj,
     Card,
     Phone,
+    /// Found by the NER model: given names and surnames.
+    Person,
+    /// Found by the NER model: street, building number, secondary address, ZIP code.
+    Address,
+    /// Found by the NER model: tax, government, passport and driver's licence ids.
+    Id,
+    /// Found by the NER model: bank account and routing numbers.
+    Account,
+    Url,
 }
 
 impl Pii {
+    /// The kind of an entity type of the NER model; `None` for what does not identify a person
+    /// (cities, states, keyphrases).
+    pub fn of_entity(kind: &str) -> Option<Pii> {
+        Some(match kind {
+            "GIVEN_NAME" | "SURNAME" => Pii::Person,
+            "EMAIL" => Pii::Email,
+            "PHONE" => Pii::Phone,
+            "STREET_NAME" | "BUILDING_NUMBER" | "SECONDARY_ADDRESS" | "ZIP_CODE" => Pii::Address,
+            "TAX_ID" | "GOVERNMENT_ID" | "PASSPORT" | "DRIVERS_LICENSE" => Pii::Id,
+            "BANK_ACCOUNT" | "ROUTING_NUMBER" => Pii::Account,
+            "URL" => Pii::Url,
+            _ => return None,
+        })
+    }
+
     pub fn placeholder(self) -> &'static str {
         match self {
             Pii::Email => "<EMAIL>",
@@ -27,6 +51,11 @@ impl Pii {
             Pii::Cnpj => "<CNPJ>",
             Pii::Card => "<CARD>",
             Pii::Phone => "<PHONE>",
+            Pii::Person => "<PERSON>",
+            Pii::Address => "<ADDRESS>",
+            Pii::Id => "<ID>",
+            Pii::Account => "<ACCOUNT>",
+            Pii::Url => "<URL>",
         }
     }
 
@@ -37,6 +66,11 @@ impl Pii {
             Pii::Cnpj => "cnpj",
             Pii::Card => "card",
             Pii::Phone => "phone",
+            Pii::Person => "person",
+            Pii::Address => "address",
+            Pii::Id => "id",
+            Pii::Account => "account",
+            Pii::Url => "url",
         }
     }
 }
@@ -157,6 +191,8 @@ impl Redactor {
                 Pii::Cnpj => digits >= 14,
                 Pii::Card => digits >= 13,
                 Pii::Phone => digits >= 8,
+                // Found by the NER model, not by a pattern.
+                Pii::Person | Pii::Address | Pii::Id | Pii::Account | Pii::Url => false,
             };
             if !possible {
                 continue;
@@ -165,7 +201,7 @@ impl Redactor {
                 Pii::Cpf => valid_cpf,
                 Pii::Cnpj => valid_cnpj,
                 Pii::Card => luhn,
-                Pii::Email | Pii::Phone => |_| true,
+                _ => |_| true,
             };
             let replaced = re.replace_all(&out, |c: &Captures<'_>| {
                 let m = &c[0];

@@ -1,16 +1,17 @@
-//! The shard writer stage: `answer.v1` in, Parquet training shards out.
+//! The shard writer stage: `answer.v1` in, Parquet training shards out; and, when configured,
+//! `retrieval.enriched.v1` in, the entity-mention table out (both through [`ShardWriter`]).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use aion_events::{decode, AnswerEvent, DecodeLimits};
-use aion_kafka::{Ack, KafkaConfig, Sink, Source, SourceConfig};
+use aion_events::{decode, AnswerEvent, DecodeLimits, EnrichedRetrieval, Schema, ShardEntry};
+use aion_kafka::{Ack, KafkaConfig, Record, Sink, Source, SourceConfig};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::redact::Redactor;
-use crate::writer::{RollPolicy, ShardWriter};
+use crate::writer::{RollPolicy, ShardRecord, ShardWriter};
 use crate::Result;
 
 const STAGE: &str = "shards";
@@ -25,6 +26,8 @@ pub struct ShardOptions {
     pub topic: String,
     /// Root of the shard table.
     pub root: PathBuf,
+    /// The enriched-retrieval topic and the root of the entity-mention table, if wanted.
+    pub entities: Option<(String, PathBuf)>,
     pub policy: RollPolicy,
     /// Redact PII before writing (on by default; off only for data known to be clean).
     pub redact: bool,
@@ -42,17 +45,25 @@ pub struct Stats {
 
 /// Runs until `stop`; buffered rows are abandoned (replayed by the next run), never half-written.
 pub async fn run(options: &ShardOptions, stop: CancellationToken, stats: &Stats) -> Result<()> {
-    let mut config =
-        SourceConfig::new(STAGE, vec![options.topic.clone()], options.group_id.clone());
+    let mut topics = vec![options.topic.clone()];
+    topics.extend(options.entities.iter().map(|(topic, _)| topic.clone()));
+    let mut config = SourceConfig::new(STAGE, topics.clone(), options.group_id.clone());
     // Buffers hold acks until their file is renamed into place: the roll policy bounds them.
     config.max_in_flight = None;
     config.revoke_wait = Duration::ZERO;
     let mut source = Source::new(&options.kafka, &config)?;
-    aion_kafka::partition_count(&options.kafka, &aion_events::topics::dlq(&options.topic))?;
+    for topic in &topics {
+        aion_kafka::partition_count(&options.kafka, &aion_events::topics::dlq(topic))?;
+    }
     let sink = Sink::new(&options.kafka, STAGE)?;
-    let redactor = options.redact.then(Redactor::new);
-    let mut writer: ShardWriter<Ack> =
-        ShardWriter::open(&options.root, options.policy.clone(), redactor)?;
+    let redactor = || options.redact.then(Redactor::new);
+    let mut answers: ShardWriter<AnswerEvent, Ack> =
+        ShardWriter::open(&options.root, options.policy.clone(), redactor())?;
+    let mut entities: Option<ShardWriter<EnrichedRetrieval, Ack>> = options
+        .entities
+        .as_ref()
+        .map(|(_, root)| ShardWriter::open(root, options.policy.clone(), redactor()))
+        .transpose()?;
     info!(root = %options.root.display(), redact = options.redact, "shard writer started");
     let mut revocations = source.revocations();
     let result = loop {
@@ -63,36 +74,66 @@ pub async fn run(options: &ShardOptions, stop: CancellationToken, stats: &Stats)
         };
         if let Some(record) = record {
             stats.received.fetch_add(1, Ordering::Relaxed);
-            match decode::<AnswerEvent>(&record.payload, &options.decode) {
-                Ok(event) => {
-                    writer.push(record.partition, record.offset, event, record.ack);
-                }
-                Err(reject) => {
-                    sink.dead_letter(record, &reject.path, &reject.message)
-                        .await?
-                }
+            if *record.topic == *options.topic {
+                buffer(&mut answers, record, &sink, &options.decode).await?;
+            } else if let Some(writer) = entities.as_mut() {
+                buffer(writer, record, &sink, &options.decode).await?;
             }
         }
         // A rebalance moves partitions: what is buffered for them is replayed by their new owner.
         let force = source.revocations() != revocations;
         revocations = source.revocations();
-        let (acks, entries) = writer.roll(Instant::now(), force)?;
-        for e in &entries {
-            stats.written.fetch_add(e.rows as u64, Ordering::Relaxed);
-            stats.shards.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("aion_shards_committed_total", "stage" => STAGE).increment(1);
-            info!(path = %e.path, rows = e.rows, "shard committed");
-        }
+        let now = Instant::now();
+        let (acks, entries) = answers.roll(now, force)?;
+        committed(&entries, "shards", stats);
         // Durable now: their offsets may be stored.
         drop(acks);
+        if let Some(writer) = entities.as_mut() {
+            let (acks, entries) = writer.roll(now, force)?;
+            committed(&entries, "entities", stats);
+            drop(acks);
+        }
         stats
             .skipped_replays
-            .store(writer.skipped_replays, Ordering::Relaxed);
+            .store(answers.skipped_replays, Ordering::Relaxed);
     };
-    for ack in writer.into_acks() {
+    let buffered = answers
+        .into_acks()
+        .chain(entities.into_iter().flat_map(ShardWriter::into_acks));
+    for ack in buffered {
         ack.abandon();
     }
     sink.flush(Duration::from_secs(30))?;
     source.shutdown(Duration::ZERO).await?;
     result
+}
+
+/// Decodes `record` into `writer`'s buffers, or dead-letters it.
+async fn buffer<R: ShardRecord + Schema>(
+    writer: &mut ShardWriter<R, Ack>,
+    record: Record,
+    sink: &Sink,
+    limits: &DecodeLimits,
+) -> Result<()> {
+    match decode::<R>(&record.payload, limits) {
+        Ok(event) => {
+            writer.push(record.partition, record.offset, event, record.ack);
+        }
+        Err(reject) => {
+            sink.dead_letter(record, &reject.path, &reject.message)
+                .await?
+        }
+    }
+    Ok(())
+}
+
+fn committed(entries: &[ShardEntry], table: &'static str, stats: &Stats) {
+    for e in entries {
+        if table == "shards" {
+            stats.written.fetch_add(e.rows as u64, Ordering::Relaxed);
+            stats.shards.fetch_add(1, Ordering::Relaxed);
+        }
+        metrics::counter!("aion_shards_committed_total", "table" => table).increment(1);
+        info!(table, path = %e.path, rows = e.rows, "shard committed");
+    }
 }

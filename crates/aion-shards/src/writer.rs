@@ -1,4 +1,4 @@
-//! Training shards on disk: Hive partitions `tenant_id=<t>/date=<YYYY-MM-DD>/`, one buffer per
+//! Shard tables on disk (the training shards, the entity mentions): Hive partitions `tenant_id=<t>/date=<YYYY-MM-DD>/`, one buffer per
 //! (source partition, tenant, day), rolled by rows, bytes or age into
 //! `part-<partition>-<first offset>-<last offset>.parquet` (temporary name, fsync, rename, then a
 //! manifest line), and only then are the rows' offsets released.
@@ -47,15 +47,26 @@ impl Default for RollPolicy {
     }
 }
 
-/// A row waiting in a buffer.
-#[derive(Debug, Clone)]
-pub struct ShardRow {
-    pub event: AnswerEvent,
-    pub offset: i64,
+/// An event a shard table holds: partitioned by tenant and day, deduplicated by `event_id`,
+/// redacted before it is buffered, and turned into Arrow columns when its file is written.
+pub trait ShardRecord {
+    fn event_id(&self) -> &str;
+    fn tenant_id(&self) -> &str;
+    /// `YYYY-MM-DD` of the event time.
+    fn date(&self) -> String;
+    /// Replaces PII in every free-text field.
+    fn redact(&mut self, redactor: &Redactor, counts: &mut Counts);
+    /// Approximate bytes in a file, for the roll policy.
+    fn size(&self) -> usize;
+    fn schema() -> SchemaRef;
+    /// The file's columns: `schema()` for `(record, source offset)` pairs of one partition.
+    fn batch(rows: &[(Self, i64)], partition: i32) -> Result<RecordBatch>
+    where
+        Self: Sized;
 }
 
-struct Buffer<A> {
-    rows: Vec<ShardRow>,
+struct Buffer<R, A> {
+    rows: Vec<(R, i64)>,
     ids: HashSet<String>,
     acks: Vec<A>,
     first: i64,
@@ -66,12 +77,12 @@ struct Buffer<A> {
 
 type BufferKey = (i32, String, String);
 
-/// The shard table writer. `A` is the acknowledgement a buffered row holds.
-pub struct ShardWriter<A> {
+/// A shard table writer of records `R`. `A` is the acknowledgement a buffered row holds.
+pub struct ShardWriter<R, A> {
     root: PathBuf,
     policy: RollPolicy,
     redactor: Option<Redactor>,
-    buffers: BTreeMap<BufferKey, Buffer<A>>,
+    buffers: BTreeMap<BufferKey, Buffer<R, A>>,
     /// Committed offset ranges per (partition, tenant, day), from the manifest.
     committed: BTreeMap<BufferKey, Vec<(i64, i64)>>,
     manifest: File,
@@ -98,7 +109,39 @@ pub fn read_manifest(root: &Path) -> Result<Vec<ShardEntry>> {
     }
 }
 
-pub fn schema() -> SchemaRef {
+/// The training shard table: one row per answer.
+impl ShardRecord for AnswerEvent {
+    fn event_id(&self) -> &str {
+        &self.event_id
+    }
+
+    fn tenant_id(&self) -> &str {
+        &self.tenant_id
+    }
+
+    fn date(&self) -> String {
+        self.ts.format("%Y-%m-%d").to_string()
+    }
+
+    fn redact(&mut self, redactor: &Redactor, counts: &mut Counts) {
+        self.prompt = redactor.redact(&self.prompt, counts);
+        self.reply = redactor.redact(&self.reply, counts);
+    }
+
+    fn size(&self) -> usize {
+        self.prompt.len() + self.reply.len() + 128
+    }
+
+    fn schema() -> SchemaRef {
+        answer_schema()
+    }
+
+    fn batch(rows: &[(Self, i64)], partition: i32) -> Result<RecordBatch> {
+        answer_batch(rows, partition)
+    }
+}
+
+fn answer_schema() -> SchemaRef {
     let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
     Arc::new(Schema::new(vec![
         Field::new("event_id", DataType::Utf8, false),
@@ -116,7 +159,7 @@ pub fn schema() -> SchemaRef {
     ]))
 }
 
-impl<A> ShardWriter<A> {
+impl<R: ShardRecord, A> ShardWriter<R, A> {
     /// Opens (or creates) the table at `root`. `redactor: None` writes raw text.
     pub fn open(root: &Path, policy: RollPolicy, redactor: Option<Redactor>) -> Result<Self> {
         std::fs::create_dir_all(root).map_err(io(root))?;
@@ -145,11 +188,10 @@ impl<A> ShardWriter<A> {
         })
     }
 
-    /// Buffers one answer. Returns false (and drops `ack`) when the row is already in a committed
+    /// Buffers one record. Returns false (and drops `ack`) when the row is already in a committed
     /// shard or duplicates an `event_id` of its buffer.
-    pub fn push(&mut self, partition: i32, offset: i64, mut event: AnswerEvent, ack: A) -> bool {
-        let date = event.ts.format("%Y-%m-%d").to_string();
-        let key = (partition, event.tenant_id.clone(), date);
+    pub fn push(&mut self, partition: i32, offset: i64, mut record: R, ack: A) -> bool {
+        let key = (partition, record.tenant_id().to_owned(), record.date());
         if self
             .committed
             .get(&key)
@@ -169,15 +211,14 @@ impl<A> ShardWriter<A> {
         });
         buffer.last = offset;
         buffer.acks.push(ack);
-        if !buffer.ids.insert(event.event_id.clone()) {
+        if !buffer.ids.insert(record.event_id().to_owned()) {
             return false;
         }
         if let Some(r) = &self.redactor {
-            event.prompt = r.redact(&event.prompt, &mut self.redactions);
-            event.reply = r.redact(&event.reply, &mut self.redactions);
+            record.redact(r, &mut self.redactions);
         }
-        buffer.bytes += event.prompt.len() + event.reply.len() + 128;
-        buffer.rows.push(ShardRow { event, offset });
+        buffer.bytes += record.size();
+        buffer.rows.push((record, offset));
         true
     }
 
@@ -211,7 +252,7 @@ impl<A> ShardWriter<A> {
         Ok((acks, entries))
     }
 
-    fn write(&mut self, key: &BufferKey, buffer: &Buffer<A>) -> Result<ShardEntry> {
+    fn write(&mut self, key: &BufferKey, buffer: &Buffer<R, A>) -> Result<ShardEntry> {
         let (partition, tenant, date) = key;
         let rel = format!(
             "tenant_id={tenant}/date={date}/part-{partition:03}-{:012}-{:012}.parquet",
@@ -230,8 +271,8 @@ impl<A> ShardWriter<A> {
             .set_compression(Compression::ZSTD(ZstdLevel::default()))
             .set_max_row_group_row_count(Some(128 * 1024))
             .build();
-        let mut writer = ArrowWriter::try_new(file, schema(), Some(props))?;
-        writer.write(&batch(&buffer.rows, *partition)?)?;
+        let mut writer = ArrowWriter::try_new(file, R::schema(), Some(props))?;
+        writer.write(&R::batch(&buffer.rows, *partition)?)?;
         let file = writer.into_inner()?;
         file.sync_all().map_err(io(&tmp))?;
         std::fs::rename(&tmp, &path).map_err(io(&path))?;
@@ -266,7 +307,7 @@ impl<A> ShardWriter<A> {
     }
 }
 
-fn batch(rows: &[ShardRow], partition: i32) -> Result<RecordBatch> {
+fn answer_batch(rows: &[(AnswerEvent, i64)], partition: i32) -> Result<RecordBatch> {
     let n = rows.len();
     let text = |avg: usize| StringBuilder::with_capacity(n, n * avg);
     let (mut id, mut instruction, mut response) = (text(24), text(96), text(160));
@@ -277,8 +318,7 @@ fn batch(rows: &[ShardRow], partition: i32) -> Result<RecordBatch> {
     let mut latency = UInt64Builder::with_capacity(n);
     let mut source_partition = Int32Builder::with_capacity(n);
     let mut source_offset = Int64Builder::with_capacity(n);
-    for r in rows {
-        let e = &r.event;
+    for (e, offset) in rows {
         id.append_value(&e.event_id);
         ts.append_value(e.ts.timestamp_micros());
         instruction.append_value(&e.prompt);
@@ -290,7 +330,7 @@ fn batch(rows: &[ShardRow], partition: i32) -> Result<RecordBatch> {
         latency.append_value(e.latency_ms);
         retrieval.append_option(e.retrieval_event_id.as_deref());
         source_partition.append_value(partition);
-        source_offset.append_value(r.offset);
+        source_offset.append_value(*offset);
     }
     let columns: Vec<ArrayRef> = vec![
         Arc::new(id.finish()),
@@ -306,7 +346,7 @@ fn batch(rows: &[ShardRow], partition: i32) -> Result<RecordBatch> {
         Arc::new(source_partition.finish()),
         Arc::new(source_offset.finish()),
     ];
-    Ok(RecordBatch::try_new(schema(), columns)?)
+    Ok(RecordBatch::try_new(answer_schema(), columns)?)
 }
 
 #[cfg(test)]
@@ -329,7 +369,8 @@ mod tests {
             max_rows: 3,
             ..RollPolicy::default()
         };
-        let mut w: ShardWriter<()> = ShardWriter::open(dir.path(), policy.clone(), None).unwrap();
+        let mut w: ShardWriter<AnswerEvent, ()> =
+            ShardWriter::open(dir.path(), policy.clone(), None).unwrap();
         for o in 0..5 {
             w.push(0, o, answer(&format!("e{o}"), "acme", "p"), ());
         }
@@ -345,7 +386,8 @@ mod tests {
         );
         assert_eq!(w.buffered(), 0);
         // A crash before the offsets were committed: the replay meets committed offsets.
-        let mut again: ShardWriter<()> = ShardWriter::open(dir.path(), policy, None).unwrap();
+        let mut again: ShardWriter<AnswerEvent, ()> =
+            ShardWriter::open(dir.path(), policy, None).unwrap();
         for o in 0..6 {
             again.push(0, o, answer(&format!("e{o}"), "acme", "p"), ());
         }
@@ -359,7 +401,7 @@ mod tests {
     #[test]
     fn duplicate_event_ids_in_a_buffer_are_written_once_and_pii_never_reaches_the_file() {
         let dir = tempfile::tempdir().unwrap();
-        let mut w: ShardWriter<()> =
+        let mut w: ShardWriter<AnswerEvent, ()> =
             ShardWriter::open(dir.path(), RollPolicy::default(), Some(Redactor::new())).unwrap();
         assert!(w.push(1, 7, answer("x", "acme", "CPF 529.982.247-25, a@b.com"), ()));
         assert!(!w.push(1, 8, answer("x", "acme", "CPF 529.982.247-25, a@b.com"), ()));

@@ -1,4 +1,4 @@
-//! `aion shards run`: the training-shard writer.
+//! `aion shards run`: the training-shard writer (and the entity-mention table).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -23,6 +23,13 @@ pub struct RunArgs {
     /// Roll a file this many seconds after its first row.
     #[arg(long, default_value_t = RollPolicy::default().max_age.as_secs())]
     pub max_age_secs: u64,
+    /// Root of the entity-mention table written from `retrieval.enriched.v1` (default:
+    /// `<state dir>/entities`); the source of the entity heatmap.
+    #[arg(long, env = "AION_ENTITIES_DIR", value_name = "DIR")]
+    pub entities_dir: Option<PathBuf>,
+    /// Do not consume `retrieval.enriched.v1` (no enricher runs).
+    #[arg(long)]
+    pub no_entities: bool,
     /// Write prompts and replies unredacted (only for data known to carry no personal data).
     #[arg(long)]
     pub no_redact: bool,
@@ -34,6 +41,13 @@ pub fn options(ctx: &Context, args: RunArgs) -> ShardOptions {
         group_id: ctx.group("shards"),
         topic: aion_events::topics::ANSWER.to_owned(),
         root: args.dir.unwrap_or_else(|| ctx.state_dir.join("shards")),
+        entities: (!args.no_entities).then(|| {
+            (
+                aion_events::topics::RETRIEVAL_ENRICHED.to_owned(),
+                args.entities_dir
+                    .unwrap_or_else(|| ctx.state_dir.join(crate::commands::sql::ENTITIES_TABLE)),
+            )
+        }),
         policy: RollPolicy {
             max_rows: args.max_rows.max(1),
             max_bytes: args.max_bytes.max(1),

@@ -13,6 +13,8 @@ use crate::Context;
 
 /// The shard table, under the data dir.
 pub const SHARDS_TABLE: &str = "shards";
+/// The entity mentions of enriched retrieval events, under the data dir.
+pub const ENTITIES_TABLE: &str = "entities";
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum Format {
@@ -28,7 +30,9 @@ pub enum Format {
 pub struct Args {
     /// The query. `@FILE` reads it from a file (e.g. `@pipelines/windows.sql`), `-` from standard
     /// input. Tables: `metrics` (closed windows' aggregates), `window_history` (each counted event
-    /// once), `shards` (training rows, PII redacted) and the view `window_events` (the windows' input, as `pipelines/windows.sql` reads
+    /// once), `shards` (training rows, PII redacted),
+    /// `entities` (one row per term of each enriched retrieval; `@pipelines/entity_heatmap.sql`)
+    /// and the view `window_events` (the windows' input, as `pipelines/windows.sql` reads
     /// it); `tenant_id` and `date` come from the directory names.
     pub query: String,
     #[arg(long, value_enum, default_value_t = Format::Table)]
@@ -59,7 +63,7 @@ pub async fn session(data_dir: &Path) -> Result<SessionContext> {
         ("tenant_id".to_owned(), DataType::Utf8),
         ("date".to_owned(), DataType::Utf8),
     ];
-    for name in [METRICS_TABLE, HISTORY_TABLE, SHARDS_TABLE] {
+    for name in [METRICS_TABLE, HISTORY_TABLE, SHARDS_TABLE, ENTITIES_TABLE] {
         let dir = data_dir.join(name);
         if !has_parquet(&dir) {
             continue;

@@ -24,7 +24,8 @@ pub enum Action {
 }
 
 /// The topics AION Stream itself needs: inputs with their dead-letter and late side outputs, the
-/// window results (and their dead letters, for the gate) and the training triggers.
+/// window results and the enriched retrievals (and their dead letters, for the gate and the
+/// shard stage), the training triggers and index rebuilds.
 pub fn product_topics() -> Vec<String> {
     topics::INPUTS
         .iter()
@@ -35,6 +36,7 @@ pub fn product_topics() -> Vec<String> {
             topics::TRAIN_TRIGGER.to_string(),
             topics::INDEX_REBUILD.to_string(),
             topics::RETRIEVAL_ENRICHED.to_string(),
+            topics::dlq(topics::RETRIEVAL_ENRICHED),
         ])
         .collect()
 }

@@ -111,6 +111,8 @@ pub async fn run(args: Args, mut ctx: Context, stop: CancellationToken) -> Resul
                 max_rows: aion_shards::RollPolicy::default().max_rows,
                 max_bytes: aion_shards::RollPolicy::default().max_bytes,
                 max_age_secs: 10,
+                entities_dir: None,
+                no_entities: enrich.is_none(),
                 no_redact: false,
             },
         );
@@ -118,6 +120,12 @@ pub async fn run(args: Args, mut ctx: Context, stop: CancellationToken) -> Resul
             "          shards: answer.v1 → PII-redacted Parquet in {}",
             options.root.display()
         );
+        if let Some((_, root)) = &options.entities {
+            println!(
+                "          shards: retrieval.enriched.v1 → entity mentions in {}",
+                root.display()
+            );
+        }
         let (stop, stats) = (stop.clone(), shard_stats.clone());
         tokio::spawn(async move { aion_shards::run(&options, stop, &stats).await })
     };

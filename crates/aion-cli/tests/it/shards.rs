@@ -143,3 +143,98 @@ async fn every_answer_lands_in_exactly_one_redacted_row_across_ten_kill_9() {
             && rows.iter().any(|(_, t)| t.contains("<EMAIL>"))
     );
 }
+
+/// Enriched retrieval events → the entity-mention table → the heatmap SQL: counts per tenant ×
+/// entity × hour, names as placeholders, a bad record dead-lettered, offsets stored after.
+#[tokio::test(flavor = "multi_thread")]
+async fn enriched_events_feed_the_entity_heatmap_without_names() {
+    let s = Stack::start();
+    s.run(&["topics", "create", "--partitions", "1"]);
+    let sink = aion_kafka::Sink::new(&s.kafka, "test").unwrap();
+    let term = |text: &str, kind: &str| serde_json::json!({"text": text, "type": kind, "score": 3, "source": "ner"});
+    for (i, (tenant, hour)) in [("acme", 10), ("acme", 10), ("acme", 11), ("globex", 10)]
+        .into_iter()
+        .enumerate()
+    {
+        let event = serde_json::json!({
+            "event_id": format!("r{i}"), "tenant_id": tenant,
+            "ts": format!("2026-11-02T{hour}:15:00Z"), "query": "q", "results": [],
+            "entities": [term("maria", "GIVEN_NAME"), term("curitiba", "CITY"),
+                         {"text": "maria quer reembolso", "type": "KEYPHRASE", "score": 1, "source": "keyphrase"}]
+        });
+        sink.send(
+            "retrieval.enriched.v1",
+            Some(tenant.as_bytes()),
+            event.to_string().as_bytes(),
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    }
+    sink.send(
+        "retrieval.enriched.v1",
+        None,
+        b"{\"event_id\": 1}",
+        None,
+        None,
+    )
+    .await
+    .unwrap();
+    sink.flush(Duration::from_secs(30)).unwrap();
+
+    let stage = s.spawn(&["shards", "run", "--max-age-secs", "1"], "shards.log");
+    let root = s.state.path().join("entities");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while aion_shards::read_manifest(&root).map_or(0, |m| m.iter().map(|e| e.rows).sum::<usize>())
+        < 4
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(stage.terminate(), "clean stop\n{}", s.logs());
+    let heatmap = s.run(&[
+        "sql",
+        concat!(
+            "@",
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../pipelines/entity_heatmap.sql"
+        ),
+        "--format",
+        "json",
+    ]);
+    let rows: Vec<Value> = heatmap
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let count = |tenant: &str, entity: &str, hour: &str| {
+        rows.iter()
+            .find(|r| {
+                r["tenant_id"] == tenant
+                    && r["entity"] == entity
+                    && r["hour"].as_str().unwrap().contains(hour)
+            })
+            .map(|r| r["mentions"].as_i64().unwrap())
+    };
+    assert_eq!(count("acme", "curitiba", "T10"), Some(2), "{heatmap}");
+    assert_eq!(count("acme", "curitiba", "T11"), Some(1), "{heatmap}");
+    assert_eq!(count("globex", "<PERSON>", "T10"), Some(1), "{heatmap}");
+    assert_eq!(
+        count("acme", "<PERSON> quer reembolso", "T10"),
+        Some(2),
+        "{heatmap}"
+    );
+    assert!(!heatmap.contains("maria"), "{heatmap}");
+    let dlq = aion_kafka::Reader::new(&s.kafka, &["retrieval.enriched.v1.dlq"], true)
+        .unwrap()
+        .drain(Duration::from_secs(5), Some(1))
+        .unwrap();
+    assert_eq!(dlq.len(), 1);
+    let committed =
+        aion_kafka::committed_offsets(&s.kafka, "aion.shards", "retrieval.enriched.v1").unwrap();
+    assert_eq!(
+        committed.get(&0),
+        Some(&5),
+        "every record's offset stored once durable"
+    );
+}

@@ -44,7 +44,7 @@ pub async fn run(args: Args, ctx: &Context) -> Result<()> {
     };
     let measure = |redact: bool, sub: &str| -> Result<(f64, usize)> {
         let root = dir.join(sub);
-        let mut w: ShardWriter<()> =
+        let mut w: ShardWriter<aion_events::AnswerEvent, ()> =
             ShardWriter::open(&root, policy.clone(), redact.then(Redactor::new))?;
         let (cpu, t) = (cpu_seconds(), Instant::now());
         for (i, a) in answers.iter().enumerate() {

@@ -1,0 +1,36 @@
+//! `retrieval.enriched.v1`: a retrieval event with the terms it is about (from the enricher).
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// One scored term of an event: entity mentions weigh 3, keyphrases 1.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Term {
+    /// Lower-cased text.
+    pub text: String,
+    /// The entity type (of its first mention), or `KEYPHRASE`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub score: u32,
+    /// `ner`, `keyphrase` or `ner+keyphrase`.
+    pub source: String,
+}
+
+/// What downstream stages read of an enriched retrieval event; the rest of the original event
+/// rides along in the record untouched.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnrichedRetrieval {
+    pub event_id: String,
+    pub tenant_id: String,
+    pub ts: DateTime<Utc>,
+    pub entities: Vec<Term>,
+}
+
+impl crate::event::Schema for EnrichedRetrieval {
+    const NAME: &'static str = "retrieval.enriched.v1";
+
+    fn validate(&self) -> Result<(), crate::Reject> {
+        crate::event::validate_id("event_id", &self.event_id)?;
+        crate::validate_tenant_id(&self.tenant_id)
+    }
+}

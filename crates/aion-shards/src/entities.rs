@@ -1,0 +1,155 @@
+//! The entity-mention table: one row per term of an enriched retrieval event (`entities/`), the
+//! source of the entity heatmap and of the per-entity quality breakdown.
+//!
+//! With redaction on, the text of an entity whose type identifies a person (names, contacts,
+//! ids, street addresses: [`Pii::of_entity`]) is replaced by its placeholder, and so is that text
+//! inside the same event's keyphrases; cities, states and keyphrases keep their text (after the
+//! pattern redaction every shard text gets). The heatmap still shows *that* people were named.
+
+use std::sync::Arc;
+
+use aion_events::EnrichedRetrieval;
+use datafusion::arrow::array::{
+    ArrayRef, Int32Builder, Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
+    UInt32Builder,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+
+use crate::redact::{Counts, Pii, Redactor};
+use crate::writer::ShardRecord;
+use crate::Result;
+
+impl ShardRecord for EnrichedRetrieval {
+    fn event_id(&self) -> &str {
+        &self.event_id
+    }
+
+    fn tenant_id(&self) -> &str {
+        &self.tenant_id
+    }
+
+    fn date(&self) -> String {
+        self.ts.format("%Y-%m-%d").to_string()
+    }
+
+    fn redact(&mut self, redactor: &Redactor, counts: &mut Counts) {
+        let private: Vec<(String, Pii)> = self
+            .entities
+            .iter()
+            .filter_map(|t| Pii::of_entity(&t.kind).map(|pii| (t.text.clone(), pii)))
+            .collect();
+        for term in &mut self.entities {
+            if let Some((_, pii)) = private.iter().find(|(text, _)| *text == term.text) {
+                *counts.entry(*pii).or_default() += 1;
+                term.text = pii.placeholder().to_owned();
+                continue;
+            }
+            let mut text = redactor.redact(&term.text, counts);
+            for (private, pii) in &private {
+                text = text.replace(private.as_str(), pii.placeholder());
+            }
+            term.text = text;
+        }
+    }
+
+    fn size(&self) -> usize {
+        self.entities.iter().map(|t| t.text.len() + 64).sum()
+    }
+
+    fn schema() -> SchemaRef {
+        let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+        Arc::new(Schema::new(vec![
+            Field::new("event_id", DataType::Utf8, false),
+            Field::new("ts", ts, false),
+            Field::new("entity", DataType::Utf8, false),
+            Field::new("type", DataType::Utf8, false),
+            Field::new("score", DataType::UInt32, false),
+            Field::new("source", DataType::Utf8, false),
+            Field::new("source_partition", DataType::Int32, false),
+            Field::new("source_offset", DataType::Int64, false),
+        ]))
+    }
+
+    fn batch(rows: &[(Self, i64)], partition: i32) -> Result<RecordBatch> {
+        let n: usize = rows.iter().map(|(e, _)| e.entities.len()).sum();
+        let text = |avg: usize| StringBuilder::with_capacity(n, n * avg);
+        let (mut id, mut entity, mut kind, mut source) = (text(24), text(16), text(8), text(8));
+        let mut ts = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
+        let mut score = UInt32Builder::with_capacity(n);
+        let mut source_partition = Int32Builder::with_capacity(n);
+        let mut source_offset = Int64Builder::with_capacity(n);
+        for (e, offset) in rows {
+            for t in &e.entities {
+                id.append_value(&e.event_id);
+                ts.append_value(e.ts.timestamp_micros());
+                entity.append_value(&t.text);
+                kind.append_value(&t.kind);
+                score.append_value(t.score);
+                source.append_value(&t.source);
+                source_partition.append_value(partition);
+                source_offset.append_value(*offset);
+            }
+        }
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(id.finish()),
+            Arc::new(ts.finish()),
+            Arc::new(entity.finish()),
+            Arc::new(kind.finish()),
+            Arc::new(score.finish()),
+            Arc::new(source.finish()),
+            Arc::new(source_partition.finish()),
+            Arc::new(source_offset.finish()),
+        ];
+        Ok(RecordBatch::try_new(Self::schema(), columns)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aion_events::Term;
+
+    fn term(text: &str, kind: &str, score: u32) -> Term {
+        Term {
+            text: text.into(),
+            kind: kind.into(),
+            score,
+            source: if kind == "KEYPHRASE" {
+                "keyphrase"
+            } else {
+                "ner"
+            }
+            .into(),
+        }
+    }
+
+    #[test]
+    fn names_and_contacts_become_placeholders_places_and_topics_stay() {
+        let mut e = EnrichedRetrieval {
+            event_id: "r1".into(),
+            tenant_id: "acme".into(),
+            ts: "2026-11-02T10:00:00Z".parse().unwrap(),
+            entities: vec![
+                term("maria", "GIVEN_NAME", 3),
+                term("são paulo", "CITY", 3),
+                term("maria pediu reembolso", "KEYPHRASE", 1),
+                term("ligue 11 98765-4321", "KEYPHRASE", 1),
+            ],
+        };
+        let mut counts = Counts::new();
+        e.redact(&Redactor::new(), &mut counts);
+        let texts: Vec<&str> = e.entities.iter().map(|t| t.text.as_str()).collect();
+        assert_eq!(
+            texts,
+            [
+                "<PERSON>",
+                "são paulo",
+                "<PERSON> pediu reembolso",
+                "ligue <PHONE>"
+            ]
+        );
+        assert_eq!(counts.get(&Pii::Person), Some(&1));
+        let batch = EnrichedRetrieval::batch(&[(e, 7)], 2).unwrap();
+        assert_eq!(batch.num_rows(), 4);
+    }
+}
