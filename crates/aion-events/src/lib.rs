@@ -12,6 +12,7 @@ mod event;
 mod manifest;
 mod metrics;
 mod rebuild;
+mod status;
 pub mod topics;
 mod trigger;
 
@@ -24,4 +25,5 @@ pub use event::{
 pub use manifest::{parse_manifest, ShardEntry, SHARD_MANIFEST};
 pub use metrics::WindowMetrics;
 pub use rebuild::{IndexRebuild, RebuildReason};
+pub use status::{ControlAction, JobState, TrainControl, TrainStatus};
 pub use trigger::{Recipe, Thresholds, TrainTrigger, TriggerReason};

@@ -12,6 +12,12 @@ pub const METRICS: &str = "metrics.v1";
 /// Training requests (schema `train.trigger.v1`), from the trigger gate and `aion train trigger`.
 pub const TRAIN_TRIGGER: &str = "train.trigger.v1";
 
+/// What training jobs are doing (schema `train.status.v1`), from the trainer.
+pub const TRAIN_STATUS: &str = "train.status.v1";
+
+/// Operator requests to trainers, e.g. cancel (schema `train.control.v1`).
+pub const TRAIN_CONTROL: &str = "train.control.v1";
+
 /// Index rebuild requests (schema `index.rebuild.v1`), from the gate.
 pub const INDEX_REBUILD: &str = "index.rebuild.v1";
 

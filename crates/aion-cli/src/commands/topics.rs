@@ -25,7 +25,7 @@ pub enum Action {
 
 /// The topics AION Stream itself needs: inputs with their dead-letter and late side outputs, the
 /// window results and the enriched retrievals (and their dead letters, for the gate and the
-/// shard stage), the training triggers and index rebuilds.
+/// shard stage), training triggers (and theirs), status and control, and index rebuilds.
 pub fn product_topics() -> Vec<String> {
     topics::INPUTS
         .iter()
@@ -34,6 +34,9 @@ pub fn product_topics() -> Vec<String> {
             topics::METRICS.to_string(),
             topics::dlq(topics::METRICS),
             topics::TRAIN_TRIGGER.to_string(),
+            topics::dlq(topics::TRAIN_TRIGGER),
+            topics::TRAIN_STATUS.to_string(),
+            topics::TRAIN_CONTROL.to_string(),
             topics::INDEX_REBUILD.to_string(),
             topics::RETRIEVAL_ENRICHED.to_string(),
             topics::dlq(topics::RETRIEVAL_ENRICHED),

@@ -1,6 +1,6 @@
 use aion_events::{
-    decode, AnswerEvent, DecodeLimits, IndexRebuild, RetrievalEvent, Schema, TrainTrigger,
-    WindowMetrics,
+    decode, AnswerEvent, DecodeLimits, EnrichedRetrieval, IndexRebuild, RetrievalEvent, Schema,
+    TrainControl, TrainStatus, TrainTrigger, WindowMetrics,
 };
 
 use crate::{examples, schema_dir};
@@ -108,4 +108,36 @@ fn rebuild_examples_decode_and_round_trip() {
 #[test]
 fn rebuild_schema_matches_rust_type() {
     schema_fields_match::<IndexRebuild>(0);
+}
+
+#[test]
+fn status_examples_decode_and_round_trip() {
+    examples_decode_and_round_trip::<TrainStatus>();
+}
+
+#[test]
+fn status_schema_matches_rust_type() {
+    schema_fields_match::<TrainStatus>(1);
+}
+
+#[test]
+fn control_examples_decode_and_round_trip() {
+    examples_decode_and_round_trip::<TrainControl>();
+}
+
+#[test]
+fn control_schema_matches_rust_type() {
+    schema_fields_match::<TrainControl>(0);
+}
+
+#[test]
+fn enriched_examples_decode_and_round_trip() {
+    // The Rust type reads only what downstream stages need; the record keeps the whole event.
+    for example in examples(EnrichedRetrieval::NAME) {
+        let bytes = serde_json::to_vec(&example).unwrap();
+        let event: EnrichedRetrieval = decode(&bytes, &DecodeLimits::default()).unwrap();
+        let retrieval: RetrievalEvent = decode(&bytes, &DecodeLimits::default()).unwrap();
+        assert_eq!(event.event_id, retrieval.event_id);
+        assert!(!event.entities.is_empty());
+    }
 }
