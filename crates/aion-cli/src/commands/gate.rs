@@ -193,13 +193,15 @@ pub async fn trigger(args: TriggerArgs, ctx: &Context) -> Result<()> {
     let config = load(args.pipeline.as_deref())?;
     let options = options(ctx, &config, &InitialSettings::default(), false)?;
     let settings = options.current_settings()?;
-    let t = aion_gate::manual_trigger(
+    let mut t = aion_gate::manual_trigger(
         &config,
         &settings,
         &args.tenant,
         args.reason,
         chrono::Utc::now(),
     );
+    // The tenant's committed shards now: the job's data set, fixed whatever arrives later.
+    t.shards = aion_gate::shard_snapshot(&options, &args.tenant)?;
     aion_kafka::partition_count(&ctx.kafka, &config.output_topic)?;
     let sink = Sink::new(&ctx.kafka, "train-trigger")?;
     sink.send_confirmed(

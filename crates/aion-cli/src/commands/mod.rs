@@ -11,6 +11,7 @@ mod shards;
 mod sql;
 mod tail;
 mod topics;
+mod trainer;
 mod up;
 mod windows;
 
@@ -50,9 +51,17 @@ pub enum Command {
     /// The trigger gate: thresholds over window metrics → `train.trigger.v1`.
     #[command(subcommand)]
     Gate(gate::Action),
-    /// Training requests.
+    /// Training requests and jobs: trigger, cancel, status.
     #[command(subcommand)]
     Train(TrainAction),
+    /// The QLoRA trainer stage: `train.trigger.v1` → adapters + `train.status.v1`.
+    #[command(subcommand)]
+    Trainer(trainer::Action),
+    /// Greedy generation with the base model and, optionally, a trained adapter.
+    Generate(trainer::GenerateArgs),
+    /// Trained adapters: `merge` one into its base.
+    #[command(subcommand)]
+    Adapters(trainer::AdaptersAction),
     /// SQL (DataFusion) over the Parquet tables: window metrics, the window history.
     Sql(sql::Args),
     /// Per-event nDCG@k of a file of retrieval events.
@@ -82,6 +91,10 @@ pub enum ShardsAction {
 pub enum TrainAction {
     /// Publish a manual trigger for a tenant (reason `manual`), as the gate would.
     Trigger(gate::TriggerArgs),
+    /// Ask the trainer to stop a job at its next step (no adapter is written).
+    Cancel(trainer::CancelArgs),
+    /// Finished jobs (final status, losses, adapter, promotion) as JSON lines.
+    Status(trainer::StatusArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -122,6 +135,11 @@ pub async fn run(command: Command, ctx: Context) -> Result<()> {
         }
         Command::Gate(action) => gate::run(action, &ctx, shutdown_signal()).await,
         Command::Train(TrainAction::Trigger(args)) => gate::trigger(args, &ctx).await,
+        Command::Train(TrainAction::Cancel(args)) => trainer::cancel(args, &ctx).await,
+        Command::Train(TrainAction::Status(args)) => trainer::status(args, &ctx),
+        Command::Trainer(action) => trainer::run(action, &ctx, shutdown_signal()).await,
+        Command::Generate(args) => trainer::generate(args),
+        Command::Adapters(action) => trainer::adapters(action),
         Command::Sql(args) => sql::run(args, &ctx).await,
         Command::Ndcg(args) => ndcg::run(args, &ctx),
         Command::Bench(action) => bench::run(action, &ctx).await,

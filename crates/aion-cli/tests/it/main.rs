@@ -7,6 +7,7 @@ mod gate;
 mod ndcg;
 mod relay;
 mod shards;
+mod trainer;
 mod windows;
 
 use std::process::{Child, Command, Stdio};

@@ -1,0 +1,225 @@
+//! The trainer through the real broker, on the real SmolLM2-135M weights: answers → shards →
+//! manual trigger → a QLoRA job → a PEFT adapter, `completed` on `train.status.v1`, the trigger's
+//! offset stored after; a redelivered trigger does not run twice; a cancel stops a job with no
+//! adapter; `aion generate` runs the adapter.
+
+use std::time::{Duration, Instant};
+
+use aion_kafka::{committed_offsets, Reader, Sink};
+use serde_json::{json, Value};
+
+use crate::Stack;
+
+const WAIT: Duration = Duration::from_secs(300);
+
+/// The default gate pipeline with a recipe small enough for CPU tests: one example per step.
+fn tiny_recipe() -> String {
+    let mut text = include_str!("../../../../pipelines/gate.toml").to_owned();
+    for (from, to) in [
+        ("lora_r = 16", "lora_r = 4"),
+        ("lora_dropout = 0.05", "lora_dropout = 0.0"),
+        ("learning_rate = 0.0002", "learning_rate = 0.001"),
+        ("epochs = 2", "epochs = 1"),
+        ("batch_size = 2", "batch_size = 1"),
+        ("grad_accum = 8", "grad_accum = 1"),
+    ] {
+        assert!(text.contains(from), "pipelines/gate.toml changed: {from}");
+        text = text.replace(from, to);
+    }
+    text
+}
+
+/// Reads statuses into `seen` until `until` holds or `limit` passes.
+fn statuses(
+    reader: &Reader,
+    until: impl Fn(&[Value]) -> bool,
+    seen: &mut Vec<Value>,
+    limit: Duration,
+) {
+    let deadline = Instant::now() + limit;
+    while !until(seen) && Instant::now() < deadline {
+        if let Some(r) = reader.next(Duration::from_millis(500)).unwrap() {
+            seen.push(serde_json::from_slice(&r.payload).unwrap());
+        }
+    }
+}
+
+/// Waits until `group` has stored the trigger's offset (1: after the only trigger).
+fn wait_committed(s: &Stack, group: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let committed = || committed_offsets(&s.kafka, group, "train.trigger.v1").unwrap();
+    while committed().get(&0) != Some(&1) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(
+        committed().get(&0),
+        Some(&1),
+        "offset stored after the final state"
+    );
+}
+
+fn state_of<'a>(seen: &'a [Value], job: &str) -> Vec<&'a str> {
+    seen.iter()
+        .filter(|s| s["job_id"] == job)
+        .map(|s| s["state"].as_str().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trigger_trains_an_adapter_once_and_a_cancel_stops_a_job() {
+    let s = Stack::start();
+    s.run(&["topics", "create", "--partitions", "1"]);
+    let sink = Sink::new(&s.kafka, "test").unwrap();
+    let cities = ["Curitiba", "Recife", "Belém", "Natal", "Manaus", "Goiânia"];
+    for i in 0..30 {
+        let city = cities[i % cities.len()];
+        let answer = json!({
+            "event_id": format!("a{i}"), "tenant_id": "acme", "ts": "2026-11-02T10:00:00Z",
+            "prompt": format!("Qual o prazo de entrega para {city}? Pedido {i}."),
+            "reply": format!("A entrega para {city} leva {} dias úteis.", 2 + i % 5),
+            "confidence": 0.4, "fallback": true, "provider": "external", "model": "big",
+            "latency_ms": 800
+        });
+        sink.send(
+            "answer.v1",
+            Some(b"acme"),
+            answer.to_string().as_bytes(),
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    }
+    sink.flush(Duration::from_secs(30)).unwrap();
+    let shards = s.spawn(&["shards", "run", "--max-age-secs", "1"], "shards.log");
+    let root = s.state.path().join("shards");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while aion_shards::read_manifest(&root).map_or(0, |m| m.iter().map(|e| e.rows).sum()) < 30
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(shards.terminate(), "{}", s.logs());
+
+    let gate = s.state.path().join("gate.toml");
+    std::fs::write(&gate, tiny_recipe()).unwrap();
+    let gate = gate.to_str().unwrap();
+    let trigger: Value =
+        serde_json::from_str(&s.run(&["train", "trigger", "--tenant", "acme", "--pipeline", gate]))
+            .unwrap();
+    let job = trigger["trigger_id"].as_str().unwrap().to_owned();
+    assert!(
+        !trigger["shards"].as_array().unwrap().is_empty(),
+        "{trigger}"
+    );
+
+    let reader = Reader::new(&s.kafka, &["train.status.v1"], true).unwrap();
+    let mut seen = Vec::new();
+    let trainer = s.spawn(
+        &["trainer", "run", "--max-steps", "4", "--max-len", "48"],
+        "trainer.log",
+    );
+    statuses(
+        &reader,
+        |seen| state_of(seen, &job).contains(&"completed"),
+        &mut seen,
+        WAIT,
+    );
+    let states = state_of(&seen, &job);
+    assert_eq!(states.first(), Some(&"queued"), "{seen:?}\n{}", s.logs());
+    assert_eq!(
+        states.iter().filter(|s| **s == "running").count(),
+        4,
+        "{seen:?}"
+    );
+    assert_eq!(states.last(), Some(&"completed"), "{seen:?}\n{}", s.logs());
+    let done = seen
+        .iter()
+        .rev()
+        .find(|s| s["job_id"] == job.as_str())
+        .unwrap();
+    let adapter = std::path::PathBuf::from(done["adapter"].as_str().unwrap());
+    for f in ["adapter_config.json", "adapter_model.safetensors"] {
+        assert!(adapter.join(f).is_file(), "{f} in {}", adapter.display());
+    }
+    assert!(
+        done["held_out_before"].is_number() && done["held_out_after"].is_number(),
+        "{done}"
+    );
+    let listed = s.run(&["train", "status", "--tenant", "acme"]);
+    assert!(
+        listed.contains(&job) && listed.contains("completed"),
+        "{listed}"
+    );
+    wait_committed(&s, "aion.trainer");
+
+    // Redelivered to a new group: recognised as done, no second job.
+    let again = s
+        .aion()
+        .env("AION_GROUP_PREFIX", "again")
+        .args(["trainer", "run", "--max-steps", "4", "--max-len", "48"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut again = crate::Running(Some(again));
+    wait_committed(&s, "again.trainer");
+    again.kill();
+    let before = seen.len();
+    statuses(&reader, |_| false, &mut seen, Duration::from_secs(3));
+    assert_eq!(state_of(&seen[before..], &job), Vec::<&str>::new());
+
+    // A long job, cancelled after its first step: no adapter, `cancelled`.
+    let long: Value = serde_json::from_str(&s.run(&[
+        "train",
+        "trigger",
+        "--tenant",
+        "acme",
+        "--pipeline",
+        gate,
+        "--reason",
+        "long",
+    ]))
+    .unwrap();
+    let long = long["trigger_id"].as_str().unwrap().to_owned();
+    drop(trainer);
+    let trainer = s.spawn(
+        &["trainer", "run", "--max-steps", "500", "--max-len", "48"],
+        "trainer2.log",
+    );
+    statuses(
+        &reader,
+        |seen| state_of(seen, &long).contains(&"running"),
+        &mut seen,
+        WAIT,
+    );
+    s.run(&["train", "cancel", "--job", &long]);
+    statuses(
+        &reader,
+        |seen| state_of(seen, &long).contains(&"cancelled"),
+        &mut seen,
+        WAIT,
+    );
+    assert_eq!(
+        state_of(&seen, &long).last(),
+        Some(&"cancelled"),
+        "{seen:?}\n{}",
+        s.logs()
+    );
+    let cancelled = seen
+        .iter()
+        .rev()
+        .find(|s| s["job_id"] == long.as_str())
+        .unwrap();
+    assert!(cancelled["adapter"].is_null(), "{cancelled}");
+    assert!(trainer.terminate(), "clean stop\n{}", s.logs());
+
+    let text = s.run(&[
+        "generate",
+        "--adapter",
+        adapter.to_str().unwrap(),
+        "--max-new-tokens",
+        "4",
+        "Qual o prazo de entrega para Curitiba?",
+    ]);
+    assert!(!text.trim().is_empty());
+}
