@@ -3,18 +3,22 @@
 //! The crate owns the ML core of the trainer stage: loading a base model (a llama.cpp GGUF or a
 //! Hugging Face directory), its 4-bit NormalFloat storage ([`nf4`]), the decoder with LoRA adapters
 //! ([`model`]), the PEFT adapter format ([`adapter`]) and the training loop with checkpoints
-//! ([`train`]). It knows nothing about Kafka, shards or the CLI: the stage that consumes
-//! `train.trigger.v1` sits on top of this API.
+//! ([`train`]); and the stage on top ([`stage`]): triggers in, jobs from the shards named in them
+//! ([`dataset`]), status events out.
 
 pub mod adapter;
+pub mod dataset;
 pub mod model;
 pub mod nf4;
+pub mod stage;
 pub mod tokenizer;
 pub mod train;
 pub mod weights;
 
 pub use adapter::{export_dequantised, load_adapter, save_adapter};
+pub use dataset::DataFilter;
 pub use model::{BaseModel, Llama, LlamaConfig, Lora, LoraConfig, Storage};
+pub use stage::{run, Stats, TrainerOptions};
 pub use train::{
     alpaca_prompt, generate, held_out_loss, train, Example, Outcome, Progress, TrainConfig,
 };

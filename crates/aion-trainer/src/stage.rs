@@ -1,0 +1,437 @@
+//! The trainer stage: `train.trigger.v1` in, QLoRA jobs run one at a time, `train.status.v1` out.
+//!
+//! One job per trigger: its directory `<adapters>/<tenant>/<job>/` holds the checkpoints, the
+//! adapter, the loss curve and `status.json`, the final status. A trigger whose job already has a
+//! final status is acknowledged without running again (redelivery after a crash or rebalance);
+//! one without resumes from the job's last checkpoint. The trigger's offset is stored only after
+//! the final status is written and published. A promoted adapter (held-out loss improved) is
+//! recorded in `<adapters>/<tenant>/current.json`.
+
+use std::collections::HashSet;
+use std::io::{IsTerminal, Write};
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aion_events::{
+    decode, topics, DecodeLimits, JobState, TrainControl, TrainStatus, TrainTrigger,
+};
+use aion_kafka::{KafkaConfig, Reader, Sink, Source, SourceConfig};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::dataset::{load_examples, DataFilter};
+use crate::{train, BaseModel, Error, Progress, Result, Storage, TrainConfig};
+
+const STAGE: &str = "trainer";
+/// Name of a job's final status inside its directory, and of a tenant's promoted adapter record.
+pub const STATUS_FILE: &str = "status.json";
+pub const CURRENT_FILE: &str = "current.json";
+
+/// Where and how the trainer runs.
+#[derive(Debug, Clone)]
+pub struct TrainerOptions {
+    pub kafka: KafkaConfig,
+    pub group_id: String,
+    /// Root of the shard table the triggers' shard paths are relative to.
+    pub shards_root: PathBuf,
+    /// Root of the per-tenant adapter directories.
+    pub adapters_root: PathBuf,
+    /// A GGUF file or a Hugging Face directory.
+    pub base_model: PathBuf,
+    /// Defaults; a trigger's recipe sets the LoRA shape, learning rate, epochs and batch.
+    pub config: TrainConfig,
+    pub filter: DataFilter,
+    pub decode: DecodeLimits,
+    /// Draw a progress line on standard error (interactive runs).
+    pub progress_bar: bool,
+}
+
+/// Live counts and the running job's progress.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub jobs: AtomicU64,
+    pub completed: AtomicU64,
+    pub promoted: AtomicU64,
+    pub failed: AtomicU64,
+    pub cancelled: AtomicU64,
+    pub step: AtomicU64,
+    pub total_steps: AtomicU64,
+}
+
+/// The directory of a job: the trigger id made a safe file name, plus a hash of the exact id
+/// (two ids that differ only in replaced characters stay apart).
+pub fn job_dir(adapters_root: &Path, trigger: &TrainTrigger) -> PathBuf {
+    let id = &trigger.trigger_id;
+    let local = id
+        .strip_prefix(&format!("{}/", trigger.tenant_id))
+        .unwrap_or(id);
+    let safe: String = local
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let hash = id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    adapters_root
+        .join(&trigger.tenant_id)
+        .join(format!("{safe}-{:08x}", hash as u32))
+}
+
+/// The final status recorded in a job directory, if the job finished.
+pub fn final_status(dir: &Path) -> Option<TrainStatus> {
+    let text = std::fs::read(dir.join(STATUS_FILE)).ok()?;
+    serde_json::from_slice::<TrainStatus>(&text)
+        .ok()
+        .filter(|s| s.state.is_final())
+}
+
+fn write_json(path: &Path, status: &TrainStatus) -> Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    let bytes = serde_json::to_vec_pretty(status).map_err(|e| Error::Invalid(e.to_string()))?;
+    let mut file = std::fs::File::create(&tmp).map_err(crate::io_err(&tmp))?;
+    file.write_all(&bytes).map_err(crate::io_err(&tmp))?;
+    file.sync_all().map_err(crate::io_err(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(crate::io_err(path))
+}
+
+/// The configuration a trigger's job runs with: the defaults, shaped by its recipe.
+pub fn job_config(defaults: &TrainConfig, trigger: &TrainTrigger) -> TrainConfig {
+    let r = &trigger.recipe;
+    let mut config = defaults.clone();
+    config.lora.r = r.lora_r as usize;
+    config.lora.alpha = r.lora_alpha;
+    config.lora.dropout = r.lora_dropout as f32;
+    config.lr = r.learning_rate;
+    config.epochs = r.epochs as usize;
+    config.batch_size = r.batch_size as usize;
+    config.grad_accum = r.grad_accum as usize;
+    config
+}
+
+/// Job ids cancelled through `train.control.v1`, read from the beginning (a cancel sent while
+/// no trainer ran still applies) on a thread of its own.
+fn watch_cancels(
+    kafka: &KafkaConfig,
+    stop: CancellationToken,
+) -> Result<Arc<Mutex<HashSet<String>>>> {
+    let reader = Reader::new(kafka, &[topics::TRAIN_CONTROL], true).map_err(kafka_error)?;
+    let cancelled = Arc::new(Mutex::new(HashSet::new()));
+    let set = cancelled.clone();
+    std::thread::spawn(move || {
+        while !stop.is_cancelled() {
+            match reader.next(Duration::from_millis(200)) {
+                Ok(Some(record)) => match serde_json::from_slice::<TrainControl>(&record.payload) {
+                    Ok(control) => {
+                        info!(job = %control.job_id, "cancel requested");
+                        if let Ok(mut set) = set.lock() {
+                            set.insert(control.job_id);
+                        }
+                    }
+                    Err(e) => warn!(offset = record.offset, "ignoring a bad control record: {e}"),
+                },
+                Ok(None) => {}
+                Err(e) => warn!("reading {}: {e}", topics::TRAIN_CONTROL),
+            }
+        }
+    });
+    Ok(cancelled)
+}
+
+fn kafka_error(e: aion_kafka::Error) -> Error {
+    Error::Invalid(format!("kafka: {e}"))
+}
+
+async fn publish(sink: &Sink, status: &TrainStatus, confirmed: bool) -> Result<()> {
+    let payload = serde_json::to_vec(status).map_err(|e| Error::Invalid(e.to_string()))?;
+    let key = Some(status.tenant_id.as_bytes());
+    if confirmed {
+        sink.send_confirmed(topics::TRAIN_STATUS, None, key, &payload)
+            .await
+            .map_err(kafka_error)?
+            .wait(topics::TRAIN_STATUS)
+            .await
+            .map_err(kafka_error)
+    } else {
+        sink.send(topics::TRAIN_STATUS, key, &payload, None, None)
+            .await
+            .map_err(kafka_error)
+    }
+}
+
+/// Runs until `stop`. A job interrupted by `stop` records nothing final: its trigger is
+/// redelivered and the job resumes from its last checkpoint.
+pub async fn run(options: &TrainerOptions, stop: CancellationToken, stats: &Stats) -> Result<()> {
+    if !options.base_model.exists() {
+        return Err(Error::Invalid(format!(
+            "no base model at {} (scripts/setup installs SmolLM2-135M-Instruct; --base for another)",
+            options.base_model.display()
+        )));
+    }
+    let mut config = SourceConfig::new(
+        STAGE,
+        vec![topics::TRAIN_TRIGGER.to_owned()],
+        options.group_id.clone(),
+    );
+    // One job at a time: the next trigger is not taken before this one's final state is stored.
+    config.max_in_flight = Some(1);
+    config.revoke_wait = Duration::ZERO;
+    let mut source = Source::new(&options.kafka, &config).map_err(kafka_error)?;
+    for topic in [
+        topics::TRAIN_STATUS.to_owned(),
+        topics::dlq(topics::TRAIN_TRIGGER),
+    ] {
+        aion_kafka::partition_count(&options.kafka, &topic).map_err(kafka_error)?;
+    }
+    let sink = Sink::new(&options.kafka, STAGE).map_err(kafka_error)?;
+    let cancelled = watch_cancels(&options.kafka, stop.child_token())?;
+    let mut base: Option<Arc<BaseModel>> = None;
+    info!(base = %options.base_model.display(), "trainer started");
+    loop {
+        let record = tokio::select! {
+            r = source.recv() => r.map_err(kafka_error)?,
+            () = stop.cancelled() => break,
+        };
+        let trigger = match decode::<TrainTrigger>(&record.payload, &options.decode) {
+            Ok(t) => t,
+            Err(reject) => {
+                sink.dead_letter(record, &reject.path, &reject.message)
+                    .await
+                    .map_err(kafka_error)?;
+                continue;
+            }
+        };
+        let dir = job_dir(&options.adapters_root, &trigger);
+        if let Some(done) = final_status(&dir) {
+            info!(job = %trigger.trigger_id, state = ?done.state, "already done; not run again");
+            continue; // dropping the ack stores the offset
+        }
+        stats.jobs.fetch_add(1, Ordering::Relaxed);
+        let model = match &base {
+            Some(m) => m.clone(),
+            None => {
+                let path = options.base_model.clone();
+                let loaded = tokio::task::spawn_blocking(move || {
+                    BaseModel::load(&path, Storage::Nf4 { double_quant: true })
+                })
+                .await
+                .map_err(|e| Error::Invalid(e.to_string()))??;
+                base.insert(Arc::new(loaded)).clone()
+            }
+        };
+        let status = run_job(
+            options, &trigger, &dir, model, &cancelled, &stop, &sink, stats,
+        )
+        .await?;
+        match status {
+            Some(status) => {
+                write_json(&dir.join(STATUS_FILE), &status)?;
+                publish(&sink, &status, true).await?;
+                let counter = match status.state {
+                    JobState::Completed => &stats.completed,
+                    JobState::Cancelled => &stats.cancelled,
+                    _ => &stats.failed,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                info!(job = %status.job_id, state = ?status.state, "job finished");
+                drop(record.ack);
+            }
+            None => {
+                record.ack.abandon();
+                break;
+            }
+        }
+    }
+    sink.flush(Duration::from_secs(30)).map_err(kafka_error)?;
+    source.shutdown(Duration::ZERO).await.map_err(kafka_error)?;
+    Ok(())
+}
+
+/// Runs one job to its final status, or `None` when the stage is stopping.
+#[allow(clippy::too_many_arguments)]
+async fn run_job(
+    options: &TrainerOptions,
+    trigger: &TrainTrigger,
+    dir: &Path,
+    base: Arc<BaseModel>,
+    cancelled: &Arc<Mutex<HashSet<String>>>,
+    stop: &CancellationToken,
+    sink: &Sink,
+    stats: &Stats,
+) -> Result<Option<TrainStatus>> {
+    let job = trigger.trigger_id.clone();
+    let tenant = trigger.tenant_id.clone();
+    let report = |state| TrainStatus::new(&job, &tenant, state);
+    publish(sink, &report(JobState::Queued), true).await?;
+    let is_cancelled = || cancelled.lock().map(|s| s.contains(&job)).unwrap_or(false);
+    if is_cancelled() {
+        return Ok(Some(TrainStatus {
+            reason: Some("cancelled before it started".into()),
+            ..report(JobState::Cancelled)
+        }));
+    }
+    let files = if trigger.shards.is_empty() {
+        let manifest = options.shards_root.join(aion_events::SHARD_MANIFEST);
+        let text = std::fs::read_to_string(&manifest).unwrap_or_default();
+        aion_events::parse_manifest(&text)
+            .into_iter()
+            .filter(|e| e.tenant_id == tenant)
+            .map(|e| e.path)
+            .collect()
+    } else {
+        trigger.shards.clone()
+    };
+    let examples = match load_examples(&options.shards_root, &files, &options.filter) {
+        Ok(e) if e.len() >= 2 => e,
+        Ok(e) => {
+            return Ok(Some(TrainStatus {
+                reason: Some(format!(
+                    "{} training rows in {} shard files of {tenant}: nothing to learn from",
+                    e.len(),
+                    files.len()
+                )),
+                ..report(JobState::Failed)
+            }))
+        }
+        Err(e) => {
+            return Ok(Some(TrainStatus {
+                reason: Some(e.to_string()),
+                ..report(JobState::Failed)
+            }))
+        }
+    };
+    info!(job = %job, examples = examples.len(), files = files.len(), "training");
+    let config = job_config(&options.config, trigger);
+    let (progress_tx, mut progress_rx) = mpsc::unbounded_channel::<Progress>();
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let training = {
+        let (dir, interrupted, cancelled, job) = (
+            dir.to_owned(),
+            interrupted.clone(),
+            cancelled.clone(),
+            job.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            train(&base, &examples, &config, &dir, &mut |p| {
+                let _ = progress_tx.send(p.clone());
+                let cancel = cancelled.lock().map(|s| s.contains(&job)).unwrap_or(false);
+                if cancel || interrupted.load(Ordering::Relaxed) {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            })
+        })
+    };
+    tokio::pin!(training);
+    let mut curve = Vec::new();
+    let outcome = loop {
+        tokio::select! {
+            done = &mut training => break done.map_err(|e| Error::Invalid(e.to_string()))?,
+            Some(p) = progress_rx.recv() => {
+                stats.step.store(p.step as u64, Ordering::Relaxed);
+                stats.total_steps.store(p.total_steps as u64, Ordering::Relaxed);
+                if options.progress_bar {
+                    draw(&job, &p);
+                }
+                curve.push(serde_json::json!({"step": p.step, "epoch": p.epoch, "loss": p.loss}));
+                publish(sink, &TrainStatus {
+                    step: Some(p.step as u64),
+                    total_steps: Some(p.total_steps as u64),
+                    loss: Some(p.loss),
+                    tokens_per_s: Some(p.tokens_per_s),
+                    eta_s: Some(p.eta.as_secs_f64()),
+                    ..report(JobState::Running)
+                }, false).await?;
+            }
+            () = stop.cancelled(), if !interrupted.load(Ordering::Relaxed) => {
+                interrupted.store(true, Ordering::Relaxed);
+            }
+        }
+    };
+    if options.progress_bar {
+        eprintln!();
+    }
+    if interrupted.load(Ordering::Relaxed) {
+        info!(job = %job, "stopping: the job resumes from its last checkpoint next run");
+        return Ok(None);
+    }
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err(e) => {
+            return Ok(Some(TrainStatus {
+                reason: Some(e.to_string()),
+                ..report(JobState::Failed)
+            }))
+        }
+    };
+    let log = dir.join("loss_curve.jsonl");
+    let lines: Vec<String> = curve.iter().map(|v| v.to_string()).collect();
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .and_then(|mut f| f.write_all((lines.join("\n") + "\n").as_bytes()))
+        .map_err(crate::io_err(&log))?;
+    let base = TrainStatus {
+        step: Some(outcome.steps as u64),
+        held_out_before: outcome.held_out_before,
+        held_out_after: outcome.held_out_after,
+        ..report(JobState::Completed)
+    };
+    if outcome.cancelled {
+        return Ok(Some(TrainStatus {
+            reason: Some("cancelled by an operator".into()),
+            state: JobState::Cancelled,
+            ..base
+        }));
+    }
+    let promoted = matches!(
+        (outcome.held_out_before, outcome.held_out_after),
+        (Some(before), Some(after)) if after < before
+    );
+    let status = TrainStatus {
+        adapter: outcome.adapter_dir.map(|d| d.display().to_string()),
+        promoted: Some(promoted),
+        ..base
+    };
+    if promoted {
+        write_json(
+            &options.adapters_root.join(&tenant).join(CURRENT_FILE),
+            &status,
+        )?;
+        stats.promoted.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(Some(status))
+}
+
+/// One progress line, redrawn in place.
+fn draw(job: &str, p: &Progress) {
+    const WIDTH: usize = 30;
+    let done = (p.step * WIDTH / p.total_steps.max(1)).min(WIDTH);
+    eprint!(
+        "\r{job} [{}{}] {}/{} loss {:.3} {:.0} tok/s eta {}s   ",
+        "#".repeat(done),
+        "-".repeat(WIDTH - done),
+        p.step,
+        p.total_steps,
+        p.loss,
+        p.tokens_per_s,
+        p.eta.as_secs()
+    );
+    let _ = std::io::stderr().flush();
+}
+
+/// Whether standard error is a terminal (for the progress line).
+pub fn interactive() -> bool {
+    std::io::stderr().is_terminal()
+}
