@@ -7,6 +7,7 @@ mod gate;
 mod models;
 mod ndcg;
 mod produce;
+mod serve;
 mod shards;
 mod sql;
 mod tail;
@@ -62,6 +63,9 @@ pub enum Command {
     /// Trained adapters: `merge` one into its base.
     #[command(subcommand)]
     Adapters(trainer::AdaptersAction),
+    /// The control API and web panel: training start/cancel/status, thresholds, metric series,
+    /// triggers, the entity heatmap, Prometheus metrics.
+    Serve(serve::Args),
     /// SQL (DataFusion) over the Parquet tables: window metrics, the window history.
     Sql(sql::Args),
     /// Per-event nDCG@k of a file of retrieval events.
@@ -140,6 +144,7 @@ pub async fn run(command: Command, ctx: Context) -> Result<()> {
         Command::Trainer(action) => trainer::run(action, &ctx, shutdown_signal()).await,
         Command::Generate(args) => trainer::generate(args),
         Command::Adapters(action) => trainer::adapters(action),
+        Command::Serve(args) => serve::run(args, &ctx, shutdown_signal()).await,
         Command::Sql(args) => sql::run(args, &ctx).await,
         Command::Ndcg(args) => ndcg::run(args, &ctx),
         Command::Bench(action) => bench::run(action, &ctx).await,

@@ -45,7 +45,7 @@ pub fn options(ctx: &Context, args: RunArgs) -> ShardOptions {
             (
                 aion_events::topics::RETRIEVAL_ENRICHED.to_owned(),
                 args.entities_dir
-                    .unwrap_or_else(|| ctx.state_dir.join(crate::commands::sql::ENTITIES_TABLE)),
+                    .unwrap_or_else(|| ctx.state_dir.join(aion_api::tables::ENTITIES_TABLE)),
             )
         }),
         policy: RollPolicy {

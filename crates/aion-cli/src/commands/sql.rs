@@ -1,20 +1,13 @@
 //! `aion sql`: DataFusion SQL over the Parquet tables the stages write, for analysts.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use aion_windows::{HISTORY_TABLE, METRICS_TABLE, WINDOW_EVENTS_VIEW};
+use aion_api::tables::session;
 use anyhow::{bail, Context as _, Result};
 use clap::ValueEnum;
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::datatypes::DataType;
-use datafusion::prelude::{ParquetReadOptions, SessionContext};
 
 use crate::Context;
-
-/// The shard table, under the data dir.
-pub const SHARDS_TABLE: &str = "shards";
-/// The entity mentions of enriched retrieval events, under the data dir.
-pub const ENTITIES_TABLE: &str = "entities";
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum Format {
@@ -40,43 +33,6 @@ pub struct Args {
     /// Where the tables are (default: the state dir, as `aion windows run` writes them).
     #[arg(long, env = "AION_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-}
-
-fn has_parquet(dir: &Path) -> bool {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return false;
-    };
-    entries.flatten().any(|e| {
-        let p = e.path();
-        if p.is_dir() {
-            has_parquet(&p)
-        } else {
-            p.extension().is_some_and(|x| x == "parquet")
-        }
-    })
-}
-
-/// A session with every table that has data registered.
-pub async fn session(data_dir: &Path) -> Result<SessionContext> {
-    let ctx = SessionContext::new();
-    let partitions = vec![
-        ("tenant_id".to_owned(), DataType::Utf8),
-        ("date".to_owned(), DataType::Utf8),
-    ];
-    for name in [METRICS_TABLE, HISTORY_TABLE, SHARDS_TABLE, ENTITIES_TABLE] {
-        let dir = data_dir.join(name);
-        if !has_parquet(&dir) {
-            continue;
-        }
-        let options = ParquetReadOptions::default().table_partition_cols(partitions.clone());
-        ctx.register_parquet(name, format!("{}/", dir.display()), options)
-            .await
-            .with_context(|| format!("registering {}", dir.display()))?;
-    }
-    if ctx.table_exist(HISTORY_TABLE)? {
-        ctx.sql(WINDOW_EVENTS_VIEW).await?.collect().await?;
-    }
-    Ok(ctx)
 }
 
 pub async fn run(args: Args, ctx: &Context) -> Result<()> {

@@ -67,6 +67,21 @@ pub struct RunArgs {
     pub adapters_dir: Option<PathBuf>,
 }
 
+impl RunArgs {
+    /// The defaults of `aion trainer run` (for `aion up`).
+    pub fn defaults() -> Self {
+        Self {
+            base: BaseArgs { base: None },
+            config: None,
+            max_steps: None,
+            max_len: None,
+            max_examples: DataFilter::default().max_examples,
+            min_local_confidence: DataFilter::default().min_local_confidence,
+            adapters_dir: None,
+        }
+    }
+}
+
 pub fn adapters_dir(ctx: &Context, explicit: Option<PathBuf>) -> PathBuf {
     explicit.unwrap_or_else(|| ctx.state_dir.join("adapters"))
 }

@@ -22,9 +22,23 @@ pub struct Args {
     /// Synthetic events per second.
     #[arg(long, default_value_t = 500)]
     pub rate: u64,
+    /// Event-time span of the synthetic traffic, in hours.
+    #[arg(long, default_value_t = 48)]
+    pub span_hours: i64,
     /// Seconds between summary lines.
     #[arg(long, default_value_t = 5)]
     pub summary_secs: u64,
+    /// Optimiser steps per training job: a CPU demo stops early (a GPU trainer runs the recipe's
+    /// full epochs: `aion trainer run` without --max-steps).
+    #[arg(long, default_value_t = 8)]
+    pub train_max_steps: usize,
+    /// Longest training example in tokens (the demo's answers are short).
+    #[arg(long, default_value_t = 256)]
+    pub train_max_len: usize,
+    /// Address of the control API and panel (mutating routes need AION_API_TOKEN when it is set;
+    /// without it they are open on this loopback address only).
+    #[arg(long, env = "AION_API_ADDR", default_value = "127.0.0.1:8080")]
+    pub api_addr: std::net::SocketAddr,
 }
 
 pub async fn run(args: Args, mut ctx: Context, stop: CancellationToken) -> Result<()> {
@@ -153,6 +167,50 @@ pub async fn run(args: Args, mut ctx: Context, stop: CancellationToken) -> Resul
         tokio::spawn(async move { super::gate::run_both(&config, &options, stop, &stats).await })
     };
 
+    let trainer_stats = Arc::new(aion_trainer::Stats::default());
+    let base = super::trainer::default_base();
+    let trainer = if base.is_file() {
+        let mut run_args = super::trainer::RunArgs::defaults();
+        run_args.max_steps = Some(args.train_max_steps);
+        run_args.max_len = Some(args.train_max_len);
+        let mut options = super::trainer::options(&ctx, run_args)?;
+        options.progress_bar = false; // the summary line reports progress
+        println!(
+            "          trainer: train.trigger.v1 → QLoRA on {} ({} steps per job) → adapters in {}",
+            base.display(),
+            args.train_max_steps,
+            options.adapters_root.display()
+        );
+        let (stop, stats) = (stop.clone(), trainer_stats.clone());
+        Some(tokio::spawn(async move {
+            aion_trainer::run(&options, stop, &stats).await
+        }))
+    } else {
+        println!(
+            "          trainer: skipped, no base model at {} (scripts/setup installs it)",
+            base.display()
+        );
+        None
+    };
+
+    let api = {
+        let token = std::env::var("AION_API_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty());
+        let options = super::serve::options(
+            super::serve::Args {
+                addr: args.api_addr,
+                insecure_loopback: token.is_none(),
+                token,
+                pipeline: None,
+            },
+            &ctx,
+        )?;
+        println!("panel     http://{}/", args.api_addr);
+        let stop = stop.clone();
+        tokio::spawn(async move { aion_api::serve(options, stop).await })
+    };
+
     let already = aion_kafka::topic_records(&ctx.kafka, aion_events::topics::RETRIEVAL)?;
     let producer = if args.events > 0 && already == 0 {
         let produce = super::produce::Args {
@@ -163,7 +221,7 @@ pub async fn run(args: Args, mut ctx: Context, stop: CancellationToken) -> Resul
             scenario: super::produce::ScenarioName::Degrade,
             degrade_at: 0.5,
             degrade_tenants: vec!["acme".into()],
-            span_hours: 48,
+            span_hours: args.span_hours,
             start: None,
             invalid_fraction: 0.01,
             late_fraction: 0.01,
@@ -189,7 +247,7 @@ pub async fn run(args: Args, mut ctx: Context, stop: CancellationToken) -> Resul
         tokio::select! {
             _ = tick.tick() => {
                 let (received, forwarded, dlq) = stats.snapshot();
-                println!("summary   events in {received}, forwarded {forwarded}, dead-lettered {dlq}; {}; enriched {}; shard rows {}; triggers fired {}", windows_line(&window_stats), enrich_stats.enriched.load(std::sync::atomic::Ordering::Relaxed), shard_stats.written.load(std::sync::atomic::Ordering::Relaxed), gate_stats.fired.load(std::sync::atomic::Ordering::Relaxed));
+                println!("summary   events in {received}, forwarded {forwarded}, dead-lettered {dlq}; {}; enriched {}; shard rows {}; triggers fired {}; {}", windows_line(&window_stats), enrich_stats.enriched.load(std::sync::atomic::Ordering::Relaxed), shard_stats.written.load(std::sync::atomic::Ordering::Relaxed), gate_stats.fired.load(std::sync::atomic::Ordering::Relaxed), training_line(&trainer_stats));
             }
             () = stop.cancelled() => break,
         }
@@ -204,9 +262,27 @@ pub async fn run(args: Args, mut ctx: Context, stop: CancellationToken) -> Resul
     if let Some(enrich) = enrich {
         enrich.await??;
     }
+    if let Some(trainer) = trainer {
+        trainer.await??;
+    }
+    api.await??;
     let (received, forwarded, dlq) = stats.snapshot();
     println!("stopped   events in {received}, forwarded {forwarded}, dead-lettered {dlq}; offsets committed");
     Ok(())
+}
+
+fn training_line(stats: &aion_trainer::Stats) -> String {
+    use std::sync::atomic::Ordering::Relaxed;
+    format!(
+        "training jobs {} (step {}/{}), completed {}, adapters promoted {}, cancelled {}, failed {}",
+        stats.jobs.load(Relaxed),
+        stats.step.load(Relaxed),
+        stats.total_steps.load(Relaxed),
+        stats.completed.load(Relaxed),
+        stats.promoted.load(Relaxed),
+        stats.cancelled.load(Relaxed),
+        stats.failed.load(Relaxed)
+    )
 }
 
 fn windows_line(stats: &aion_windows::Stats) -> String {

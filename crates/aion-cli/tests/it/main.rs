@@ -6,8 +6,10 @@ mod enrich;
 mod gate;
 mod ndcg;
 mod relay;
+mod serve;
 mod shards;
 mod trainer;
+mod up;
 mod windows;
 
 use std::process::{Child, Command, Stdio};
