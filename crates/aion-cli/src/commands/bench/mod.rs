@@ -4,6 +4,7 @@
 mod ner;
 mod relay;
 mod shards;
+mod train;
 mod windows;
 
 use std::time::Duration;
@@ -26,6 +27,9 @@ pub enum Action {
     /// Enrichment events and tokens per CPU-second by inference batch size, next to the Python
     /// onnxruntime pipeline on the same texts.
     Ner(ner::Args),
+    /// LoRA training tokens/s and peak RSS with the base in NF4 and in f32, next to PEFT on
+    /// torch-CPU training the same adapter on the same token ids.
+    Train(train::Args),
 }
 
 pub async fn run(action: Action, ctx: &Context) -> Result<()> {
@@ -34,6 +38,7 @@ pub async fn run(action: Action, ctx: &Context) -> Result<()> {
         Action::Windows(args) => windows::run(args, ctx).await,
         Action::Shards(args) => shards::run(args, ctx).await,
         Action::Ner(args) => ner::run(args).await,
+        Action::Train(args) => train::run(args).await,
     }
 }
 
