@@ -30,6 +30,8 @@ const STAGE: &str = "trainer";
 /// Name of a job's final status inside its directory, and of a tenant's promoted adapter record.
 pub const STATUS_FILE: &str = "status.json";
 pub const CURRENT_FILE: &str = "current.json";
+/// How long a job without named shards waits for its tenant's first rows.
+const SHARD_WAIT: Duration = Duration::from_secs(120);
 
 /// Where and how the trainer runs.
 #[derive(Debug, Clone)]
@@ -96,6 +98,9 @@ pub fn final_status(dir: &Path) -> Option<TrainStatus> {
 }
 
 fn write_json(path: &Path, status: &TrainStatus) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(crate::io_err(dir))?;
+    }
     let tmp = path.with_extension("json.tmp");
     let bytes = serde_json::to_vec_pretty(status).map_err(|e| Error::Invalid(e.to_string()))?;
     let mut file = std::fs::File::create(&tmp).map_err(crate::io_err(&tmp))?;
@@ -271,7 +276,9 @@ async fn run_job(
     let job = trigger.trigger_id.clone();
     let tenant = trigger.tenant_id.clone();
     let report = |state| TrainStatus::new(&job, &tenant, state);
-    publish(sink, &report(JobState::Queued), true).await?;
+    // Progress reports need no confirmation: only the final status guards the trigger's offset.
+    publish(sink, &report(JobState::Queued), false).await?;
+    info!(job = %job, "queued");
     let is_cancelled = || cancelled.lock().map(|s| s.contains(&job)).unwrap_or(false);
     if is_cancelled() {
         return Ok(Some(TrainStatus {
@@ -279,18 +286,35 @@ async fn run_job(
             ..report(JobState::Cancelled)
         }));
     }
-    let files = if trigger.shards.is_empty() {
-        let manifest = options.shards_root.join(aion_events::SHARD_MANIFEST);
-        let text = std::fs::read_to_string(&manifest).unwrap_or_default();
-        aion_events::parse_manifest(&text)
-            .into_iter()
-            .filter(|e| e.tenant_id == tenant)
-            .map(|e| e.path)
-            .collect()
-    } else {
-        trigger.shards.clone()
+    // A trigger names the shards committed when it fired. A gate trigger can fire before the
+    // tenant's first shard is committed (windows close within seconds, shards roll by age): then
+    // the tenant's manifest is read, waiting a bounded time for rows to land.
+    let deadline = tokio::time::Instant::now() + SHARD_WAIT;
+    let (files, loaded) = loop {
+        let files = if trigger.shards.is_empty() {
+            let manifest = options.shards_root.join(aion_events::SHARD_MANIFEST);
+            let text = std::fs::read_to_string(&manifest).unwrap_or_default();
+            aion_events::parse_manifest(&text)
+                .into_iter()
+                .filter(|e| e.tenant_id == tenant)
+                .map(|e| e.path)
+                .collect()
+        } else {
+            trigger.shards.clone()
+        };
+        let loaded = load_examples(&options.shards_root, &files, &options.filter);
+        let waiting = trigger.shards.is_empty()
+            && matches!(&loaded, Ok(e) if e.len() < 2)
+            && tokio::time::Instant::now() < deadline;
+        if !waiting {
+            break (files, loaded);
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(2)) => {}
+            () = stop.cancelled() => return Ok(None),
+        }
     };
-    let examples = match load_examples(&options.shards_root, &files, &options.filter) {
+    let examples = match loaded {
         Ok(e) if e.len() >= 2 => e,
         Ok(e) => {
             return Ok(Some(TrainStatus {

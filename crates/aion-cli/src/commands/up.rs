@@ -32,6 +32,9 @@ pub struct Args {
     /// full epochs: `aion trainer run` without --max-steps).
     #[arg(long, default_value_t = 8)]
     pub train_max_steps: usize,
+    /// Training rows per job (a CPU demo keeps it small: the held-out loss is computed twice).
+    #[arg(long, default_value_t = 400)]
+    pub train_max_examples: usize,
     /// Longest training example in tokens (the demo's answers are short).
     #[arg(long, default_value_t = 256)]
     pub train_max_len: usize,
@@ -173,6 +176,7 @@ pub async fn run(args: Args, mut ctx: Context, stop: CancellationToken) -> Resul
         let mut run_args = super::trainer::RunArgs::defaults();
         run_args.max_steps = Some(args.train_max_steps);
         run_args.max_len = Some(args.train_max_len);
+        run_args.max_examples = args.train_max_examples;
         let mut options = super::trainer::options(&ctx, run_args)?;
         options.progress_bar = false; // the summary line reports progress
         println!(
@@ -183,7 +187,13 @@ pub async fn run(args: Args, mut ctx: Context, stop: CancellationToken) -> Resul
         );
         let (stop, stats) = (stop.clone(), trainer_stats.clone());
         Some(tokio::spawn(async move {
-            aion_trainer::run(&options, stop, &stats).await
+            let result = aion_trainer::run(&options, stop.clone(), &stats).await;
+            if let Err(e) = &result {
+                // Say so now, and stop the loop: a summary line without training would mislead.
+                tracing::error!("the trainer stopped: {e}");
+                stop.cancel();
+            }
+            result
         }))
     } else {
         println!(

@@ -30,9 +30,11 @@ fn the_loop_trains_the_degraded_tenant_and_the_panel_drives_a_job() {
             .args(["--events", "3000", "--rate", "1500", "--span-hours", "12"])
             .args([
                 "--train-max-steps",
-                "2",
+                "1",
                 "--train-max-len",
                 "64",
+                "--train-max-examples",
+                "40",
                 "--summary-secs",
                 "5",
             ])
