@@ -14,6 +14,7 @@ mod tail;
 mod topics;
 mod trainer;
 mod up;
+mod validate;
 mod windows;
 
 use anyhow::Result;
@@ -73,6 +74,9 @@ pub enum Command {
     /// Benchmarks side by side with their targets and references: relay, windows, shards, ner.
     #[command(subcommand)]
     Bench(bench::Action),
+    /// Check every stage definition of a pipelines directory (TOML parsed and validated, the
+    /// window aggregate planned, analysts' SQL parsed); non-zero exit if any is invalid.
+    Validate(validate::Args),
     /// Run the whole loop locally: broker, topics, stages and synthetic traffic, with a live summary.
     Up(up::Args),
 }
@@ -148,6 +152,7 @@ pub async fn run(command: Command, ctx: Context) -> Result<()> {
         Command::Sql(args) => sql::run(args, &ctx).await,
         Command::Ndcg(args) => ndcg::run(args, &ctx),
         Command::Bench(action) => bench::run(action, &ctx).await,
+        Command::Validate(args) => validate::run(args).await,
         Command::Up(args) => up::run(args, ctx, shutdown_signal()).await,
     }
 }

@@ -10,6 +10,7 @@ mod serve;
 mod shards;
 mod trainer;
 mod up;
+mod validate;
 mod windows;
 
 use std::process::{Child, Command, Stdio};
