@@ -45,6 +45,13 @@ pub struct Args {
 }
 
 pub async fn run(args: Args, mut ctx: Context, stop: CancellationToken) -> Result<()> {
+    // One machine runs the broker, the enricher's and the trainer's models and every stage. With
+    // candle's compute threads on every core during training, the local broker's group
+    // coordinator fell behind and consumers' sessions expired (measured on 2 cores: two stages
+    // stopped consuming). One compute thread per model leaves the other cores to the rest.
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        std::env::set_var("RAYON_NUM_THREADS", "1");
+    }
     if !args.external_broker {
         let port = aion_broker::start_background(args.port, &ctx.broker_dir())
             .context("starting the local broker")?;
