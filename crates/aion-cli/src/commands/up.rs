@@ -45,10 +45,10 @@ pub struct Args {
 }
 
 pub async fn run(args: Args, mut ctx: Context, stop: CancellationToken) -> Result<()> {
-    // One machine runs the broker, the enricher's and the trainer's models and every stage. With
-    // candle's compute threads on every core during training, the local broker's group
-    // coordinator fell behind and consumers' sessions expired (measured on 2 cores: two stages
-    // stopped consuming). One compute thread per model leaves the other cores to the rest.
+    // One machine runs the broker, the enricher's and the trainer's models and every stage: one
+    // compute thread per model leaves cores to the broker and the other stages. (On 2 cores the
+    // local broker's group coordinator can still fall behind under the full loop's load; consumers
+    // whose sessions expire then wait for it to reassign their partitions.)
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
         std::env::set_var("RAYON_NUM_THREADS", "1");
     }
