@@ -33,16 +33,7 @@ fn saved_then_loaded_adapter_gives_identical_logits() {
     assert_eq!(names, ["adapter"]);
 
     let loaded = load_adapter(&adapter_dir, base.model.config().num_hidden_layers).unwrap();
-    let ids = base
-        .tokenizer
-        .encode("Adapters survive a round trip.", false)
-        .unwrap()
-        .get_ids()
-        .to_vec();
-    let input = Tensor::new(ids.as_slice(), &Device::Cpu)
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap();
+    let (_, input) = crate::input(base, "Adapters survive a round trip.");
     let a = base.model.forward(&input, None, Some(&lora)).unwrap();
     let b = base.model.forward(&input, None, Some(&loaded)).unwrap();
     let plain = base.model.forward(&input, None, None).unwrap();

@@ -43,3 +43,18 @@ pub fn base() -> Option<&'static BaseModel> {
     })
     .as_ref()
 }
+
+/// Token ids of `text` (no special tokens) and them as a `[1, tokens]` model input.
+pub fn input(base: &BaseModel, text: &str) -> (Vec<u32>, candle_core::Tensor) {
+    let ids = base
+        .tokenizer
+        .encode(text, false)
+        .unwrap()
+        .get_ids()
+        .to_vec();
+    let tensor = candle_core::Tensor::new(ids.as_slice(), &candle_core::Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    (ids, tensor)
+}

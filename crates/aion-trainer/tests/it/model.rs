@@ -69,16 +69,7 @@ fn perplexity_of_an_english_paragraph_is_sane() {
 #[test]
 fn lora_with_zero_b_is_exactly_the_base() {
     let Some(base) = base() else { return };
-    let ids = base
-        .tokenizer
-        .encode("LoRA starts as the identity.", false)
-        .unwrap()
-        .get_ids()
-        .to_vec();
-    let input = Tensor::new(ids.as_slice(), &Device::Cpu)
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap();
+    let (_, input) = crate::input(base, "LoRA starts as the identity.");
     let lora = Lora::new(&LoraConfig::default(), &base.model, 7).unwrap();
     let plain = base.model.forward(&input, None, None).unwrap();
     let adapted = base.model.forward(&input, None, Some(&lora)).unwrap();

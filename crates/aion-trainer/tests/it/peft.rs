@@ -8,7 +8,6 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use aion_trainer::{export_dequantised, save_adapter};
-use candle_core::{Device, Tensor};
 
 use crate::adapter::random_lora;
 use crate::base;
@@ -61,16 +60,7 @@ fn peft_parity_of_base_and_adapter_logits() {
     let lora = random_lora(&base.model);
     save_adapter(&lora, &base_dir.display().to_string(), &adapter_dir).unwrap();
 
-    let ids = base
-        .tokenizer
-        .encode("Parity between candle and PEFT, olá!", false)
-        .unwrap()
-        .get_ids()
-        .to_vec();
-    let input = Tensor::new(ids.as_slice(), &Device::Cpu)
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap();
+    let (ids, input) = crate::input(base, "Parity between candle and PEFT, olá!");
     for (adapter, lora) in [(None, None), (Some(adapter_dir.as_path()), Some(&lora))] {
         let ours: Vec<Vec<f32>> = base
             .model
