@@ -22,7 +22,7 @@ pub use event::{
     validate_tenant_id, AnswerEvent, Judgment, Relevance, RetrievalEvent, RetrievalResult, Schema,
     MAX_RELEVANCE,
 };
-pub use manifest::{parse_manifest, ShardEntry, SHARD_MANIFEST};
+pub use manifest::{parse_manifest, tenant_shards, ShardEntry, SHARD_MANIFEST};
 pub use metrics::WindowMetrics;
 pub use rebuild::{IndexRebuild, RebuildReason};
 pub use status::{ControlAction, JobState, TrainControl, TrainStatus};

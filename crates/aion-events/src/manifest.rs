@@ -1,6 +1,8 @@
 //! The shard manifest: one JSON line per committed training shard, appended by the shard writer
 //! (`<shards root>/_manifest.jsonl`) and read by the trigger gate and the trainer.
 
+use std::path::Path;
+
 use serde::{Deserialize, Serialize};
 
 /// File name of the manifest under the shard table's root.
@@ -26,4 +28,19 @@ pub fn parse_manifest(text: &str) -> Vec<ShardEntry> {
     text.lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect()
+}
+
+/// The shard files of `tenant` committed in the table at `root` (paths relative to it), oldest
+/// first; none when the table has no manifest yet.
+pub fn tenant_shards(root: &Path, tenant: &str) -> std::io::Result<Vec<String>> {
+    let text = match std::fs::read_to_string(root.join(SHARD_MANIFEST)) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    Ok(parse_manifest(&text)
+        .into_iter()
+        .filter(|e| e.tenant_id == tenant)
+        .map(|e| e.path)
+        .collect())
 }

@@ -125,17 +125,8 @@ pub fn shard_snapshot(options: &GateOptions, tenant: &str) -> Result<Vec<String>
     let Some(root) = &options.shards_root else {
         return Ok(Vec::new());
     };
-    let path = root.join(aion_events::SHARD_MANIFEST);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(crate::io(&path, e)),
-    };
-    Ok(aion_events::parse_manifest(&text)
-        .into_iter()
-        .filter(|e| e.tenant_id == tenant)
-        .map(|e| e.path)
-        .collect())
+    aion_events::tenant_shards(root, tenant)
+        .map_err(|e| crate::io(&root.join(aion_events::SHARD_MANIFEST), e))
 }
 
 /// Runs until `stop` is cancelled.

@@ -292,13 +292,8 @@ async fn run_job(
     let deadline = tokio::time::Instant::now() + SHARD_WAIT;
     let (files, loaded) = loop {
         let files = if trigger.shards.is_empty() {
-            let manifest = options.shards_root.join(aion_events::SHARD_MANIFEST);
-            let text = std::fs::read_to_string(&manifest).unwrap_or_default();
-            aion_events::parse_manifest(&text)
-                .into_iter()
-                .filter(|e| e.tenant_id == tenant)
-                .map(|e| e.path)
-                .collect()
+            // An unreadable manifest is waited on like an empty one.
+            aion_events::tenant_shards(&options.shards_root, &tenant).unwrap_or_default()
         } else {
             trigger.shards.clone()
         };
