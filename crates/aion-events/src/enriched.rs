@@ -3,6 +3,8 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::{Judgment, RetrievalResult};
+
 /// One scored term of an event: entity mentions weigh 3, keyphrases 1.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Term {
@@ -24,6 +26,11 @@ pub struct EnrichedRetrieval {
     pub tenant_id: String,
     pub ts: DateTime<Utc>,
     pub entities: Vec<Term>,
+    /// The original event's ranking and judgments, for its nDCG.
+    #[serde(default)]
+    pub results: Vec<RetrievalResult>,
+    #[serde(default)]
+    pub judgments: Option<Vec<Judgment>>,
 }
 
 impl crate::event::Schema for EnrichedRetrieval {

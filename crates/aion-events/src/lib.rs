@@ -11,6 +11,7 @@ mod enriched;
 mod event;
 mod manifest;
 mod metrics;
+pub mod ndcg;
 mod rebuild;
 mod status;
 pub mod topics;

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-use crate::{Error, Gain, Result};
+use aion_events::ndcg::Gain;
+
+use crate::{Error, Result};
 
 /// The pipeline shipped in the repository, embedded so the binary runs without the source tree.
 pub const DEFAULT_PIPELINE: &str = include_str!("../../../pipelines/windows.toml");

@@ -10,7 +10,6 @@
 
 mod aggregate;
 mod config;
-mod ndcg;
 mod operator;
 mod stage;
 mod table;
@@ -19,7 +18,6 @@ pub use aggregate::{input_schema, Aggregator, GroupResult, INPUT_TABLE};
 pub use config::{
     parse_duration, WindowSpec, WindowsConfig, DEFAULT_PIPELINE, DEFAULT_SQL, WINDOW_EVENTS_VIEW,
 };
-pub use ndcg::{ndcg, Gain};
 pub use operator::{
     Admission, ClosedGroup, ClosedWindow, Closing, Measure, Micros, Observation, Origin,
     ReleasedPane, WindowOperator,

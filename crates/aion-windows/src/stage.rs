@@ -21,7 +21,7 @@ use tracing::{debug, info};
 use crate::aggregate::Aggregator;
 use crate::operator::{Closing, Measure, Observation, Origin, WindowOperator};
 use crate::table::{pane_batch, Table};
-use crate::{ndcg, Error, Result, WindowsConfig};
+use crate::{Error, Result, WindowsConfig};
 
 /// Table of closed windows' aggregates, under [`StageOptions::data_dir`].
 pub const METRICS_TABLE: &str = "metrics";
@@ -172,7 +172,12 @@ pub fn observation(
             tenant: Arc::from(e.tenant_id.as_str()),
             ts: e.ts.timestamp_micros(),
             measure: Measure::Retrieval {
-                ndcg: ndcg(&e, config.ndcg.k, config.ndcg.gain),
+                ndcg: aion_events::ndcg::ndcg(
+                    &e.results,
+                    e.judgments.as_deref(),
+                    config.ndcg.k,
+                    config.ndcg.gain,
+                ),
             },
         })
     } else {

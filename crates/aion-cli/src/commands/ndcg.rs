@@ -3,8 +3,8 @@
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 
+use aion_events::ndcg::{ndcg, Gain};
 use aion_events::{decode, RetrievalEvent};
-use aion_windows::{ndcg, Gain};
 use anyhow::{bail, Context as _, Result};
 use clap::ValueEnum;
 use serde_json::json;
@@ -57,7 +57,7 @@ pub fn run(args: Args, ctx: &Context) -> Result<()> {
         }
         match decode::<RetrievalEvent>(&line, &limits) {
             Ok(e) => {
-                let score = ndcg(&e, args.k, gain);
+                let score = ndcg(&e.results, e.judgments.as_deref(), args.k, gain);
                 writeln!(
                     out,
                     "{}",

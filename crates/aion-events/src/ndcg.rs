@@ -1,4 +1,4 @@
-//! nDCG@k of one retrieval event.
+//! nDCG@k of one retrieval event: what the windows aggregate and the training shards record.
 //!
 //! DCG@k = Σ_{i=1..k} gain(rel_i) / log2(i + 1) over the results in rank order (i is the position,
 //! so gaps in rank numbers do not matter). The ideal DCG@k applies the same sum to the judged
@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 
-use aion_events::{Relevance, RetrievalEvent};
+use crate::{Judgment, Relevance, RetrievalResult};
 use serde::{Deserialize, Serialize};
 
 /// How a relevance grade becomes gain.
@@ -43,20 +43,25 @@ fn discounted(gains: impl Iterator<Item = f64>, k: usize) -> f64 {
         .sum()
 }
 
-/// nDCG@k of `event`, or `None` when the event carries no judgment.
-pub fn ndcg(event: &RetrievalEvent, k: usize, gain: Gain) -> Option<f64> {
-    let mut grades: HashMap<&str, Relevance> = event
-        .results
+/// nDCG@k of a retrieval event's `results` under its `judgments`, or `None` when the event
+/// carries no judgment.
+pub fn ndcg(
+    results: &[RetrievalResult],
+    judgments: Option<&[Judgment]>,
+    k: usize,
+    gain: Gain,
+) -> Option<f64> {
+    let mut grades: HashMap<&str, Relevance> = results
         .iter()
         .filter_map(|r| r.rel.map(|rel| (r.doc_id.as_str(), rel)))
         .collect();
-    if let Some(judgments) = &event.judgments {
+    if let Some(judgments) = judgments {
         grades.extend(judgments.iter().map(|j| (j.doc_id.as_str(), j.rel)));
     }
     if grades.is_empty() {
         return None;
     }
-    let mut ranked: Vec<_> = event.results.iter().collect();
+    let mut ranked: Vec<_> = results.iter().collect();
     ranked.sort_by_key(|r| r.rank);
     let dcg = discounted(
         ranked
@@ -72,9 +77,12 @@ pub fn ndcg(event: &RetrievalEvent, k: usize, gain: Gain) -> Option<f64> {
 
 #[cfg(test)]
 mod tests {
-    use aion_events::{Judgment, RetrievalResult};
-
     use super::*;
+    use crate::RetrievalEvent;
+
+    fn ndcg(e: &RetrievalEvent, k: usize, gain: Gain) -> Option<f64> {
+        super::ndcg(&e.results, e.judgments.as_deref(), k, gain)
+    }
 
     fn event(rels: &[Option<u8>], judgments: Option<Vec<(&str, u8)>>) -> RetrievalEvent {
         RetrievalEvent {
