@@ -34,6 +34,9 @@ pub struct KafkaSection {
     pub replication: i32,
     /// Extra librdkafka properties (security, tuning), applied to every client last.
     pub properties: BTreeMap<String, String>,
+    /// `group` (default): a stage's members share partitions through its consumer group; `all`:
+    /// each stage process reads every partition, assigned directly (what `aion up` uses).
+    pub assignment: aion_kafka::Assignment,
 }
 
 impl Default for KafkaSection {
@@ -44,6 +47,7 @@ impl Default for KafkaSection {
             partitions: 3,
             replication: 1,
             properties: BTreeMap::new(),
+            assignment: aion_kafka::Assignment::Group,
         }
     }
 }

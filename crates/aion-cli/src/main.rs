@@ -92,6 +92,7 @@ impl Context {
         }
         let mut kafka = aion_kafka::KafkaConfig::new(config.kafka.brokers.clone());
         kafka.properties = config.kafka.properties.clone();
+        kafka.assignment = config.kafka.assignment;
         let state_dir = cli
             .state_dir
             .clone()

@@ -19,7 +19,7 @@ use std::path::Path;
 pub use config::{GateConfig, IndexRebuildConfig, Settings, SettingsStore, DEFAULT_PIPELINE};
 pub use gate::{state_path, Gate, TenantState, Verdict};
 pub use index::{index_path, run_index, IndexWatch};
-pub use stage::{manual_trigger, run, shard_snapshot, trigger, GateOptions, Stats};
+pub use stage::{manual_trigger, run, shard_snapshot, trigger, GateOptions, Latest, Stats};
 
 /// Errors of the gate.
 #[derive(Debug, thiserror::Error)]

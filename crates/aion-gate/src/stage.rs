@@ -54,6 +54,16 @@ impl GateOptions {
 pub struct Stats {
     pub evaluated: AtomicU64,
     pub fired: AtomicU64,
+    /// The latest evaluated window of each tenant: (window end, mean nDCG, fallback rate).
+    pub latest: std::sync::Mutex<std::collections::BTreeMap<String, Latest>>,
+}
+
+/// A tenant's most recent evaluated window, for live summaries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Latest {
+    pub window_end: DateTime<Utc>,
+    pub ndcg_mean: Option<f64>,
+    pub fallback_rate: Option<f64>,
 }
 
 fn thresholds(s: &Settings) -> Thresholds {
@@ -190,6 +200,20 @@ pub async fn run(
             continue;
         }
         stats.evaluated.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut latest = stats.latest.lock().unwrap_or_else(|p| p.into_inner());
+            let newer = latest
+                .get(&m.tenant_id)
+                .is_none_or(|l| l.window_end <= m.window_end);
+            if newer {
+                let l = Latest {
+                    window_end: m.window_end,
+                    ndcg_mean: m.ndcg_mean,
+                    fallback_rate: m.fallback_rate,
+                };
+                latest.insert(m.tenant_id.clone(), l);
+            }
+        }
         match verdict {
             Verdict::Fire(reason) => {
                 let mut t = trigger(config, &settings, &m, reason);

@@ -11,6 +11,23 @@ pub struct KafkaConfig {
     pub client_id: String,
     /// Extra librdkafka properties (security, tuning), applied last so they can override ours.
     pub properties: BTreeMap<String, String>,
+    /// How a stage's consumer gets its partitions.
+    pub assignment: Assignment,
+}
+
+/// How a stage's consumer gets its partitions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Assignment {
+    /// Consumer-group membership: members of a stage share the partitions and rebalance when one
+    /// joins, leaves or dies. For stages scaled out over several processes.
+    #[default]
+    Group,
+    /// Every partition of the input topics, assigned directly: no membership, no heartbeats, no
+    /// rebalances; offsets are still fetched from and committed to the stage's group. For one
+    /// process per stage (the local loop `aion up`): a broker too busy to answer heartbeats in
+    /// time cannot take its partitions away. Partitions added while it runs are not picked up.
+    All,
 }
 
 impl KafkaConfig {
@@ -19,6 +36,7 @@ impl KafkaConfig {
             brokers: brokers.into(),
             client_id: "aion".into(),
             properties: BTreeMap::new(),
+            assignment: Assignment::Group,
         }
     }
 

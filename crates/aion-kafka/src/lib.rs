@@ -23,7 +23,7 @@ mod source;
 mod tracker;
 
 pub use admin::{committed_offsets, create_topics, partition_count, topic_records, TopicSpec};
-pub use config::KafkaConfig;
+pub use config::{Assignment, KafkaConfig};
 pub use error::{Error, Result};
 pub use rdkafka::message::{Header, OwnedHeaders};
 pub use reader::{RawRecord, Reader};

@@ -10,12 +10,12 @@ use rdkafka::consumer::{
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
-use rdkafka::ClientContext;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::tracker::{Ack, PartitionKey, Tracker};
-use crate::{Error, KafkaConfig, Result};
+use crate::{Assignment, Error, KafkaConfig, Result};
 
 /// How often acknowledged offsets are handed to librdkafka (which commits them every
 /// `auto.commit.interval.ms`). Short enough that a crash replays little, long enough to batch.
@@ -195,6 +195,7 @@ impl Source {
             stage: config.stage.clone(),
         };
         let consumer: StreamConsumer<SourceContext> = c.create_with_context(context)?;
+        let mut partitions = TopicPartitionList::new();
         for topic in &config.topics {
             let metadata = consumer
                 .fetch_metadata(Some(topic), Duration::from_secs(10))
@@ -202,9 +203,23 @@ impl Source {
             if metadata.topics().iter().all(|t| t.partitions().is_empty()) {
                 return Err(Error::UnknownTopic(topic.clone()));
             }
+            for t in metadata.topics().iter().filter(|t| t.name() == topic) {
+                for p in t.partitions() {
+                    // The group's committed offset, else `auto.offset.reset`.
+                    partitions.add_partition_offset(topic, p.id(), Offset::Stored)?;
+                }
+            }
         }
-        let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
-        consumer.subscribe(&topics)?;
+        match kafka.assignment {
+            Assignment::Group => {
+                let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
+                consumer.subscribe(&topics)?;
+            }
+            Assignment::All => {
+                consumer.assign(&partitions)?;
+                info!(stage = %config.stage, partitions = partitions.count(), "partitions assigned directly");
+            }
+        }
         Ok(Self {
             consumer,
             tracker,
@@ -310,7 +325,11 @@ impl Source {
             .unwrap_or(false);
         self.store_acked();
         let committed = commit_sync(&self.consumer);
-        self.consumer.unsubscribe();
+        if self.consumer.subscription().is_ok_and(|s| s.count() > 0) {
+            self.consumer.unsubscribe();
+        } else if let Err(error) = self.consumer.unassign() {
+            debug!(stage = %self.stage, %error, "unassign on shutdown");
+        }
         match &committed {
             Ok(()) => {
                 info!(stage = %self.stage, settled, in_flight = self.in_flight(), "source closed, offsets committed")

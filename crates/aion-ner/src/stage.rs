@@ -131,7 +131,9 @@ pub async fn run(options: &EnrichOptions, stop: CancellationToken, stats: &Stats
             .iter()
             .map(|(e, r)| (e, r.payload.as_slice()))
             .collect();
-        let enriched = enrich(&model, &inputs, options.batch_size)?;
+        // The forward pass takes a core for a while: hand this worker's other tasks (every other
+        // stage of `aion up` shares the runtime) to the remaining workers meanwhile.
+        let enriched = tokio::task::block_in_place(|| enrich(&model, &inputs, options.batch_size))?;
         drop(inputs);
         for ((event, record), enriched) in valid.into_iter().zip(enriched) {
             sink.send(

@@ -139,3 +139,45 @@ async fn subscribing_to_a_missing_topic_is_a_clear_error() {
         Ok(_) => panic!("subscribed to a missing topic"),
     }
 }
+
+/// Direct assignment (`aion up`): no group membership, yet offsets are fetched from and committed
+/// to the group, so a restart resumes where the last run's durable outputs ended — and two runs
+/// never split the partitions between them.
+#[tokio::test(flavor = "multi_thread")]
+async fn direct_assignment_reads_every_partition_and_resumes_from_committed_offsets() {
+    let s = Setup::new(&[("in", 3)]).await;
+    s.produce("in", 300).await;
+    let mut kafka: KafkaConfig = s.kafka.clone();
+    kafka.assignment = aion_kafka::Assignment::All;
+    let config = SourceConfig::new("test", vec!["in".into()], "g6");
+    let mut first = Source::new(&kafka, &config).unwrap();
+    let records = recv_n(&mut first, 300).await;
+    let partitions: std::collections::BTreeSet<i32> = records.iter().map(|r| r.partition).collect();
+    assert_eq!(
+        partitions.len(),
+        3,
+        "every partition read by the one member"
+    );
+    // The last record of each partition stays unacknowledged: it must be read again.
+    let mut last: BTreeMap<i32, i64> = BTreeMap::new();
+    for r in &records {
+        let e = last.entry(r.partition).or_default();
+        *e = (*e).max(r.offset);
+    }
+    let mut held = Vec::new();
+    for r in records {
+        if last[&r.partition] == r.offset {
+            held.push(r.ack);
+        }
+    }
+    first.shutdown(Duration::from_millis(500)).await.unwrap();
+    drop(held);
+    assert_eq!(committed(&s.kafka, "g6"), last);
+
+    let mut again = Source::new(&kafka, &config).unwrap();
+    let replayed = recv_n(&mut again, 3).await;
+    let mut got: Vec<(i32, i64)> = replayed.iter().map(|r| (r.partition, r.offset)).collect();
+    got.sort_unstable();
+    assert_eq!(got, last.into_iter().collect::<Vec<_>>());
+    assert_eq!(again.revocations(), 0);
+}
