@@ -3,7 +3,7 @@
 usage: shards_interop.py SHARD_ROOT AION_SQL_JSONL
 AION_SQL_JSONL: the output of
   aion sql --format json "SELECT tenant_id, date, event_id, instruction, response, confidence,
-                                 fallback, latency_ms FROM shards ORDER BY event_id"
+                                 fallback, latency_ms, ndcg, entities FROM shards ORDER BY event_id"
 Exits non-zero with the first difference.
 """
 import json
@@ -12,11 +12,13 @@ import sys
 import duckdb
 import pyarrow.dataset as ds
 
-COLUMNS = ["tenant_id", "date", "event_id", "instruction", "response", "confidence", "fallback", "latency_ms"]
+COLUMNS = ["tenant_id", "date", "event_id", "instruction", "response", "confidence", "fallback",
+           "latency_ms", "ndcg", "entities"]
 
 
 def normalise(row):
-    return tuple(row[c] for c in COLUMNS)
+    # Arrow's JSON writer leaves out null values; a missing key is a null.
+    return tuple(tuple(v) if isinstance(v, list) else v for v in (row.get(c) for c in COLUMNS))
 
 
 def main():
@@ -35,7 +37,8 @@ def main():
         f"SELECT {', '.join(COLUMNS)} FROM read_parquet(?, hive_partitioning = true) ORDER BY event_id",
         [f"{root}/*/*/*.parquet"],
     ).fetchall()
-    from_duckdb = [tuple(str(v) if i == 1 else v for i, v in enumerate(r)) for r in rows]
+    from_duckdb = [normalise(dict(zip(COLUMNS, r))) for r in rows]
+    from_duckdb = [tuple(str(v) if i == 1 else v for i, v in enumerate(r)) for r in from_duckdb]
 
     for name, got in [("pyarrow", from_arrow), ("duckdb", from_duckdb)]:
         if len(got) != len(expected):

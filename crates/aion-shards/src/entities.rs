@@ -135,6 +135,8 @@ mod tests {
                 term("maria pediu reembolso", "KEYPHRASE", 1),
                 term("ligue 11 98765-4321", "KEYPHRASE", 1),
             ],
+            results: Vec::new(),
+            judgments: None,
         };
         let mut counts = Counts::new();
         e.redact(&Redactor::new(), &mut counts);

@@ -1,17 +1,21 @@
-//! Training shards: answer events, PII redacted, as Hive-partitioned Parquet files with a manifest
-//! the trigger and trainer reference; and, written the same way, the entity mentions of enriched
-//! retrieval events. Owns those tables; reads the wire types of `aion-events` and the delivery
+//! Training shards: answer events joined with their retrieval's nDCG and entities, PII redacted,
+//! as Hive-partitioned Parquet files with a manifest the trigger and trainer reference; and,
+//! written the same way, the entity mentions of enriched retrieval events. Owns those tables; reads the wire types of `aion-events` and the delivery
 //! contract of `aion-kafka`; knows no other stage.
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 mod entities;
+mod join;
 pub mod redact;
+mod remote;
 mod stage;
 mod writer;
 
 pub use aion_events::ShardEntry;
-pub use stage::{run, ShardOptions, Stats};
+pub use join::{Joined, Joiner, RetrievalSignals, TrainingRow};
+pub use remote::Remote;
+pub use stage::{run, JoinOptions, ShardOptions, Stats};
 pub use writer::{read_manifest, RollPolicy, ShardRecord, ShardWriter, MANIFEST};
 
 /// Errors of the shard writer.
@@ -28,6 +32,8 @@ pub enum Error {
     Parquet(#[from] datafusion::parquet::errors::ParquetError),
     #[error("manifest: {0}")]
     Manifest(String),
+    #[error("{0}")]
+    Remote(String),
     #[error(transparent)]
     Kafka(#[from] aion_kafka::Error),
 }

@@ -7,7 +7,9 @@
 
 use std::collections::BTreeMap;
 
-use regex::{Captures, Regex};
+use regex::{Captures, Regex, RegexBuilder};
+
+use aion_events::Term;
 
 /// The kinds of PII replaced, and their placeholders.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -220,6 +222,59 @@ impl Redactor {
     }
 }
 
+/// The identifying entities (names, addresses, ids: [`Pii::of_entity`]) the NER model found in
+/// an answer's retrieval, matched case-insensitively on word boundaries in the answer's text.
+/// Entity texts are lower-cased by the enricher, so a plain string replace would miss "Maria".
+#[derive(Debug)]
+pub struct PrivateEntities {
+    /// One alternation, longest text first so "maria silva" wins over "maria".
+    pattern: Option<(Regex, Vec<(String, Pii)>)>,
+}
+
+impl PrivateEntities {
+    pub fn of(terms: &[Term]) -> Self {
+        let mut private: Vec<(String, Pii)> = terms
+            .iter()
+            .filter(|t| !t.text.trim().is_empty())
+            .filter_map(|t| Pii::of_entity(&t.kind).map(|pii| (t.text.to_lowercase(), pii)))
+            .collect();
+        private.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
+        private.dedup_by(|a, b| a.0 == b.0);
+        if private.is_empty() {
+            return Self { pattern: None };
+        }
+        let alternation: Vec<String> = private.iter().map(|(t, _)| regex::escape(t)).collect();
+        let pattern = RegexBuilder::new(&format!(r"\b(?:{})\b", alternation.join("|")))
+            .case_insensitive(true)
+            .build()
+            .ok();
+        Self {
+            pattern: pattern.map(|re| (re, private)),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pattern.is_none()
+    }
+
+    /// Replaces every occurrence by its type's placeholder, adding to `counts`.
+    pub fn redact(&self, text: &str, counts: &mut Counts) -> String {
+        let Some((re, private)) = &self.pattern else {
+            return text.to_owned();
+        };
+        re.replace_all(text, |c: &Captures<'_>| {
+            let found = c[0].to_lowercase();
+            let pii = private
+                .iter()
+                .find(|(t, _)| *t == found)
+                .map_or(Pii::Person, |(_, pii)| *pii);
+            *counts.entry(pii).or_default() += 1;
+            pii.placeholder().to_owned()
+        })
+        .into_owned()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,6 +338,34 @@ mod tests {
             assert_eq!(out, expected, "{input}");
             assert_eq!(counts.get(&pii), Some(&1), "{input}");
         }
+    }
+
+    #[test]
+    fn names_the_model_found_are_replaced_in_any_case_and_only_on_word_boundaries() {
+        let term = |text: &str, kind: &str| Term {
+            text: text.into(),
+            kind: kind.into(),
+            score: 3,
+            source: "ner".into(),
+        };
+        let private = PrivateEntities::of(&[
+            term("maria", "GIVEN_NAME"),
+            term("maria silva", "GIVEN_NAME"),
+            term("rua augusta", "STREET_NAME"),
+            term("curitiba", "CITY"),
+        ]);
+        let mut counts = Counts::new();
+        let out = private.redact(
+            "Maria Silva mora na Rua Augusta, MARIA disse; Mariana e Curitiba ficam.",
+            &mut counts,
+        );
+        assert_eq!(
+            out,
+            "<PERSON> mora na <ADDRESS>, <PERSON> disse; Mariana e Curitiba ficam."
+        );
+        assert_eq!(counts.get(&Pii::Person), Some(&2));
+        assert_eq!(counts.get(&Pii::Address), Some(&1));
+        assert!(PrivateEntities::of(&[term("curitiba", "CITY")]).is_empty());
     }
 
     #[test]

@@ -1,17 +1,21 @@
 //! The shard writer stage: `answer.v1` in, Parquet training shards out; and, when configured,
-//! `retrieval.enriched.v1` in, the entity-mention table out (both through [`ShardWriter`]).
+//! `retrieval.enriched.v1` in, the entity-mention table out (both through [`ShardWriter`]) and
+//! each answer joined with its retrieval's signals ([`Joiner`]).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use aion_events::ndcg::Gain;
 use aion_events::{decode, AnswerEvent, DecodeLimits, EnrichedRetrieval, Schema, ShardEntry};
 use aion_kafka::{Ack, KafkaConfig, Record, Sink, Source, SourceConfig};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use crate::join::{Joiner, RetrievalSignals, TrainingRow};
 use crate::redact::Redactor;
-use crate::writer::{RollPolicy, ShardRecord, ShardWriter};
+use crate::remote::Remote;
+use crate::writer::{RollPolicy, ShardWriter};
 use crate::Result;
 
 const STAGE: &str = "shards";
@@ -29,9 +33,39 @@ pub struct ShardOptions {
     /// The enriched-retrieval topic and the root of the entity-mention table, if wanted.
     pub entities: Option<(String, PathBuf)>,
     pub policy: RollPolicy,
+    /// Object storage the tables are copied to (`<url>/shards/…`, `<url>/entities/…`), if any.
+    pub remote: Option<Remote>,
+    /// How answers are joined with their enriched retrieval (only with `entities`).
+    pub join: JoinOptions,
     /// Redact PII before writing (on by default; off only for data known to be clean).
     pub redact: bool,
     pub decode: DecodeLimits,
+}
+
+/// The answer → retrieval join.
+#[derive(Debug, Clone)]
+pub struct JoinOptions {
+    /// How long an answer waits for its enriched retrieval before it is written without its
+    /// signals; rows behind it on its partition wait with it.
+    pub wait: Duration,
+    /// Retrievals remembered for answers that arrive after them.
+    pub capacity: usize,
+    /// nDCG cut-off and gain: the windows stage's, so both report the same number.
+    pub ndcg_k: usize,
+    pub ndcg_gain: Gain,
+}
+
+impl Default for JoinOptions {
+    fn default() -> Self {
+        // The enricher runs a model per event and trails the raw topic by seconds; 30 s covers
+        // that without holding shards back for long. 200k retrievals ≈ tens of MB.
+        Self {
+            wait: Duration::from_secs(30),
+            capacity: 200_000,
+            ndcg_k: 10,
+            ndcg_gain: Gain::Linear,
+        }
+    }
 }
 
 /// Live counts.
@@ -41,6 +75,9 @@ pub struct Stats {
     pub written: AtomicU64,
     pub shards: AtomicU64,
     pub skipped_replays: AtomicU64,
+    /// Rows written with their retrieval's signals, and rows whose retrieval was not seen in time.
+    pub joined: AtomicU64,
+    pub join_timeouts: AtomicU64,
 }
 
 /// Runs until `stop`; buffered rows are abandoned (replayed by the next run), never half-written.
@@ -57,14 +94,41 @@ pub async fn run(options: &ShardOptions, stop: CancellationToken, stats: &Stats)
     }
     let sink = Sink::new(&options.kafka, STAGE)?;
     let redactor = || options.redact.then(Redactor::new);
-    let mut answers: ShardWriter<AnswerEvent, Ack> =
+    let mut answers: ShardWriter<TrainingRow, Ack> =
         ShardWriter::open(&options.root, options.policy.clone(), redactor())?;
+    let join = &options.join;
+    let wait = if options.entities.is_some() {
+        join.wait
+    } else {
+        Duration::ZERO
+    };
+    let mut joiner: Joiner<Ack> = Joiner::new(wait, join.capacity);
     let mut entities: Option<ShardWriter<EnrichedRetrieval, Ack>> = options
         .entities
         .as_ref()
         .map(|(_, root)| ShardWriter::open(root, options.policy.clone(), redactor()))
         .transpose()?;
-    info!(root = %options.root.display(), redact = options.redact, "shard writer started");
+    // Each table's copy sits under its local directory's name.
+    let copy = |root: &PathBuf| {
+        options.remote.as_ref().map(|r| {
+            r.table(
+                &root
+                    .file_name()
+                    .map_or_else(|| "shards".into(), |n| n.to_string_lossy().into_owned()),
+            )
+        })
+    };
+    let answers_copy = copy(&options.root);
+    let entities_copy = options.entities.as_ref().and_then(|(_, root)| copy(root));
+    for (remote, root) in [
+        (&answers_copy, Some(&options.root)),
+        (&entities_copy, options.entities.as_ref().map(|(_, r)| r)),
+    ] {
+        if let (Some(remote), Some(root)) = (remote, root) {
+            remote.catch_up(root).await?;
+        }
+    }
+    info!(root = %options.root.display(), redact = options.redact, remote = options.remote.is_some(), "shard writer started");
     let mut revocations = source.revocations();
     let result = loop {
         let record = tokio::select! {
@@ -75,21 +139,50 @@ pub async fn run(options: &ShardOptions, stop: CancellationToken, stats: &Stats)
         if let Some(record) = record {
             stats.received.fetch_add(1, Ordering::Relaxed);
             if *record.topic == *options.topic {
-                buffer(&mut answers, record, &sink, &options.decode).await?;
+                if let Some((record, answer)) =
+                    decoded::<AnswerEvent>(record, &sink, &options.decode).await?
+                {
+                    let (partition, offset) = (record.partition, record.offset);
+                    joiner.answer(partition, offset, answer, record.ack, Instant::now());
+                }
             } else if let Some(writer) = entities.as_mut() {
-                buffer(writer, record, &sink, &options.decode).await?;
+                if let Some((record, event)) =
+                    decoded::<EnrichedRetrieval>(record, &sink, &options.decode).await?
+                {
+                    let signals = RetrievalSignals::of(&event, join.ndcg_k, join.ndcg_gain);
+                    joiner.retrieval(&event.event_id, signals);
+                    writer.push(record.partition, record.offset, event, record.ack);
+                }
             }
         }
         // A rebalance moves partitions: what is buffered for them is replayed by their new owner.
         let force = source.revocations() != revocations;
         revocations = source.revocations();
         let now = Instant::now();
+        let released = if force {
+            joiner.drain()
+        } else {
+            joiner.ready(now)
+        };
+        for (partition, offset, row, ack) in released {
+            answers.push(partition, offset, row, ack);
+        }
+        stats.joined.store(joiner.joined, Ordering::Relaxed);
+        stats
+            .join_timeouts
+            .store(joiner.timed_out, Ordering::Relaxed);
         let (acks, entries) = answers.roll(now, force)?;
+        if let Some(remote) = &answers_copy {
+            remote.upload(&options.root, &entries).await?;
+        }
         committed(&entries, "shards", stats);
         // Durable now: their offsets may be stored.
         drop(acks);
-        if let Some(writer) = entities.as_mut() {
+        if let (Some(writer), Some((_, root))) = (entities.as_mut(), options.entities.as_ref()) {
             let (acks, entries) = writer.roll(now, force)?;
+            if let Some(remote) = &entities_copy {
+                remote.upload(root, &entries).await?;
+            }
             committed(&entries, "entities", stats);
             drop(acks);
         }
@@ -99,6 +192,7 @@ pub async fn run(options: &ShardOptions, stop: CancellationToken, stats: &Stats)
     };
     let buffered = answers
         .into_acks()
+        .chain(joiner.into_acks())
         .chain(entities.into_iter().flat_map(ShardWriter::into_acks));
     for ack in buffered {
         ack.abandon();
@@ -108,23 +202,20 @@ pub async fn run(options: &ShardOptions, stop: CancellationToken, stats: &Stats)
     result
 }
 
-/// Decodes `record` into `writer`'s buffers, or dead-letters it.
-async fn buffer<R: ShardRecord + Schema>(
-    writer: &mut ShardWriter<R, Ack>,
+/// The event of `record`, or `None` once it is dead-lettered.
+async fn decoded<E: Schema>(
     record: Record,
     sink: &Sink,
     limits: &DecodeLimits,
-) -> Result<()> {
-    match decode::<R>(&record.payload, limits) {
-        Ok(event) => {
-            writer.push(record.partition, record.offset, event, record.ack);
-        }
+) -> Result<Option<(Record, E)>> {
+    match decode::<E>(&record.payload, limits) {
+        Ok(event) => Ok(Some((record, event))),
         Err(reject) => {
             sink.dead_letter(record, &reject.path, &reject.message)
-                .await?
+                .await?;
+            Ok(None)
         }
     }
-    Ok(())
 }
 
 fn committed(entries: &[ShardEntry], table: &'static str, stats: &Stats) {

@@ -14,9 +14,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aion_events::{AnswerEvent, ShardEntry};
+use aion_events::ShardEntry;
 use datafusion::arrow::array::{
-    ArrayRef, BooleanBuilder, Float64Builder, Int32Builder, Int64Builder, RecordBatch,
+    ArrayRef, BooleanBuilder, Float64Builder, Int32Builder, Int64Builder, ListBuilder, RecordBatch,
     StringBuilder, TimestampMicrosecondBuilder, UInt64Builder,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
@@ -24,7 +24,8 @@ use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::file::properties::WriterProperties;
 
-use crate::redact::{Counts, Redactor};
+use crate::join::TrainingRow;
+use crate::redact::{Counts, Pii, PrivateEntities, Redactor};
 use crate::{Error, Result};
 
 /// When a buffer becomes a file.
@@ -109,40 +110,62 @@ pub fn read_manifest(root: &Path) -> Result<Vec<ShardEntry>> {
     }
 }
 
-/// The training shard table: one row per answer.
-impl ShardRecord for AnswerEvent {
+/// The training shard table: one row per answer, with its retrieval's signals when joined.
+impl ShardRecord for TrainingRow {
     fn event_id(&self) -> &str {
-        &self.event_id
+        &self.answer.event_id
     }
 
     fn tenant_id(&self) -> &str {
-        &self.tenant_id
+        &self.answer.tenant_id
     }
 
     fn date(&self) -> String {
-        self.ts.format("%Y-%m-%d").to_string()
+        self.answer.ts.format("%Y-%m-%d").to_string()
     }
 
+    /// Person names, addresses and other identifying entities the NER model found in the joined
+    /// retrieval are replaced wherever they occur in the prompt and reply (any case), then the
+    /// patterns run; the entity list keeps only placeholders of those.
     fn redact(&mut self, redactor: &Redactor, counts: &mut Counts) {
-        self.prompt = redactor.redact(&self.prompt, counts);
-        self.reply = redactor.redact(&self.reply, counts);
+        let a = &mut self.answer;
+        if let Some(signals) = self.retrieval.as_mut() {
+            let private = PrivateEntities::of(&signals.entities);
+            a.prompt = private.redact(&a.prompt, counts);
+            a.reply = private.redact(&a.reply, counts);
+            if !private.is_empty() {
+                let s = std::sync::Arc::make_mut(signals);
+                for t in &mut s.entities {
+                    if let Some(pii) = Pii::of_entity(&t.kind) {
+                        t.text = pii.placeholder().to_owned();
+                    }
+                }
+            }
+        }
+        a.prompt = redactor.redact(&a.prompt, counts);
+        a.reply = redactor.redact(&a.reply, counts);
     }
 
     fn size(&self) -> usize {
-        self.prompt.len() + self.reply.len() + 128
+        let entities = self
+            .retrieval
+            .as_ref()
+            .map_or(0, |s| s.entities.iter().map(|t| t.text.len() + 4).sum());
+        self.answer.prompt.len() + self.answer.reply.len() + entities + 136
     }
 
     fn schema() -> SchemaRef {
-        answer_schema()
+        training_schema()
     }
 
     fn batch(rows: &[(Self, i64)], partition: i32) -> Result<RecordBatch> {
-        answer_batch(rows, partition)
+        training_batch(rows, partition)
     }
 }
 
-fn answer_schema() -> SchemaRef {
+fn training_schema() -> SchemaRef {
     let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+    let texts = DataType::List(Arc::new(Field::new("item", DataType::Utf8, true)));
     Arc::new(Schema::new(vec![
         Field::new("event_id", DataType::Utf8, false),
         Field::new("ts", ts, false),
@@ -154,6 +177,9 @@ fn answer_schema() -> SchemaRef {
         Field::new("model", DataType::Utf8, false),
         Field::new("latency_ms", DataType::UInt64, false),
         Field::new("retrieval_event_id", DataType::Utf8, true),
+        // From the joined retrieval: null when it was not seen within the join wait.
+        Field::new("ndcg", DataType::Float64, true),
+        Field::new("entities", texts, true),
         Field::new("source_partition", DataType::Int32, false),
         Field::new("source_offset", DataType::Int64, false),
     ]))
@@ -307,7 +333,7 @@ impl<R: ShardRecord, A> ShardWriter<R, A> {
     }
 }
 
-fn answer_batch(rows: &[(AnswerEvent, i64)], partition: i32) -> Result<RecordBatch> {
+fn training_batch(rows: &[(TrainingRow, i64)], partition: i32) -> Result<RecordBatch> {
     let n = rows.len();
     let text = |avg: usize| StringBuilder::with_capacity(n, n * avg);
     let (mut id, mut instruction, mut response) = (text(24), text(96), text(160));
@@ -316,9 +342,12 @@ fn answer_batch(rows: &[(AnswerEvent, i64)], partition: i32) -> Result<RecordBat
     let mut confidence = Float64Builder::with_capacity(n);
     let mut fallback = BooleanBuilder::with_capacity(n);
     let mut latency = UInt64Builder::with_capacity(n);
+    let mut ndcg = Float64Builder::with_capacity(n);
+    let mut entities = ListBuilder::with_capacity(text(12), n);
     let mut source_partition = Int32Builder::with_capacity(n);
     let mut source_offset = Int64Builder::with_capacity(n);
-    for (e, offset) in rows {
+    for (row, offset) in rows {
+        let e = &row.answer;
         id.append_value(&e.event_id);
         ts.append_value(e.ts.timestamp_micros());
         instruction.append_value(&e.prompt);
@@ -329,6 +358,19 @@ fn answer_batch(rows: &[(AnswerEvent, i64)], partition: i32) -> Result<RecordBat
         model.append_value(&e.model);
         latency.append_value(e.latency_ms);
         retrieval.append_option(e.retrieval_event_id.as_deref());
+        match &row.retrieval {
+            Some(s) => {
+                ndcg.append_option(s.ndcg);
+                for t in &s.entities {
+                    entities.values().append_value(&t.text);
+                }
+                entities.append(true);
+            }
+            None => {
+                ndcg.append_null();
+                entities.append(false);
+            }
+        }
         source_partition.append_value(partition);
         source_offset.append_value(*offset);
     }
@@ -343,23 +385,28 @@ fn answer_batch(rows: &[(AnswerEvent, i64)], partition: i32) -> Result<RecordBat
         Arc::new(model.finish()),
         Arc::new(latency.finish()),
         Arc::new(retrieval.finish()),
+        Arc::new(ndcg.finish()),
+        Arc::new(entities.finish()),
         Arc::new(source_partition.finish()),
         Arc::new(source_offset.finish()),
     ];
-    Ok(RecordBatch::try_new(answer_schema(), columns)?)
+    Ok(RecordBatch::try_new(training_schema(), columns)?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn answer(id: &str, tenant: &str, prompt: &str) -> AnswerEvent {
-        serde_json::from_value(serde_json::json!({
-            "event_id": id, "tenant_id": tenant, "ts": "2026-11-02T10:00:00Z", "prompt": prompt,
-            "reply": "ok", "confidence": 0.9, "fallback": false, "provider": "local", "model": "m",
-            "latency_ms": 3
-        }))
-        .unwrap()
+    fn answer(id: &str, tenant: &str, prompt: &str) -> TrainingRow {
+        TrainingRow {
+            answer: serde_json::from_value(serde_json::json!({
+                "event_id": id, "tenant_id": tenant, "ts": "2026-11-02T10:00:00Z",
+                "prompt": prompt, "reply": "ok", "confidence": 0.9, "fallback": false,
+                "provider": "local", "model": "m", "latency_ms": 3
+            }))
+            .unwrap(),
+            retrieval: None,
+        }
     }
 
     #[test]
@@ -369,7 +416,7 @@ mod tests {
             max_rows: 3,
             ..RollPolicy::default()
         };
-        let mut w: ShardWriter<AnswerEvent, ()> =
+        let mut w: ShardWriter<TrainingRow, ()> =
             ShardWriter::open(dir.path(), policy.clone(), None).unwrap();
         for o in 0..5 {
             w.push(0, o, answer(&format!("e{o}"), "acme", "p"), ());
@@ -386,7 +433,7 @@ mod tests {
         );
         assert_eq!(w.buffered(), 0);
         // A crash before the offsets were committed: the replay meets committed offsets.
-        let mut again: ShardWriter<AnswerEvent, ()> =
+        let mut again: ShardWriter<TrainingRow, ()> =
             ShardWriter::open(dir.path(), policy, None).unwrap();
         for o in 0..6 {
             again.push(0, o, answer(&format!("e{o}"), "acme", "p"), ());
@@ -401,7 +448,7 @@ mod tests {
     #[test]
     fn duplicate_event_ids_in_a_buffer_are_written_once_and_pii_never_reaches_the_file() {
         let dir = tempfile::tempdir().unwrap();
-        let mut w: ShardWriter<AnswerEvent, ()> =
+        let mut w: ShardWriter<TrainingRow, ()> =
             ShardWriter::open(dir.path(), RollPolicy::default(), Some(Redactor::new())).unwrap();
         assert!(w.push(1, 7, answer("x", "acme", "CPF 529.982.247-25, a@b.com"), ()));
         assert!(!w.push(1, 8, answer("x", "acme", "CPF 529.982.247-25, a@b.com"), ()));

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use aion_shards::{RollPolicy, ShardOptions, Stats};
+use aion_shards::{JoinOptions, Remote, RollPolicy, ShardOptions, Stats};
 use anyhow::Result;
 use tokio_util::sync::CancellationToken;
 
@@ -33,10 +33,23 @@ pub struct RunArgs {
     /// Write prompts and replies unredacted (only for data known to carry no personal data).
     #[arg(long)]
     pub no_redact: bool,
+    /// Seconds an answer waits for its enriched retrieval (for the row's nDCG and entities, and
+    /// the names to redact) before it is written without them; 0 disables the join.
+    #[arg(long, default_value_t = JoinOptions::default().wait.as_secs())]
+    pub join_wait_secs: u64,
+    /// Also copy both tables to object storage: `s3://bucket/prefix` (credentials, region and
+    /// endpoint from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT) or
+    /// `file:///dir`. A file's offsets are stored only once its copy is uploaded.
+    #[arg(long, env = "AION_SHARDS_REMOTE", value_name = "URL")]
+    pub remote: Option<String>,
+    /// Window pipeline whose nDCG cut-off and gain the rows use (default: the embedded one).
+    #[arg(long, value_name = "FILE")]
+    pub pipeline: Option<PathBuf>,
 }
 
-pub fn options(ctx: &Context, args: RunArgs) -> ShardOptions {
-    ShardOptions {
+pub fn options(ctx: &Context, args: RunArgs) -> Result<ShardOptions> {
+    let windows = super::windows::load(args.pipeline.as_deref())?;
+    Ok(ShardOptions {
         kafka: ctx.kafka.clone(),
         group_id: ctx.group("shards"),
         topic: aion_events::topics::ANSWER.to_owned(),
@@ -53,11 +66,18 @@ pub fn options(ctx: &Context, args: RunArgs) -> ShardOptions {
             max_bytes: args.max_bytes.max(1),
             max_age: Duration::from_secs(args.max_age_secs),
         },
+        remote: args.remote.as_deref().map(Remote::parse).transpose()?,
+        join: JoinOptions {
+            wait: Duration::from_secs(args.join_wait_secs),
+            ndcg_k: windows.ndcg.k,
+            ndcg_gain: windows.ndcg.gain,
+            ..JoinOptions::default()
+        },
         redact: !args.no_redact,
         decode: ctx.decode_limits(),
-    }
+    })
 }
 
 pub async fn run(args: RunArgs, ctx: &Context, stop: CancellationToken) -> Result<()> {
-    Ok(aion_shards::run(&options(ctx, args), stop, &Stats::default()).await?)
+    Ok(aion_shards::run(&options(ctx, args)?, stop, &Stats::default()).await?)
 }

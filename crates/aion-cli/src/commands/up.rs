@@ -46,12 +46,14 @@ pub struct Args {
 
 pub async fn run(args: Args, mut ctx: Context, stop: CancellationToken) -> Result<()> {
     // One machine runs the broker, the enricher's and the trainer's models and every stage: one
-    // compute thread per model leaves cores to the broker and the other stages. (On 2 cores the
-    // local broker's group coordinator can still fall behind under the full loop's load; consumers
-    // whose sessions expire then wait for it to reassign their partitions.)
+    // compute thread per model leaves cores to the broker and the other stages.
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
         std::env::set_var("RAYON_NUM_THREADS", "1");
     }
+    // One process runs every stage: each reads all partitions of its inputs directly, so a broker
+    // slowed down by the whole loop's load cannot expire sessions and leave a stage without
+    // partitions (the local broker's group coordinator recovers from that slowly, if at all).
+    ctx.kafka.assignment = aion_kafka::Assignment::All;
     if !args.external_broker {
         let port = aion_broker::start_background(args.port, &ctx.broker_dir())
             .context("starting the local broker")?;
@@ -138,8 +140,11 @@ pub async fn run(args: Args, mut ctx: Context, stop: CancellationToken) -> Resul
                 entities_dir: None,
                 no_entities: enrich.is_none(),
                 no_redact: false,
+                join_wait_secs: aion_shards::JoinOptions::default().wait.as_secs(),
+                remote: None,
+                pipeline: None,
             },
-        );
+        )?;
         println!(
             "          shards: answer.v1 → PII-redacted Parquet in {}",
             options.root.display()
@@ -264,7 +269,10 @@ pub async fn run(args: Args, mut ctx: Context, stop: CancellationToken) -> Resul
         tokio::select! {
             _ = tick.tick() => {
                 let (received, forwarded, dlq) = stats.snapshot();
-                println!("summary   events in {received}, forwarded {forwarded}, dead-lettered {dlq}; {}; enriched {}; shard rows {}; triggers fired {}; {}", windows_line(&window_stats), enrich_stats.enriched.load(std::sync::atomic::Ordering::Relaxed), shard_stats.written.load(std::sync::atomic::Ordering::Relaxed), gate_stats.fired.load(std::sync::atomic::Ordering::Relaxed), training_line(&trainer_stats));
+                println!("summary   events in {received}, forwarded {forwarded}, dead-lettered {dlq}; {}; enriched {}; shard rows {} ({} joined with their retrieval); triggers fired {}; {}", windows_line(&window_stats), enrich_stats.enriched.load(std::sync::atomic::Ordering::Relaxed), shard_stats.written.load(std::sync::atomic::Ordering::Relaxed), shard_stats.joined.load(std::sync::atomic::Ordering::Relaxed), gate_stats.fired.load(std::sync::atomic::Ordering::Relaxed), training_line(&trainer_stats));
+                if let Some(line) = tenants_line(&gate_stats) {
+                    println!("tenants   {line}");
+                }
             }
             () = stop.cancelled() => break,
         }
@@ -300,6 +308,24 @@ fn training_line(stats: &aion_trainer::Stats) -> String {
         stats.cancelled.load(Relaxed),
         stats.failed.load(Relaxed)
     )
+}
+
+/// The latest gate window of each tenant: `acme nDCG 0.71 fallback 0.45 (window ending …)`.
+fn tenants_line(stats: &aion_gate::Stats) -> Option<String> {
+    let latest = stats.latest.lock().unwrap_or_else(|p| p.into_inner());
+    let show = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}"));
+    let parts: Vec<String> = latest
+        .iter()
+        .map(|(tenant, l)| {
+            format!(
+                "{tenant} nDCG {} fallback {} (to {})",
+                show(l.ndcg_mean),
+                show(l.fallback_rate),
+                l.window_end.format("%m-%d %H:%M")
+            )
+        })
+        .collect();
+    (!parts.is_empty()).then(|| parts.join(" | "))
 }
 
 fn windows_line(stats: &aion_windows::Stats) -> String {

@@ -88,7 +88,17 @@ async fn every_answer_lands_in_exactly_one_redacted_row_across_ten_kill_9() {
     }
     sink.flush(Duration::from_secs(60)).unwrap();
 
-    let args = ["shards", "run", "--max-rows", "150", "--max-age-secs", "1"];
+    // No enricher feeds this test: a short join wait keeps rows flowing between kills.
+    let args = [
+        "shards",
+        "run",
+        "--max-rows",
+        "150",
+        "--max-age-secs",
+        "1",
+        "--join-wait-secs",
+        "1",
+    ];
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
     for _ in 0..10 {
         let mut writer = s.spawn(&args, "shards.log");
@@ -237,4 +247,125 @@ async fn enriched_events_feed_the_entity_heatmap_without_names() {
         Some(&5),
         "every record's offset stored once durable"
     );
+}
+
+/// Answers joined with their enriched retrieval through the broker: the row carries the
+/// retrieval's nDCG@10 and entities, the names the NER model found are redacted from the answer's
+/// text whatever their case, an answer whose retrieval never comes is written without them after
+/// the wait; DuckDB and pyarrow read the same rows and values as `aion sql`.
+#[tokio::test(flavor = "multi_thread")]
+async fn answers_carry_their_retrievals_ndcg_and_entities_and_lose_the_names() {
+    let s = Stack::start();
+    s.run(&["topics", "create", "--partitions", "1"]);
+    let sink = aion_kafka::Sink::new(&s.kafka, "test").unwrap();
+    let answer = |id: &str, retrieval: &str, prompt: &str| {
+        serde_json::json!({
+            "event_id": id, "tenant_id": "acme", "ts": "2026-11-02T10:00:00Z", "prompt": prompt,
+            "reply": "Maria, seu reembolso sai em 5 dias.", "confidence": 0.4, "fallback": true,
+            "provider": "fallback", "model": "ext", "latency_ms": 900,
+            "retrieval_event_id": retrieval
+        })
+    };
+    // Answers first: their retrievals are enriched (and so arrive) later.
+    for (id, retrieval, prompt) in [
+        ("a1", "r1", "Maria Silva pediu reembolso em Curitiba"),
+        ("a2", "r-missing", "Onde fica a loja de Recife?"),
+        ("a3", "r3", "Qual o prazo, MARIA?"),
+    ] {
+        let event = answer(id, retrieval, prompt).to_string();
+        sink.send("answer.v1", Some(b"acme"), event.as_bytes(), None, None)
+            .await
+            .unwrap();
+    }
+    let term = |text: &str, kind: &str, source: &str| serde_json::json!({"text": text, "type": kind, "score": 3, "source": source});
+    for (id, rels) in [("r1", [3, 0, 2]), ("r3", [0, 0, 0])] {
+        let event = serde_json::json!({
+            "event_id": id, "tenant_id": "acme", "ts": "2026-11-02T09:59:59Z",
+            "query": "Maria Silva pediu reembolso em Curitiba",
+            "results": (0..3).map(|i| serde_json::json!({
+                "doc_id": format!("d{i}"), "rank": i + 1, "text": "t", "score": 1.0, "rel": rels[i]
+            })).collect::<Vec<_>>(),
+            "entities": [term("maria silva", "GIVEN_NAME", "ner"), term("curitiba", "CITY", "ner"),
+                         term("pediu reembolso", "KEYPHRASE", "keyphrase")]
+        });
+        sink.send(
+            "retrieval.enriched.v1",
+            Some(b"acme"),
+            event.to_string().as_bytes(),
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    }
+    sink.flush(Duration::from_secs(30)).unwrap();
+
+    let args = [
+        "shards",
+        "run",
+        "--max-age-secs",
+        "1",
+        "--join-wait-secs",
+        "4",
+    ];
+    let stage = s.spawn(&args, "shards.log");
+    let root = s.state.path().join("shards");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while shard_rows(&root).len() < 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(stage.terminate(), "clean stop\n{}", s.logs());
+    let query = "SELECT tenant_id, date, event_id, instruction, response, confidence, fallback, \
+                 latency_ms, ndcg, entities FROM shards ORDER BY event_id";
+    let out = s.run(&["sql", query, "--format", "json"]);
+    let rows: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 3, "{out}");
+    // r1: rels 3, 0, 2 → DCG 3 + 2/log2(4) = 4; ideal 3, 2, 0 → 3 + 2/log2(3).
+    let expected = 4.0 / (3.0 + 2.0 / 3f64.log2());
+    assert!(
+        (rows[0]["ndcg"].as_f64().unwrap() - expected).abs() < 1e-12,
+        "{out}"
+    );
+    assert_eq!(
+        rows[0]["entities"],
+        serde_json::json!(["<PERSON>", "curitiba"]),
+        "NER entities only, names as placeholders: {out}"
+    );
+    assert_eq!(
+        rows[0]["instruction"],
+        "<PERSON> pediu reembolso em Curitiba"
+    );
+    assert!(
+        rows[1]["ndcg"].is_null() && rows[1]["entities"].is_null(),
+        "{out}"
+    );
+    assert_eq!(rows[2]["ndcg"], 0.0, "all-zero judgments score 0: {out}");
+    assert_eq!(rows[2]["instruction"], "Qual o prazo, <PERSON>?");
+    // The name in the reply goes only where the retrieval named it ("maria silva" ≠ "Maria").
+    assert!(
+        !out.contains("Maria Silva") && !out.contains("MARIA"),
+        "{out}"
+    );
+
+    let expected_file = s.state.path().join("aion_sql.jsonl");
+    std::fs::write(&expected_file, &out).unwrap();
+    let check = std::process::Command::new(crate::ndcg::reference_python())
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../scripts/checks/shards_interop.py"
+        ))
+        .arg(&root)
+        .arg(&expected_file)
+        .output()
+        .unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(check.status.success(), "interop check failed:\n{report}");
+    assert!(report.contains("ok: 3 rows identical"), "{report}");
 }

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use aion_shards::redact::Redactor;
-use aion_shards::{RollPolicy, ShardWriter};
+use aion_shards::{RollPolicy, ShardWriter, TrainingRow};
 use aion_traffic::{Generator, Scenario, TrafficConfig};
 use anyhow::{bail, Context as _, Result};
 
@@ -44,11 +44,15 @@ pub async fn run(args: Args, ctx: &Context) -> Result<()> {
     };
     let measure = |redact: bool, sub: &str| -> Result<(f64, usize)> {
         let root = dir.join(sub);
-        let mut w: ShardWriter<aion_events::AnswerEvent, ()> =
+        let mut w: ShardWriter<TrainingRow, ()> =
             ShardWriter::open(&root, policy.clone(), redact.then(Redactor::new))?;
         let (cpu, t) = (cpu_seconds(), Instant::now());
         for (i, a) in answers.iter().enumerate() {
-            w.push(0, i as i64, a.clone(), ());
+            let row = TrainingRow {
+                answer: a.clone(),
+                retrieval: None,
+            };
+            w.push(0, i as i64, row, ());
             if (i + 1) % 10_000 == 0 {
                 w.roll(t, false)?;
             }
