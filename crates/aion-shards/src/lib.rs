@@ -1,16 +1,18 @@
 //! Training shards: answer events, PII redacted, as Hive-partitioned Parquet files with a manifest
 //! the trigger and trainer reference; and, written the same way, the entity mentions of enriched
-//! retrieval events. Owns those tables; reads the wire types of `aion-events` and the delivery
+//! retrieval events and the human labels of `labels.v1`. Owns those tables; reads the wire types of `aion-events` and the delivery
 //! contract of `aion-kafka`; knows no other stage.
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 mod entities;
+mod labels;
 pub mod redact;
 mod stage;
 mod writer;
 
 pub use aion_events::ShardEntry;
+pub use labels::LabelRow;
 pub use stage::{run, ShardOptions, Stats};
 pub use writer::{read_manifest, RollPolicy, ShardRecord, ShardWriter, MANIFEST};
 
