@@ -137,6 +137,8 @@ pub async fn run(args: Args, mut ctx: Context, stop: CancellationToken) -> Resul
                 max_age_secs: 10,
                 entities_dir: None,
                 no_entities: enrich.is_none(),
+                labels_dir: None,
+                no_labels: false,
                 no_redact: false,
             },
         );
@@ -238,6 +240,7 @@ pub async fn run(args: Args, mut ctx: Context, stop: CancellationToken) -> Resul
             scenario: super::produce::ScenarioName::Degrade,
             degrade_at: 0.5,
             degrade_tenants: vec!["acme".into()],
+            entity: None,
             span_hours: args.span_hours,
             start: None,
             invalid_fraction: 0.01,
