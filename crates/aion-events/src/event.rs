@@ -196,7 +196,7 @@ pub fn validate_tenant_id(tenant: &str) -> Result<(), Reject> {
 
 /// The first item equal to an earlier one, as (its index, the earlier index). This runs for every
 /// event: short lists (the common case) are compared pairwise without allocating, long ones sorted.
-fn first_duplicate<T, I>(items: I) -> Option<(usize, usize)>
+pub(crate) fn first_duplicate<T, I>(items: I) -> Option<(usize, usize)>
 where
     T: Ord + Copy,
     I: Iterator<Item = T> + Clone,
@@ -235,7 +235,7 @@ fn check_id(id: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn check_rel(rel: Relevance) -> Result<(), String> {
+pub(crate) fn check_rel(rel: Relevance) -> Result<(), String> {
     if rel > MAX_RELEVANCE {
         return Err(format!("relevance {rel} out of range 0..={MAX_RELEVANCE}"));
     }

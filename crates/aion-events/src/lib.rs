@@ -9,6 +9,7 @@
 mod decode;
 mod enriched;
 mod event;
+mod label;
 mod manifest;
 mod metrics;
 pub mod ndcg;
@@ -23,6 +24,7 @@ pub use event::{
     validate_tenant_id, AnswerEvent, Judgment, Relevance, RetrievalEvent, RetrievalResult, Schema,
     MAX_RELEVANCE,
 };
+pub use label::LabelEvent;
 pub use manifest::{parse_manifest, tenant_shards, ShardEntry, SHARD_MANIFEST};
 pub use metrics::WindowMetrics;
 pub use rebuild::{IndexRebuild, RebuildReason};

@@ -24,6 +24,10 @@ pub const INDEX_REBUILD: &str = "index.rebuild.v1";
 /// Retrieval events with their top entities and keyphrases, from the enricher.
 pub const RETRIEVAL_ENRICHED: &str = "retrieval.enriched.v1";
 
+/// Human labels (schema `labels.v1`): answer correctness and retrieval judgments, from
+/// `aion labels import` or a labelling tool.
+pub const LABELS: &str = "labels.v1";
+
 /// Topics the applications publish to; every stage that consumes one dead-letters into [`dlq`].
 pub const INPUTS: [&str; 2] = [RETRIEVAL, ANSWER];
 

@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use aion_events::EnrichedRetrieval;
 use datafusion::arrow::array::{
-    ArrayRef, Int32Builder, Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
-    UInt32Builder,
+    ArrayRef, Float64Builder, Int32Builder, Int64Builder, RecordBatch, StringBuilder,
+    TimestampMicrosecondBuilder, UInt32Builder,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
@@ -19,26 +19,36 @@ use crate::redact::{Counts, Pii, Redactor};
 use crate::writer::ShardRecord;
 use crate::Result;
 
-impl ShardRecord for EnrichedRetrieval {
+/// One enriched retrieval of the entity-mention table, with its nDCG@k (computed once, by the
+/// stage, with the windows' k and gain): each of its terms' rows carries it, so quality can be
+/// broken down by entity.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EntityRow {
+    pub event: EnrichedRetrieval,
+    pub ndcg: Option<f64>,
+}
+
+impl ShardRecord for EntityRow {
     fn event_id(&self) -> &str {
-        &self.event_id
+        &self.event.event_id
     }
 
     fn tenant_id(&self) -> &str {
-        &self.tenant_id
+        &self.event.tenant_id
     }
 
     fn date(&self) -> String {
-        self.ts.format("%Y-%m-%d").to_string()
+        self.event.ts.format("%Y-%m-%d").to_string()
     }
 
     fn redact(&mut self, redactor: &Redactor, counts: &mut Counts) {
         let private: Vec<(String, Pii)> = self
+            .event
             .entities
             .iter()
             .filter_map(|t| Pii::of_entity(&t.kind).map(|pii| (t.text.clone(), pii)))
             .collect();
-        for term in &mut self.entities {
+        for term in &mut self.event.entities {
             if let Some((_, pii)) = private.iter().find(|(text, _)| *text == term.text) {
                 *counts.entry(*pii).or_default() += 1;
                 term.text = pii.placeholder().to_owned();
@@ -53,7 +63,7 @@ impl ShardRecord for EnrichedRetrieval {
     }
 
     fn size(&self) -> usize {
-        self.entities.iter().map(|t| t.text.len() + 64).sum()
+        self.event.entities.iter().map(|t| t.text.len() + 72).sum()
     }
 
     fn schema() -> SchemaRef {
@@ -65,20 +75,24 @@ impl ShardRecord for EnrichedRetrieval {
             Field::new("type", DataType::Utf8, false),
             Field::new("score", DataType::UInt32, false),
             Field::new("source", DataType::Utf8, false),
+            // nDCG@k of the retrieval; null when it carried no judgment.
+            Field::new("ndcg", DataType::Float64, true),
             Field::new("source_partition", DataType::Int32, false),
             Field::new("source_offset", DataType::Int64, false),
         ]))
     }
 
     fn batch(rows: &[(Self, i64)], partition: i32) -> Result<RecordBatch> {
-        let n: usize = rows.iter().map(|(e, _)| e.entities.len()).sum();
+        let n: usize = rows.iter().map(|(r, _)| r.event.entities.len()).sum();
         let text = |avg: usize| StringBuilder::with_capacity(n, n * avg);
         let (mut id, mut entity, mut kind, mut source) = (text(24), text(16), text(8), text(8));
         let mut ts = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
         let mut score = UInt32Builder::with_capacity(n);
+        let mut ndcg = Float64Builder::with_capacity(n);
         let mut source_partition = Int32Builder::with_capacity(n);
         let mut source_offset = Int64Builder::with_capacity(n);
-        for (e, offset) in rows {
+        for (row, offset) in rows {
+            let e = &row.event;
             for t in &e.entities {
                 id.append_value(&e.event_id);
                 ts.append_value(e.ts.timestamp_micros());
@@ -86,6 +100,7 @@ impl ShardRecord for EnrichedRetrieval {
                 kind.append_value(&t.kind);
                 score.append_value(t.score);
                 source.append_value(&t.source);
+                ndcg.append_option(row.ndcg);
                 source_partition.append_value(partition);
                 source_offset.append_value(*offset);
             }
@@ -97,6 +112,7 @@ impl ShardRecord for EnrichedRetrieval {
             Arc::new(kind.finish()),
             Arc::new(score.finish()),
             Arc::new(source.finish()),
+            Arc::new(ndcg.finish()),
             Arc::new(source_partition.finish()),
             Arc::new(source_offset.finish()),
         ];
@@ -125,7 +141,7 @@ mod tests {
 
     #[test]
     fn names_and_contacts_become_placeholders_places_and_topics_stay() {
-        let mut e = EnrichedRetrieval {
+        let event = EnrichedRetrieval {
             event_id: "r1".into(),
             tenant_id: "acme".into(),
             ts: "2026-11-02T10:00:00Z".parse().unwrap(),
@@ -138,9 +154,13 @@ mod tests {
             results: Vec::new(),
             judgments: None,
         };
+        let mut e = EntityRow {
+            event,
+            ndcg: Some(0.5),
+        };
         let mut counts = Counts::new();
         e.redact(&Redactor::new(), &mut counts);
-        let texts: Vec<&str> = e.entities.iter().map(|t| t.text.as_str()).collect();
+        let texts: Vec<&str> = e.event.entities.iter().map(|t| t.text.as_str()).collect();
         assert_eq!(
             texts,
             [
@@ -151,7 +171,15 @@ mod tests {
             ]
         );
         assert_eq!(counts.get(&Pii::Person), Some(&1));
-        let batch = EnrichedRetrieval::batch(&[(e, 7)], 2).unwrap();
+        let batch = EntityRow::batch(&[(e, 7)], 2).unwrap();
         assert_eq!(batch.num_rows(), 4);
+        let ndcg = batch.column_by_name("ndcg").unwrap();
+        assert_eq!(
+            datafusion::arrow::array::AsArray::as_primitive::<
+                datafusion::arrow::datatypes::Float64Type,
+            >(ndcg)
+            .value(3),
+            0.5
+        );
     }
 }

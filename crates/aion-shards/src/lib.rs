@@ -1,19 +1,23 @@
 //! Training shards: answer events joined with their retrieval's nDCG and entities, PII redacted,
 //! as Hive-partitioned Parquet files with a manifest the trigger and trainer reference; and,
-//! written the same way, the entity mentions of enriched retrieval events. Owns those tables; reads the wire types of `aion-events` and the delivery
+//! written the same way, the entity mentions of enriched retrieval events and the human labels
+//! of `labels.v1`. Owns those tables; reads the wire types of `aion-events` and the delivery
 //! contract of `aion-kafka`; knows no other stage.
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 mod entities;
 mod join;
+mod labels;
 pub mod redact;
 mod remote;
 mod stage;
 mod writer;
 
 pub use aion_events::ShardEntry;
+pub use entities::EntityRow;
 pub use join::{Joined, Joiner, RetrievalSignals, TrainingRow};
+pub use labels::LabelRow;
 pub use remote::Remote;
 pub use stage::{run, JoinOptions, ShardOptions, Stats};
 pub use writer::{read_manifest, RollPolicy, ShardRecord, ShardWriter, MANIFEST};

@@ -1,21 +1,26 @@
 //! The shard writer stage: `answer.v1` in, Parquet training shards out; and, when configured,
-//! `retrieval.enriched.v1` in, the entity-mention table out (both through [`ShardWriter`]) and
-//! each answer joined with its retrieval's signals ([`Joiner`]).
+//! `retrieval.enriched.v1` in, the entity-mention table out and each answer joined with its
+//! retrieval's signals ([`Joiner`]); and `labels.v1` in, the `labels` table out (all tables
+//! through [`ShardWriter`]).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use aion_events::ndcg::Gain;
-use aion_events::{decode, AnswerEvent, DecodeLimits, EnrichedRetrieval, Schema, ShardEntry};
+use aion_events::{
+    decode, AnswerEvent, DecodeLimits, EnrichedRetrieval, LabelEvent, Schema, ShardEntry,
+};
 use aion_kafka::{Ack, KafkaConfig, Record, Sink, Source, SourceConfig};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use crate::entities::EntityRow;
 use crate::join::{Joiner, RetrievalSignals, TrainingRow};
+use crate::labels::LabelRow;
 use crate::redact::Redactor;
 use crate::remote::Remote;
-use crate::writer::{RollPolicy, ShardWriter};
+use crate::writer::{RollPolicy, ShardRecord, ShardWriter};
 use crate::Result;
 
 const STAGE: &str = "shards";
@@ -32,6 +37,8 @@ pub struct ShardOptions {
     pub root: PathBuf,
     /// The enriched-retrieval topic and the root of the entity-mention table, if wanted.
     pub entities: Option<(String, PathBuf)>,
+    /// The labels topic and the root of the `labels` table, if wanted.
+    pub labels: Option<(String, PathBuf)>,
     pub policy: RollPolicy,
     /// Object storage the tables are copied to (`<url>/shards/…`, `<url>/entities/…`), if any.
     pub remote: Option<Remote>,
@@ -78,12 +85,15 @@ pub struct Stats {
     /// Rows written with their retrieval's signals, and rows whose retrieval was not seen in time.
     pub joined: AtomicU64,
     pub join_timeouts: AtomicU64,
+    /// PII replaced by placeholders (per type: the metric `aion_redactions_total{type}`).
+    pub redacted: AtomicU64,
 }
 
 /// Runs until `stop`; buffered rows are abandoned (replayed by the next run), never half-written.
 pub async fn run(options: &ShardOptions, stop: CancellationToken, stats: &Stats) -> Result<()> {
     let mut topics = vec![options.topic.clone()];
     topics.extend(options.entities.iter().map(|(topic, _)| topic.clone()));
+    topics.extend(options.labels.iter().map(|(topic, _)| topic.clone()));
     let mut config = SourceConfig::new(STAGE, topics.clone(), options.group_id.clone());
     // Buffers hold acks until their file is renamed into place: the roll policy bounds them.
     config.max_in_flight = None;
@@ -103,10 +113,16 @@ pub async fn run(options: &ShardOptions, stop: CancellationToken, stats: &Stats)
         Duration::ZERO
     };
     let mut joiner: Joiner<Ack> = Joiner::new(wait, join.capacity);
-    let mut entities: Option<ShardWriter<EnrichedRetrieval, Ack>> = options
+    let mut entities: Option<ShardWriter<EntityRow, Ack>> = options
         .entities
         .as_ref()
         .map(|(_, root)| ShardWriter::open(root, options.policy.clone(), redactor()))
+        .transpose()?;
+    // Labels carry no assistant text to redact.
+    let mut labels: Option<ShardWriter<LabelRow, Ack>> = options
+        .labels
+        .as_ref()
+        .map(|(_, root)| ShardWriter::open(root, options.policy.clone(), None))
         .transpose()?;
     // Each table's copy sits under its local directory's name.
     let copy = |root: &PathBuf| {
@@ -120,9 +136,11 @@ pub async fn run(options: &ShardOptions, stop: CancellationToken, stats: &Stats)
     };
     let answers_copy = copy(&options.root);
     let entities_copy = options.entities.as_ref().and_then(|(_, root)| copy(root));
+    let labels_copy = options.labels.as_ref().and_then(|(_, root)| copy(root));
     for (remote, root) in [
         (&answers_copy, Some(&options.root)),
         (&entities_copy, options.entities.as_ref().map(|(_, r)| r)),
+        (&labels_copy, options.labels.as_ref().map(|(_, r)| r)),
     ] {
         if let (Some(remote), Some(root)) = (remote, root) {
             remote.catch_up(root).await?;
@@ -145,13 +163,27 @@ pub async fn run(options: &ShardOptions, stop: CancellationToken, stats: &Stats)
                     let (partition, offset) = (record.partition, record.offset);
                     joiner.answer(partition, offset, answer, record.ack, Instant::now());
                 }
+            } else if options
+                .labels
+                .as_ref()
+                .is_some_and(|(t, _)| *t == *record.topic)
+            {
+                if let Some(writer) = labels.as_mut() {
+                    if let Some((record, label)) =
+                        decoded::<LabelEvent>(record, &sink, &options.decode).await?
+                    {
+                        writer.push(record.partition, record.offset, label.into(), record.ack);
+                    }
+                }
             } else if let Some(writer) = entities.as_mut() {
                 if let Some((record, event)) =
                     decoded::<EnrichedRetrieval>(record, &sink, &options.decode).await?
                 {
                     let signals = RetrievalSignals::of(&event, join.ndcg_k, join.ndcg_gain);
+                    let ndcg = signals.ndcg;
                     joiner.retrieval(&event.event_id, signals);
-                    writer.push(record.partition, record.offset, event, record.ack);
+                    let row = EntityRow { event, ndcg };
+                    writer.push(record.partition, record.offset, row, record.ack);
                 }
             }
         }
@@ -171,29 +203,41 @@ pub async fn run(options: &ShardOptions, stop: CancellationToken, stats: &Stats)
         stats
             .join_timeouts
             .store(joiner.timed_out, Ordering::Relaxed);
-        let (acks, entries) = answers.roll(now, force)?;
-        if let Some(remote) = &answers_copy {
-            remote.upload(&options.root, &entries).await?;
-        }
-        committed(&entries, "shards", stats);
-        // Durable now: their offsets may be stored.
-        drop(acks);
+        roll(
+            &mut answers,
+            now,
+            force,
+            &options.root,
+            &answers_copy,
+            "shards",
+            stats,
+        )
+        .await?;
         if let (Some(writer), Some((_, root))) = (entities.as_mut(), options.entities.as_ref()) {
-            let (acks, entries) = writer.roll(now, force)?;
-            if let Some(remote) = &entities_copy {
-                remote.upload(root, &entries).await?;
-            }
-            committed(&entries, "entities", stats);
-            drop(acks);
+            roll(writer, now, force, root, &entities_copy, "entities", stats).await?;
+        }
+        if let (Some(writer), Some((_, root))) = (labels.as_mut(), options.labels.as_ref()) {
+            roll(writer, now, force, root, &labels_copy, "labels", stats).await?;
         }
         stats
             .skipped_replays
             .store(answers.skipped_replays, Ordering::Relaxed);
+        let redacted = std::mem::take(&mut answers.redactions).into_iter().chain(
+            entities
+                .as_mut()
+                .into_iter()
+                .flat_map(|w| std::mem::take(&mut w.redactions)),
+        );
+        for (pii, n) in redacted {
+            stats.redacted.fetch_add(n, Ordering::Relaxed);
+            metrics::counter!("aion_redactions_total", "type" => pii.name()).increment(n);
+        }
     };
     let buffered = answers
         .into_acks()
         .chain(joiner.into_acks())
-        .chain(entities.into_iter().flat_map(ShardWriter::into_acks));
+        .chain(entities.into_iter().flat_map(ShardWriter::into_acks))
+        .chain(labels.into_iter().flat_map(ShardWriter::into_acks));
     for ack in buffered {
         ack.abandon();
     }
@@ -216,6 +260,26 @@ async fn decoded<E: Schema>(
             Ok(None)
         }
     }
+}
+
+/// Writes the buffers of `writer` that are due, copies them to `remote`, and only then releases
+/// their rows' acks (their offsets may be stored).
+async fn roll<R: ShardRecord>(
+    writer: &mut ShardWriter<R, Ack>,
+    now: Instant,
+    force: bool,
+    root: &Path,
+    remote: &Option<Remote>,
+    table: &'static str,
+    stats: &Stats,
+) -> Result<()> {
+    let (acks, entries) = writer.roll(now, force)?;
+    if let Some(remote) = remote {
+        remote.upload(root, &entries).await?;
+    }
+    committed(&entries, table, stats);
+    drop(acks);
+    Ok(())
 }
 
 fn committed(entries: &[ShardEntry], table: &'static str, stats: &Stats) {

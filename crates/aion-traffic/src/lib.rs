@@ -14,7 +14,7 @@ use aion_events::{topics, AnswerEvent, Judgment, RetrievalEvent, RetrievalResult
 use chrono::{DateTime, Duration, Utc};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
-pub use text::cpf;
+pub use text::{cpf, entities};
 
 /// What the generator produces.
 #[derive(Debug, Clone)]
@@ -42,6 +42,10 @@ pub enum Scenario {
     /// From `at` (fraction 0..=1 of the stream) on, `tenants` degrade: retrieval rankings become
     /// noisy (nDCG well below 0.82) and the fallback rate rises to ≈ 50 %.
     Degrade { at: f64, tenants: Vec<String> },
+    /// From `at` on, retrievals whose query mentions `entity` (case-insensitive; one of
+    /// [`entities`]) degrade in every tenant — noisy rankings, lower confidence — while every
+    /// other query stays healthy: the case the per-entity quality breakdown must single out.
+    DegradeEntity { at: f64, entity: String },
 }
 
 /// One record to publish.
@@ -87,21 +91,22 @@ impl Generator {
         ts
     }
 
-    fn degraded(&self, tenant: &str) -> bool {
+    fn degraded(&self, tenant: &str, query: &str) -> bool {
+        let from = |at: &f64| self.index as f64 >= at * self.config.count as f64;
         match &self.config.scenario {
             Scenario::Steady => false,
-            Scenario::Degrade { at, tenants } => {
-                self.index as f64 >= at * self.config.count as f64
-                    && tenants.iter().any(|t| t == tenant)
+            Scenario::Degrade { at, tenants } => from(at) && tenants.iter().any(|t| t == tenant),
+            Scenario::DegradeEntity { at, entity } => {
+                from(at) && query.to_lowercase().contains(&entity.to_lowercase())
             }
         }
     }
 
     fn retrieval(&mut self, tenant: String, ts: DateTime<Utc>) -> (RetrievalEvent, AnswerEvent) {
-        let degraded = self.degraded(&tenant);
         let seq = self.index;
         let topic = text::Topic::pick(&mut self.rng);
         let query = topic.query(&mut self.rng);
+        let degraded = self.degraded(&tenant, &query);
         // Candidate documents with their grades: a few relevant, most not.
         let n = self.rng.random_range(5..=10usize);
         let mut docs: Vec<(String, u8, String)> = (0..n + 2)

@@ -89,3 +89,69 @@ fn cpf_check_digits_are_valid() {
         }
     }
 }
+
+#[test]
+fn degrade_entity_lowers_the_ndcg_of_that_entity_only() {
+    let entity = "Curitiba";
+    let scenario = Scenario::DegradeEntity {
+        at: 0.0,
+        entity: entity.into(),
+    };
+    let limits = DecodeLimits::default();
+    // Mean linear nDCG@10 of judged retrievals, for queries with / without the entity.
+    let mean = |payloads: &[Payload], with: bool| {
+        let scores: Vec<f64> = payloads
+            .iter()
+            .filter(|p| p.topic == topics::RETRIEVAL)
+            .map(|p| decode::<RetrievalEvent>(&p.bytes, &limits).unwrap())
+            .filter(|e| e.query.contains(entity) == with)
+            .filter_map(|e| ndcg10(&e))
+            .collect();
+        assert!(scores.len() > 30, "{} events", scores.len());
+        scores.iter().sum::<f64>() / scores.len() as f64
+    };
+    let steady: Vec<Payload> = Generator::new(config(Scenario::Steady, 0.0)).collect();
+    let degraded: Vec<Payload> = Generator::new(config(scenario, 0.0)).collect();
+    assert_eq!(steady.len(), degraded.len());
+    let (healthy, bad) = (mean(&degraded, false), mean(&degraded, true));
+    // Measured: ≈ 0.999 and ≈ 0.81 (the same ranking noise as the tenant degradation).
+    assert!(
+        healthy > 0.95 && bad < 0.88,
+        "others {healthy}, {entity} {bad}"
+    );
+    // Queries without the entity are byte-for-byte the steady stream's.
+    for (a, b) in steady.iter().zip(&degraded) {
+        if !String::from_utf8_lossy(&a.bytes).contains(entity) {
+            assert_eq!(a.bytes, b.bytes);
+        }
+    }
+    assert!(entities().any(|e| e == entity));
+}
+
+/// nDCG@10, linear gain, judgments from the event's list (as the windows stage scores it).
+fn ndcg10(e: &RetrievalEvent) -> Option<f64> {
+    let judgments = e.judgments.as_ref()?;
+    let grade = |doc: &str| {
+        judgments
+            .iter()
+            .find(|j| j.doc_id == doc)
+            .map_or(0.0, |j| f64::from(j.rel))
+    };
+    let mut ranked: Vec<&RetrievalResult> = e.results.iter().collect();
+    ranked.sort_by_key(|r| r.rank);
+    let dcg: f64 = ranked
+        .iter()
+        .take(10)
+        .enumerate()
+        .map(|(i, r)| grade(&r.doc_id) / (i as f64 + 2.0).log2())
+        .sum();
+    let mut ideal: Vec<f64> = judgments.iter().map(|j| f64::from(j.rel)).collect();
+    ideal.sort_by(|a, b| b.total_cmp(a));
+    let idcg: f64 = ideal
+        .iter()
+        .take(10)
+        .enumerate()
+        .map(|(i, g)| g / (i as f64 + 2.0).log2())
+        .sum();
+    Some(if idcg > 0.0 { dcg / idcg } else { 0.0 })
+}

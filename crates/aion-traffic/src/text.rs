@@ -50,6 +50,14 @@ const PRODUCTS: &[&str] = &[
     "Fibra 500 Mega",
 ];
 
+/// Every person, company, place and product the generated queries mention.
+pub fn entities() -> impl Iterator<Item = &'static str> {
+    [PEOPLE, COMPANIES, PLACES, PRODUCTS]
+        .into_iter()
+        .flatten()
+        .copied()
+}
+
 fn pick<'a>(rng: &mut StdRng, items: &[&'a str]) -> &'a str {
     items[rng.random_range(0..items.len())]
 }

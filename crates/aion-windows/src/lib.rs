@@ -1,7 +1,8 @@
 //! Retrieval quality and fallback rate over event time: per-event nDCG@k, per-tenant tumbling and
 //! hopping windows with per-partition watermarks, aggregated by the pipeline's DataFusion SQL,
 //! published to `metrics.v1` and stored as Parquet tables (window results, and the event history
-//! an analyst reruns the same SQL over).
+//! an analyst reruns the same SQL over). Retrievals without judgments are scored with the ones a
+//! human labelled for the same query (the `labels` table), when there are some.
 //!
 //! Owns the windows stage end to end (its run loop included); it reads the wire types of
 //! `aion-events` and the delivery contract of `aion-kafka`, and knows no other stage.
@@ -10,6 +11,7 @@
 
 mod aggregate;
 mod config;
+mod labels;
 mod operator;
 mod stage;
 mod table;
@@ -18,12 +20,14 @@ pub use aggregate::{input_schema, Aggregator, GroupResult, INPUT_TABLE};
 pub use config::{
     parse_duration, WindowSpec, WindowsConfig, DEFAULT_PIPELINE, DEFAULT_SQL, WINDOW_EVENTS_VIEW,
 };
+pub use labels::{LabelledJudgments, LABELS_TABLE};
 pub use operator::{
     Admission, ClosedGroup, ClosedWindow, Closing, Measure, Micros, Observation, Origin,
     ReleasedPane, WindowOperator,
 };
 pub use stage::{
-    observation, run, StageOptions, Stats, HISTORY_TABLE, LATE_WINDOWS_HEADER, METRICS_TABLE,
+    observation, observation_with, run, StageOptions, Stats, HISTORY_TABLE, LATE_WINDOWS_HEADER,
+    METRICS_TABLE,
 };
 pub use table::Table;
 

@@ -6,6 +6,9 @@
 //! `<topic>.late` record is acknowledged; invalid events go to `<topic>.dlq`. Offsets are stored
 //! only at resume points, so a replay rebuilds every watermark exactly. A rebalance restarts the
 //! stage's state from the committed offsets (the run returns [`Error::Rebalanced`]).
+//!
+//! Retrievals without judgments are scored with labelled judgments of their query from the
+//! `labels` table under the data dir ([`crate::labels`]), re-read every few seconds.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -18,7 +21,10 @@ use aion_kafka::{headers, Ack, KafkaConfig, OwnedHeaders, Record, Sink, Source, 
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
+use aion_labels::JudgmentMap;
+
 use crate::aggregate::Aggregator;
+use crate::labels::{LabelledJudgments, LABELS_TABLE};
 use crate::operator::{Closing, Measure, Observation, Origin, WindowOperator};
 use crate::table::{pane_batch, Table};
 use crate::{Error, Result, WindowsConfig};
@@ -108,6 +114,8 @@ pub async fn run(
         topic: config.output_topic.clone(),
         topic_partitions,
     };
+    let mut labelled = LabelledJudgments::new(options.data_dir.join(LABELS_TABLE));
+    labelled.refresh(Instant::now());
     let revocations = source.revocations();
     info!(group = %options.group_id, data = %options.data_dir.display(), "windows stage started");
     let result = loop {
@@ -119,6 +127,7 @@ pub async fn run(
         if source.revocations() != revocations {
             break Err(Error::Rebalanced);
         }
+        labelled.refresh(Instant::now());
         if let Some(record) = record {
             stats.received.fetch_add(1, Ordering::Relaxed);
             let input = u8::from(*record.topic != *inputs[0]);
@@ -130,6 +139,7 @@ pub async fn run(
                 input,
                 record,
                 stats,
+                labelled.map(),
             )
             .await?;
         }
@@ -167,18 +177,35 @@ pub fn observation(
     input: u8,
     payload: &[u8],
 ) -> Result<Observation, aion_events::Reject> {
+    observation_with(config, limits, input, payload, &JudgmentMap::new())
+}
+
+/// [`observation`], scoring a retrieval that carries no judgment with the labelled judgments of
+/// its query in `judgments`, if any.
+pub fn observation_with(
+    config: &WindowsConfig,
+    limits: &DecodeLimits,
+    input: u8,
+    payload: &[u8],
+    judgments: &JudgmentMap,
+) -> Result<Observation, aion_events::Reject> {
     if input == 0 {
-        decode::<RetrievalEvent>(payload, limits).map(|e| Observation {
-            tenant: Arc::from(e.tenant_id.as_str()),
-            ts: e.ts.timestamp_micros(),
-            measure: Measure::Retrieval {
-                ndcg: aion_events::ndcg::ndcg(
-                    &e.results,
-                    e.judgments.as_deref(),
-                    config.ndcg.k,
-                    config.ndcg.gain,
-                ),
-            },
+        decode::<RetrievalEvent>(payload, limits).map(|mut e| {
+            if !judgments.is_empty() {
+                judgments.fill(&mut e);
+            }
+            Observation {
+                tenant: Arc::from(e.tenant_id.as_str()),
+                ts: e.ts.timestamp_micros(),
+                measure: Measure::Retrieval {
+                    ndcg: aion_events::ndcg::ndcg(
+                        &e.results,
+                        e.judgments.as_deref(),
+                        config.ndcg.k,
+                        config.ndcg.gain,
+                    ),
+                },
+            }
         })
     } else {
         decode::<AnswerEvent>(payload, limits).map(|e| Observation {
@@ -192,6 +219,7 @@ pub fn observation(
     }
 }
 
+#[allow(clippy::too_many_arguments)] // one call site; the stage's parts, passed apart to keep borrows disjoint
 async fn admit(
     config: &WindowsConfig,
     options: &StageOptions,
@@ -200,6 +228,7 @@ async fn admit(
     input: u8,
     record: Record,
     stats: &Stats,
+    judgments: &JudgmentMap,
 ) -> Result<()> {
     let now = Instant::now();
     let origin = Origin {
@@ -207,7 +236,7 @@ async fn admit(
         partition: record.partition,
         offset: record.offset,
     };
-    let observation = observation(config, &options.decode, input, &record.payload);
+    let observation = observation_with(config, &options.decode, input, &record.payload, judgments);
     let observation = match observation {
         Ok(o) => o,
         Err(reject) => {

@@ -1,9 +1,12 @@
 //! Subcommands. Each module owns its arguments and its run function.
 
+mod answers;
 mod bench;
 mod broker;
 mod enrich;
 mod gate;
+mod label_queue;
+mod labels;
 mod models;
 mod ndcg;
 mod produce;
@@ -13,6 +16,7 @@ mod sql;
 mod tail;
 mod topics;
 mod trainer;
+mod tune;
 mod up;
 mod validate;
 mod windows;
@@ -67,8 +71,18 @@ pub enum Command {
     /// The control API and web panel: training start/cancel/status, thresholds, metric series,
     /// triggers, the entity heatmap, Prometheus metrics.
     Serve(serve::Args),
-    /// SQL (DataFusion) over the Parquet tables: window metrics, the window history.
+    /// SQL (DataFusion) over the Parquet tables: window metrics, the window history, shards,
+    /// entities, labels and the label queue.
     Sql(sql::Args),
+    /// Queue the answers most worth a human label (confidence closest to τ, not yet queued or
+    /// labelled): the `label_queue` table and JSON lines for a labelling tool.
+    LabelQueue(label_queue::Args),
+    /// Human labels: `import` a labelling tool's JSON lines into `labels.v1`.
+    #[command(subcommand)]
+    Labels(labels::Action),
+    /// Sweep the fallback confidence threshold τ over the answer history and print Cost(τ), its
+    /// argmin and the current τ's cost.
+    TuneFallback(tune::Args),
     /// Per-event nDCG@k of a file of retrieval events.
     Ndcg(ndcg::Args),
     /// Benchmarks side by side with their targets and references: relay, windows, shards, ner.
@@ -150,6 +164,9 @@ pub async fn run(command: Command, ctx: Context) -> Result<()> {
         Command::Adapters(action) => trainer::adapters(action),
         Command::Serve(args) => serve::run(args, &ctx, shutdown_signal()).await,
         Command::Sql(args) => sql::run(args, &ctx).await,
+        Command::LabelQueue(args) => label_queue::run(args, &ctx).await,
+        Command::Labels(action) => labels::run(action, &ctx).await,
+        Command::TuneFallback(args) => tune::run(args, &ctx).await,
         Command::Ndcg(args) => ndcg::run(args, &ctx),
         Command::Bench(action) => bench::run(action, &ctx).await,
         Command::Validate(args) => validate::run(args).await,

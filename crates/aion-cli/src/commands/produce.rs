@@ -16,6 +16,9 @@ pub enum ScenarioName {
     Steady,
     /// From --degrade-at on, --degrade-tenants get noisy rankings and a ≈ 50 % fallback rate.
     Degrade,
+    /// From --degrade-at on, retrievals whose query mentions --entity get noisy rankings and
+    /// lower confidence, in every tenant; everything else stays healthy.
+    DegradeEntity,
 }
 
 #[derive(Debug, clap::Args)]
@@ -45,6 +48,10 @@ pub struct Args {
     /// Tenants that degrade, comma-separated (default: the first tenant).
     #[arg(long, value_delimiter = ',')]
     pub degrade_tenants: Vec<String>,
+    /// The entity that degrades with `--scenario degrade-entity` (a person, company, place or
+    /// product of the generator's vocabulary, e.g. "Curitiba").
+    #[arg(long)]
+    pub entity: Option<String>,
     /// Hours of event time the stream covers; events are spread evenly over them.
     #[arg(long, default_value_t = 48)]
     pub span_hours: i64,
@@ -93,6 +100,21 @@ impl Args {
                     self.degrade_tenants.clone()
                 },
             },
+            ScenarioName::DegradeEntity => {
+                let Some(entity) = &self.entity else {
+                    bail!("--scenario degrade-entity needs --entity NAME");
+                };
+                if !aion_traffic::entities().any(|e| e.eq_ignore_ascii_case(entity)) {
+                    bail!(
+                        "--entity {entity:?} is not one the generator mentions; one of: {}",
+                        aion_traffic::entities().collect::<Vec<_>>().join(", ")
+                    );
+                }
+                Scenario::DegradeEntity {
+                    at: self.degrade_at,
+                    entity: entity.clone(),
+                }
+            }
         };
         Ok(TrafficConfig {
             seed: self.seed,

@@ -1,4 +1,4 @@
-//! `aion shards run`: the training-shard writer (and the entity-mention table).
+//! `aion shards run`: the training-shard writer (and the entity-mention and labels tables).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -30,6 +30,12 @@ pub struct RunArgs {
     /// Do not consume `retrieval.enriched.v1` (no enricher runs).
     #[arg(long)]
     pub no_entities: bool,
+    /// Root of the `labels` table written from `labels.v1` (default: `<state dir>/labels`).
+    #[arg(long, env = "AION_LABELS_DIR", value_name = "DIR")]
+    pub labels_dir: Option<PathBuf>,
+    /// Do not consume `labels.v1`.
+    #[arg(long)]
+    pub no_labels: bool,
     /// Write prompts and replies unredacted (only for data known to carry no personal data).
     #[arg(long)]
     pub no_redact: bool,
@@ -59,6 +65,13 @@ pub fn options(ctx: &Context, args: RunArgs) -> Result<ShardOptions> {
                 aion_events::topics::RETRIEVAL_ENRICHED.to_owned(),
                 args.entities_dir
                     .unwrap_or_else(|| ctx.state_dir.join(aion_api::tables::ENTITIES_TABLE)),
+            )
+        }),
+        labels: (!args.no_labels).then(|| {
+            (
+                aion_events::topics::LABELS.to_owned(),
+                args.labels_dir
+                    .unwrap_or_else(|| ctx.state_dir.join(aion_api::tables::LABELS_TABLE)),
             )
         }),
         policy: RollPolicy {

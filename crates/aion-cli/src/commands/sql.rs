@@ -76,22 +76,27 @@ pub async fn run(args: Args, ctx: &Context) -> Result<()> {
         }
     };
     let batches: Vec<RecordBatch> = frame.collect().await?;
+    print(args.format, &batches)
+}
+
+/// Writes `batches` to standard output in `format`.
+pub fn print(format: Format, batches: &[RecordBatch]) -> Result<()> {
     let mut out = std::io::stdout().lock();
-    match args.format {
+    match format {
         Format::Table => {
             use std::io::Write;
-            let text = datafusion::arrow::util::pretty::pretty_format_batches(&batches)?;
+            let text = datafusion::arrow::util::pretty::pretty_format_batches(batches)?;
             writeln!(out, "{text}")?;
         }
         Format::Csv => {
             let mut w = datafusion::arrow::csv::Writer::new(out);
-            for b in &batches {
+            for b in batches {
                 w.write(b)?;
             }
         }
         Format::Json => {
             let mut w = datafusion::arrow::json::LineDelimitedWriter::new(out);
-            for b in &batches {
+            for b in batches {
                 w.write(b)?;
             }
             w.finish()?;

@@ -25,7 +25,8 @@ pub enum Action {
 
 /// The topics AION Stream itself needs: inputs with their dead-letter and late side outputs, the
 /// window results and the enriched retrievals (and their dead letters, for the gate and the
-/// shard stage), training triggers (and theirs), status and control, and index rebuilds.
+/// shard stage), training triggers (and theirs), status and control, index rebuilds, and the
+/// human labels (and theirs).
 pub fn product_topics() -> Vec<String> {
     topics::INPUTS
         .iter()
@@ -40,6 +41,8 @@ pub fn product_topics() -> Vec<String> {
             topics::INDEX_REBUILD.to_string(),
             topics::RETRIEVAL_ENRICHED.to_string(),
             topics::dlq(topics::RETRIEVAL_ENRICHED),
+            topics::LABELS.to_string(),
+            topics::dlq(topics::LABELS),
         ])
         .collect()
 }

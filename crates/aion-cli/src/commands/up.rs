@@ -139,6 +139,8 @@ pub async fn run(args: Args, mut ctx: Context, stop: CancellationToken) -> Resul
                 max_age_secs: 10,
                 entities_dir: None,
                 no_entities: enrich.is_none(),
+                labels_dir: None,
+                no_labels: false,
                 no_redact: false,
                 join_wait_secs: aion_shards::JoinOptions::default().wait.as_secs(),
                 remote: None,
@@ -243,6 +245,7 @@ pub async fn run(args: Args, mut ctx: Context, stop: CancellationToken) -> Resul
             scenario: super::produce::ScenarioName::Degrade,
             degrade_at: 0.5,
             degrade_tenants: vec!["acme".into()],
+            entity: None,
             span_hours: args.span_hours,
             start: None,
             invalid_fraction: 0.01,
@@ -269,7 +272,7 @@ pub async fn run(args: Args, mut ctx: Context, stop: CancellationToken) -> Resul
         tokio::select! {
             _ = tick.tick() => {
                 let (received, forwarded, dlq) = stats.snapshot();
-                println!("summary   events in {received}, forwarded {forwarded}, dead-lettered {dlq}; {}; enriched {}; shard rows {} ({} joined with their retrieval); triggers fired {}; {}", windows_line(&window_stats), enrich_stats.enriched.load(std::sync::atomic::Ordering::Relaxed), shard_stats.written.load(std::sync::atomic::Ordering::Relaxed), shard_stats.joined.load(std::sync::atomic::Ordering::Relaxed), gate_stats.fired.load(std::sync::atomic::Ordering::Relaxed), training_line(&trainer_stats));
+                println!("summary   events in {received}, forwarded {forwarded}, dead-lettered {dlq}; {}; enriched {}; shard rows {} ({} joined with their retrieval, {} PII redacted); triggers fired {}; {}", windows_line(&window_stats), enrich_stats.enriched.load(std::sync::atomic::Ordering::Relaxed), shard_stats.written.load(std::sync::atomic::Ordering::Relaxed), shard_stats.joined.load(std::sync::atomic::Ordering::Relaxed), shard_stats.redacted.load(std::sync::atomic::Ordering::Relaxed), gate_stats.fired.load(std::sync::atomic::Ordering::Relaxed), training_line(&trainer_stats));
                 if let Some(line) = tenants_line(&gate_stats) {
                     println!("tenants   {line}");
                 }

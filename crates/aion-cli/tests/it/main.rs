@@ -4,6 +4,7 @@
 
 mod enrich;
 mod gate;
+mod labels;
 mod ndcg;
 mod relay;
 mod serve;

@@ -12,6 +12,7 @@ fn the_pipelines_validate_and_broken_copies_are_named() {
         "gate.toml",
         "window_events.sql",
         "entity_heatmap.sql",
+        "entity_quality.sql",
     ] {
         assert!(
             out.lines().any(|l| l.starts_with("ok") && l.contains(file)),

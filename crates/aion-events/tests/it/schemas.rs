@@ -1,6 +1,6 @@
 use aion_events::{
-    decode, AnswerEvent, DecodeLimits, EnrichedRetrieval, IndexRebuild, RetrievalEvent, Schema,
-    TrainControl, TrainStatus, TrainTrigger, WindowMetrics,
+    decode, AnswerEvent, DecodeLimits, EnrichedRetrieval, IndexRebuild, LabelEvent, RetrievalEvent,
+    Schema, TrainControl, TrainStatus, TrainTrigger, WindowMetrics,
 };
 
 use crate::{examples, schema_dir};
@@ -140,4 +140,42 @@ fn enriched_examples_decode_and_round_trip() {
         assert_eq!(event.event_id, retrieval.event_id);
         assert!(!event.entities.is_empty());
     }
+}
+
+#[test]
+fn labels_examples_decode_and_round_trip() {
+    examples_decode_and_round_trip::<LabelEvent>();
+}
+
+#[test]
+fn labels_schema_matches_rust_type() {
+    schema_fields_match::<LabelEvent>(0);
+}
+
+#[test]
+fn labels_need_a_label_and_judgments_need_their_query() {
+    let reject = |json: serde_json::Value| {
+        decode::<LabelEvent>(
+            &serde_json::to_vec(&json).unwrap(),
+            &DecodeLimits::default(),
+        )
+        .unwrap_err()
+    };
+    let base = serde_json::json!({
+        "event_id": "a-1", "tenant_id": "acme", "labelled_at": "2026-11-30T10:00:00Z",
+        "labeller": "ana"
+    });
+    assert_eq!(reject(base.clone()).path, ".");
+    let mut j = base.clone();
+    j["judgments"] = serde_json::json!([{ "doc_id": "d", "rel": 2 }]);
+    assert_eq!(reject(j.clone()).path, "query");
+    j["query"] = "refund".into();
+    j["judgments"] = serde_json::json!([{ "doc_id": "d", "rel": 4 }]);
+    assert_eq!(reject(j.clone()).path, "judgments[0].rel");
+    j["judgments"] = serde_json::json!([{ "doc_id": "d", "rel": 1 }, { "doc_id": "d", "rel": 2 }]);
+    assert_eq!(reject(j).path, "judgments[1].doc_id");
+    let mut t = base;
+    t["correct"] = true.into();
+    t["tenant_id"] = "../x".into();
+    assert_eq!(reject(t).path, "tenant_id");
 }
