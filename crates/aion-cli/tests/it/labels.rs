@@ -301,10 +301,7 @@ fn tune_fallback_reports_hand_computed_costs_argmin_and_current() {
         table.contains("current: τ = 0.5000 (given by --current), cost 0.100000"),
         "{table}"
     );
-    let err = fails(
-        &s,
-        &["tune-fallback", "--c-fallback", "1", "--c-local", "-1"],
-    );
+    let err = fails(&s, &["tune-fallback", "--c-fallback", "1", "--c-local=-1"]);
     assert!(err.contains("c_local must be a finite number ≥ 0"), "{err}");
 }
 
