@@ -97,8 +97,10 @@ fn relay_delivers_every_valid_event_once_and_every_invalid_one_to_the_dlq_across
             "produce",
             "--count",
             "10000",
+            // Slow enough that the kill after 3,000 outputs lands mid-stream even when the
+            // reader's group join is slow (the local broker holds joins for seconds).
             "--rate",
-            "2500",
+            "800",
             "--seed",
             "9",
             "--invalid-fraction",
