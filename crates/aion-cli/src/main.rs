@@ -42,6 +42,11 @@ struct Cli {
     /// Prefix of consumer group ids (overrides `kafka.group_prefix`).
     #[arg(long, global = true, env = "AION_GROUP_PREFIX")]
     group_prefix: Option<String>,
+    /// How stages get their partitions (overrides `kafka.assignment`): `group` shares them among a
+    /// stage's processes through its consumer group; `all` reads every partition directly, for
+    /// one process per stage.
+    #[arg(long, global = true, env = "AION_KAFKA_ASSIGNMENT", value_parser = parse_assignment)]
+    assignment: Option<aion_kafka::Assignment>,
     /// Largest accepted event payload in bytes (overrides `decode.max_bytes`); larger ones are
     /// dead-lettered unparsed.
     #[arg(
@@ -78,6 +83,16 @@ pub struct Context {
     pub state_dir: PathBuf,
 }
 
+fn parse_assignment(s: &str) -> Result<aion_kafka::Assignment, String> {
+    match s {
+        "group" => Ok(aion_kafka::Assignment::Group),
+        "all" => Ok(aion_kafka::Assignment::All),
+        other => Err(format!(
+            "`{other}` is not an assignment: use `group` or `all`"
+        )),
+    }
+}
+
 impl Context {
     fn resolve(cli: &Cli) -> Result<Self> {
         let mut config = Config::load(cli.config.as_deref())?;
@@ -86,6 +101,9 @@ impl Context {
         }
         if let Some(p) = &cli.group_prefix {
             config.kafka.group_prefix = p.clone();
+        }
+        if let Some(a) = cli.assignment {
+            config.kafka.assignment = a;
         }
         if let Some(b) = cli.decode_max_bytes {
             config.decode.max_bytes = b;

@@ -57,6 +57,10 @@ impl Stack {
             .envs(std::env::var_os("AION_CACHE_DIR").map(|d| ("AION_CACHE_DIR", d)))
             .env("AION_BROKERS", &self.kafka.brokers)
             .env("AION_STATE_DIR", self.state.path())
+            // One process per stage, as in `aion up`. Several test stacks share two cores here and
+            // the local broker then misses group heartbeats, rebalancing stages mid-test; group
+            // membership and hand-over are tested in aion-kafka.
+            .env("AION_KAFKA_ASSIGNMENT", "all")
             .env("AION_LOG", "warn");
         c
     }
