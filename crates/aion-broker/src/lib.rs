@@ -198,7 +198,15 @@ impl Broker {
             .prefix("aion-broker-")
             .tempdir()
             .map_err(io_err("creating", &std::env::temp_dir()))?;
-        let mut broker = Self::start(free_port()?, temp.path())?;
+        // The free port is an ephemeral one: an outgoing connection of a client running alongside
+        // may take it before the broker binds it. Pick another.
+        let mut attempts = 0;
+        let mut broker = loop {
+            match Self::start(free_port()?, temp.path()) {
+                Err(Error::PortInUse(_)) if attempts < 5 => attempts += 1,
+                started => break started?,
+            }
+        };
         broker._temp = Some(temp);
         Ok(broker)
     }

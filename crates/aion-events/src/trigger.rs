@@ -65,7 +65,8 @@ pub struct TrainTrigger {
     pub answers: u64,
     pub judged_events: u64,
     pub thresholds: Thresholds,
-    /// Most frequent entities of the degraded window, when enriched events exist.
+    /// The degraded window's entities with the lowest mean nDCG, worst first, when the entity
+    /// table holds the window (`pipelines/trigger_entities.sql`).
     #[serde(default)]
     pub top_entities: Vec<String>,
     /// Training shards to use (the shard manifest at trigger time), when shards exist.

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use aion_events::Recipe;
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, Result};
+use crate::{Error, Result, TopEntities};
 
 /// The pipeline shipped in the repository, embedded so the binary runs without the source tree.
 pub const DEFAULT_PIPELINE: &str = include_str!("../../../pipelines/gate.toml");
@@ -25,6 +25,9 @@ pub struct GateConfig {
     /// The training recipe every trigger carries.
     pub recipe: Recipe,
     pub index_rebuild: IndexRebuildConfig,
+    /// The worst entities a trigger records.
+    #[serde(default)]
+    pub top_entities: TopEntities,
 }
 
 /// The index-rebuild rule.

@@ -4,12 +4,13 @@
 //! documents seen in a tenant's retrieval results). Owns their state files and the persisted
 //! run-time settings.
 //!
-//! Reads the wire types of `aion-events` and the delivery contract of `aion-kafka`; knows no other
-//! stage.
+//! Reads the wire types of `aion-events`, the delivery contract of `aion-kafka` and, through
+//! DataFusion, the Parquet tables the shard stage leaves on disk; knows no other stage.
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 mod config;
+mod entities;
 mod gate;
 mod index;
 mod stage;
@@ -17,6 +18,7 @@ mod stage;
 use std::path::Path;
 
 pub use config::{GateConfig, IndexRebuildConfig, Settings, SettingsStore, DEFAULT_PIPELINE};
+pub use entities::{worst_entities, TopEntities, TRIGGER_ENTITIES_SQL};
 pub use gate::{state_path, Gate, TenantState, Verdict};
 pub use index::{index_path, run_index, IndexWatch};
 pub use stage::{manual_trigger, run, shard_snapshot, trigger, GateOptions, Latest, Stats};

@@ -36,6 +36,8 @@ pub struct GateOptions {
     pub dry_run: bool,
     /// Root of the shard table whose manifest a trigger snapshots (`None`: no shards).
     pub shards_root: Option<PathBuf>,
+    /// Root of the entity table a trigger's worst entities come from (`None`: none recorded).
+    pub entities_root: Option<PathBuf>,
     pub decode: DecodeLimits,
 }
 
@@ -139,6 +141,33 @@ pub fn shard_snapshot(options: &GateOptions, tenant: &str) -> Result<Vec<String>
         .map_err(|e| crate::io(&root.join(aion_events::SHARD_MANIFEST), e))
 }
 
+/// The window's worst entities. A trigger matters more than its annotation: an unreadable table
+/// is logged and the trigger goes out without them.
+async fn top_entities(
+    config: &GateConfig,
+    options: &GateOptions,
+    m: &WindowMetrics,
+) -> Vec<String> {
+    let Some(root) = &options.entities_root else {
+        return Vec::new();
+    };
+    match crate::worst_entities(
+        root,
+        &m.tenant_id,
+        m.window_start,
+        m.window_end,
+        &config.top_entities,
+    )
+    .await
+    {
+        Ok(worst) => worst,
+        Err(error) => {
+            warn!(%error, tenant = %m.tenant_id, "trigger goes out without its worst entities");
+            Vec::new()
+        }
+    }
+}
+
 /// Runs until `stop` is cancelled.
 pub async fn run(
     config: &GateConfig,
@@ -218,6 +247,7 @@ pub async fn run(
             Verdict::Fire(reason) => {
                 let mut t = trigger(config, &settings, &m, reason);
                 t.shards = shard_snapshot(options, &m.tenant_id)?;
+                t.top_entities = top_entities(config, options, &m).await;
                 debug_assert!(t.validate().is_ok());
                 stats.fired.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("aion_triggers_total", "stage" => STAGE).increment(1);

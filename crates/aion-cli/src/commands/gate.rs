@@ -115,6 +115,7 @@ pub fn options(
         initial: settings,
         dry_run,
         shards_root: Some(ctx.state_dir.join("shards")),
+        entities_root: Some(ctx.state_dir.join(aion_api::tables::ENTITIES_TABLE)),
         decode: ctx.decode_limits(),
     })
 }

@@ -1,5 +1,5 @@
 //! The trigger gate through the real broker: the degradation scenario → windows → gate, with the
-//! gate killed (-9) and restarted in the middle.
+//! gate killed (-9) and restarted in the middle; triggers name their window's worst entities.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -101,6 +101,12 @@ async fn one_trigger_per_cooldown_for_the_degraded_tenant_only_across_a_gate_kil
     let out = Reader::new(&s.kafka, &["train.trigger.v1"], true).unwrap();
     let mut got = BTreeMap::new();
 
+    // The entity table the shard stage would have written: the triggers name their worst entities.
+    crate::write_entity_table(
+        s.state.path(),
+        &std::fs::read_to_string(dir.join("retrieval.v1.jsonl")).unwrap(),
+    );
+    let vocabulary: Vec<String> = aion_traffic::entities().map(str::to_lowercase).collect();
     let _windows = s.spawn(&["windows", "run"], "windows.log");
     let mut gate = s.spawn(&["gate", "run"], "gate.log");
     publish(&s, "retrieval.v1", &r1).await;
@@ -156,6 +162,14 @@ async fn one_trigger_per_cooldown_for_the_degraded_tenant_only_across_a_gate_kil
         assert_eq!(t["window"], "hopping_24h");
         assert!(t["answers"].as_u64().unwrap() >= 50);
         assert_eq!(t["recipe"]["lora_r"], 16);
+        let worst = t["top_entities"].as_array().unwrap();
+        assert_eq!(worst.len(), 5, "{t}");
+        assert!(
+            worst
+                .iter()
+                .all(|e| vocabulary.iter().any(|v| e == v.as_str())),
+            "{t}"
+        );
     }
 }
 

@@ -6,9 +6,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use aion_events::ndcg::{ndcg, Gain};
-use aion_events::{AnswerEvent, EnrichedRetrieval, LabelEvent, RetrievalEvent, Term};
-use aion_shards::{EntityRow, LabelRow, RollPolicy, ShardWriter, TrainingRow};
+use aion_events::{AnswerEvent, LabelEvent};
+use aion_shards::{LabelRow, RollPolicy, ShardWriter, TrainingRow};
 
 use crate::Stack;
 
@@ -320,38 +319,11 @@ fn labels_import_rejects_a_file_with_an_invalid_line_and_publishes_nothing() {
     assert!(err.contains("line 2: "), "{err}");
 }
 
-/// The `entities` table as the shard stage writes it: one enriched retrieval per row of `rows`
-/// (event id, time, the entities its query names, its nDCG).
-fn write_entities(root: &Path, rows: Vec<(RetrievalEvent, Vec<String>, Option<f64>)>) {
-    let mut w: ShardWriter<EntityRow, ()> =
-        ShardWriter::open(&root.join("entities"), RollPolicy::default(), None).unwrap();
-    for (i, (e, entities, ndcg)) in rows.into_iter().enumerate() {
-        let event = EnrichedRetrieval {
-            event_id: e.event_id,
-            tenant_id: e.tenant_id,
-            ts: e.ts,
-            entities: entities
-                .into_iter()
-                .map(|text| Term {
-                    text,
-                    kind: "ENTITY".into(),
-                    score: 3,
-                    source: "ner".into(),
-                })
-                .collect(),
-            results: Vec::new(),
-            judgments: None,
-        };
-        assert!(w.push(0, i as i64, EntityRow { event, ndcg }, ()));
-    }
-    w.roll(Instant::now() + Duration::from_secs(3600), true)
-        .unwrap();
-}
-
 /// `aion produce --scenario degrade-entity --entity Curitiba` → per-event nDCG of each retrieval
 /// and one `entities` row per vocabulary entity its query names (a stand-in for the enricher,
 /// whose offline model finds names and places but not products) → the answers as shards →
-/// `pipelines/entity_quality.sql` ranks Curitiba worst in every tenant.
+/// `pipelines/entity_quality.sql` ranks Curitiba worst in every tenant, and the trigger of a
+/// window over that day records the same ranking (`pipelines/trigger_entities.sql`).
 #[test]
 fn the_entity_breakdown_ranks_the_degraded_entity_worst() {
     let s = Stack::offline();
@@ -378,21 +350,7 @@ fn the_entity_breakdown_ranks_the_degraded_entity_worst() {
         "24",
     ]);
     let read = |topic: &str| std::fs::read_to_string(dir.join(format!("{topic}.jsonl"))).unwrap();
-    let vocabulary: Vec<&str> = aion_traffic::entities().collect();
-    let mut rows = Vec::new();
-    for line in read("retrieval.v1").lines() {
-        let e: RetrievalEvent = serde_json::from_str(line).unwrap();
-        let ndcg = ndcg(&e.results, e.judgments.as_deref(), 10, Gain::Linear);
-        let named: Vec<String> = vocabulary
-            .iter()
-            .filter(|v| e.query.contains(**v))
-            .map(|v| v.to_lowercase())
-            .collect();
-        if !named.is_empty() {
-            rows.push((e, named, ndcg));
-        }
-    }
-    write_entities(s.state.path(), rows);
+    crate::write_entity_table(s.state.path(), &read("retrieval.v1"));
     let answers: Vec<AnswerEvent> = read("answer.v1")
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -434,5 +392,24 @@ fn the_entity_breakdown_ranks_the_degraded_entity_worst() {
             worst["fallback_rate"].as_f64().unwrap() > mean + 0.1,
             "{worst} vs {mean}"
         );
+        // The trigger's worst entities for the day's window: the same ranking.
+        let expected: Vec<&str> = mine
+            .iter()
+            .filter(|r| r["judged"].as_u64().unwrap() >= 5)
+            .take(5)
+            .map(|r| r["entity"].as_str().unwrap())
+            .collect();
+        let start = "2026-11-29T00:00:00Z".parse().unwrap();
+        let recorded = tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(aion_gate::worst_entities(
+                &s.state.path().join("entities"),
+                tenant,
+                start,
+                start + chrono::Duration::hours(24),
+                &aion_gate::TopEntities::default(),
+            ))
+            .unwrap();
+        assert_eq!(recorded, expected, "{tenant}");
     }
 }

@@ -17,7 +17,10 @@ mod windows;
 use std::process::{Child, Command, Stdio};
 
 use aion_broker::Broker;
+use aion_events::ndcg::{ndcg, Gain};
+use aion_events::{EnrichedRetrieval, RetrievalEvent, Term};
 use aion_kafka::KafkaConfig;
+use aion_shards::{EntityRow, RollPolicy, ShardWriter};
 
 pub struct Stack {
     /// `None` for commands that need no broker.
@@ -144,4 +147,46 @@ impl Drop for Running {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The `entities` table as the shard stage writes it, for the retrieval events of a JSONL file:
+/// each with its nDCG@10 and one row per traffic-vocabulary entity its query names (a stand-in for
+/// the enricher, whose offline model finds names and places but not products).
+pub fn write_entity_table(root: &std::path::Path, retrievals_jsonl: &str) {
+    let vocabulary: Vec<&str> = aion_traffic::entities().collect();
+    let mut w: ShardWriter<EntityRow, ()> =
+        ShardWriter::open(&root.join("entities"), RollPolicy::default(), None).unwrap();
+    for (i, line) in retrievals_jsonl.lines().enumerate() {
+        let Ok(e) = serde_json::from_str::<RetrievalEvent>(line) else {
+            continue;
+        };
+        let entities: Vec<Term> = vocabulary
+            .iter()
+            .filter(|v| e.query.contains(**v))
+            .map(|v| Term {
+                text: v.to_lowercase(),
+                kind: "ENTITY".into(),
+                score: 3,
+                source: "ner".into(),
+            })
+            .collect();
+        if entities.is_empty() {
+            continue;
+        }
+        let ndcg = ndcg(&e.results, e.judgments.as_deref(), 10, Gain::Linear);
+        let event = EnrichedRetrieval {
+            event_id: e.event_id,
+            tenant_id: e.tenant_id,
+            ts: e.ts,
+            entities,
+            results: Vec::new(),
+            judgments: None,
+        };
+        assert!(w.push(0, i as i64, EntityRow { event, ndcg }, ()));
+    }
+    w.roll(
+        std::time::Instant::now() + std::time::Duration::from_secs(3600),
+        true,
+    )
+    .unwrap();
 }

@@ -13,6 +13,7 @@ fn the_pipelines_validate_and_broken_copies_are_named() {
         "window_events.sql",
         "entity_heatmap.sql",
         "entity_quality.sql",
+        "trigger_entities.sql",
     ] {
         assert!(
             out.lines().any(|l| l.starts_with("ok") && l.contains(file)),
