@@ -1,11 +1,13 @@
 //! Training examples from the shard table: the files a trigger names (or, for a trigger without
-//! any, every committed shard of its tenant), filtered and deduplicated by `event_id`.
+//! any, every committed shard of its tenant), filtered and deduplicated by `event_id`; rows that
+//! mention one of the trigger's worst entities weigh more.
 
 use std::collections::HashSet;
 use std::path::Path;
 
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
-use datafusion::arrow::datatypes::Float64Type;
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Float64Type};
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +24,10 @@ pub struct DataFilter {
     pub min_local_confidence: f64,
     /// Keep at most this many examples (the newest files' rows last, so the first N by order).
     pub max_examples: usize,
+    /// A row whose retrieval named one of the trigger's worst entities counts this many times
+    /// (1: no weighting). Its copies share the instruction, so they stay on one side of the
+    /// held-out split.
+    pub entity_weight: usize,
 }
 
 impl Default for DataFilter {
@@ -30,12 +36,20 @@ impl Default for DataFilter {
             fallback: true,
             min_local_confidence: 0.8,
             max_examples: 20_000,
+            entity_weight: 2,
         }
     }
 }
 
-/// Reads `files` (relative to `root`) into examples.
-pub fn load_examples(root: &Path, files: &[String], filter: &DataFilter) -> Result<Vec<Example>> {
+/// Reads `files` (relative to `root`) into examples, weighting the rows that mention one of
+/// `worst_entities` (compared without case).
+pub fn load_examples(
+    root: &Path,
+    files: &[String],
+    filter: &DataFilter,
+    worst_entities: &[String],
+) -> Result<Vec<Example>> {
+    let worst: HashSet<String> = worst_entities.iter().map(|e| e.to_lowercase()).collect();
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     for rel in files {
@@ -51,14 +65,22 @@ pub fn load_examples(root: &Path, files: &[String], filter: &DataFilter) -> Resu
             .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
         for batch in reader {
             let batch = batch.map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
-            for (id, example) in rows(&batch, filter)
+            for (id, example, entities) in rows(&batch, filter)
                 .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?
             {
-                if out.len() >= filter.max_examples {
-                    return Ok(out);
+                if !seen.insert(id) {
+                    continue;
                 }
-                if seen.insert(id) {
-                    out.push(example);
+                let weight = if entities.iter().any(|e| worst.contains(&e.to_lowercase())) {
+                    filter.entity_weight.max(1)
+                } else {
+                    1
+                };
+                for _ in 0..weight {
+                    if out.len() >= filter.max_examples {
+                        return Ok(out);
+                    }
+                    out.push(example.clone());
                 }
             }
         }
@@ -66,7 +88,12 @@ pub fn load_examples(root: &Path, files: &[String], filter: &DataFilter) -> Resu
     Ok(out)
 }
 
-fn rows(batch: &RecordBatch, filter: &DataFilter) -> Result<Vec<(String, Example)>, String> {
+/// The kept rows of a batch: event id, example, the entities of its retrieval (none in shards
+/// written before the join, or when the retrieval was not seen in time).
+fn rows(
+    batch: &RecordBatch,
+    filter: &DataFilter,
+) -> Result<Vec<(String, Example, Vec<String>)>, String> {
     let column = |name: &str| {
         batch
             .column_by_name(name)
@@ -87,6 +114,25 @@ fn rows(batch: &RecordBatch, filter: &DataFilter) -> Result<Vec<(String, Example
     let fallback = column("fallback")?
         .as_boolean_opt()
         .ok_or("fallback is not a boolean")?;
+    let entities = match batch.column_by_name("entities") {
+        Some(c) => Some(c.as_list_opt::<i32>().ok_or("entities is not a list")?),
+        None => None,
+    };
+    let entities_of = |i: usize| -> Vec<String> {
+        let Some(list) = entities.filter(|l| l.is_valid(i)) else {
+            return Vec::new();
+        };
+        // Parquet strings may be read as views; the cast is a no-op for plain Utf8.
+        cast(&list.value(i), &DataType::Utf8)
+            .map(|a| {
+                a.as_string::<i32>()
+                    .iter()
+                    .flatten()
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
     Ok((0..batch.num_rows())
         .filter(|&i| {
             if fallback.value(i) {
@@ -103,7 +149,112 @@ fn rows(batch: &RecordBatch, filter: &DataFilter) -> Result<Vec<(String, Example
                     instruction: instructions.value(i).to_owned(),
                     response: responses.value(i).to_owned(),
                 },
+                entities_of(i),
             )
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{
+        BooleanArray, Float64Array, ListBuilder, StringArray, StringBuilder,
+    };
+    use datafusion::arrow::datatypes::{Field, Schema};
+    use datafusion::parquet::arrow::ArrowWriter;
+
+    use super::*;
+
+    /// A shard file of fallback answers `(id, entities)`.
+    fn shard(dir: &Path, rows: &[(&str, &[&str])]) -> String {
+        let mut entities = ListBuilder::new(StringBuilder::new());
+        for (_, names) in rows {
+            for n in *names {
+                entities.values().append_value(n);
+            }
+            entities.append(true);
+        }
+        let text = |prefix: &str| {
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|(id, _)| format!("{prefix}{id}")),
+            ))
+        };
+        let entities = entities.finish();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("event_id", DataType::Utf8, false),
+            Field::new("instruction", DataType::Utf8, false),
+            Field::new("response", DataType::Utf8, false),
+            Field::new("confidence", DataType::Float64, false),
+            Field::new("fallback", DataType::Boolean, false),
+            Field::new("entities", entities.data_type().clone(), true),
+        ]));
+        let n = rows.len();
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                text(""),
+                text("question "),
+                text("answer "),
+                Arc::new(Float64Array::from(vec![0.3; n])),
+                Arc::new(BooleanArray::from(vec![true; n])),
+                Arc::new(entities),
+            ],
+        )
+        .unwrap();
+        let file = std::fs::File::create(dir.join("part.parquet")).unwrap();
+        let mut w = ArrowWriter::try_new(file, schema, None).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        "part.parquet".into()
+    }
+
+    #[test]
+    fn rows_naming_a_worst_entity_count_entity_weight_times() {
+        let dir = tempfile::tempdir().unwrap();
+        let rows: &[(&str, &[&str])] = &[
+            ("a", &["Curitiba", "Maria"]),
+            ("b", &["Lisboa"]),
+            ("c", &[]),
+            ("a", &["Curitiba"]),
+        ];
+        let files = vec![shard(dir.path(), rows)];
+        let filter = DataFilter {
+            entity_weight: 3,
+            ..DataFilter::default()
+        };
+        let instructions = |worst: &[String]| -> Vec<String> {
+            load_examples(dir.path(), &files, &filter, worst)
+                .unwrap()
+                .into_iter()
+                .map(|e| e.instruction)
+                .collect()
+        };
+        // Case does not matter; a duplicated event id is still read once.
+        assert_eq!(
+            instructions(&["curitiba".into()]),
+            [
+                "question a",
+                "question a",
+                "question a",
+                "question b",
+                "question c"
+            ]
+        );
+        assert_eq!(
+            instructions(&[]),
+            ["question a", "question b", "question c"]
+        );
+        let capped = DataFilter {
+            max_examples: 2,
+            ..filter.clone()
+        };
+        assert_eq!(
+            load_examples(dir.path(), &files, &capped, &["Curitiba".into()])
+                .unwrap()
+                .len(),
+            2
+        );
+    }
 }

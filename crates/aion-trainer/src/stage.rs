@@ -297,7 +297,12 @@ async fn run_job(
         } else {
             trigger.shards.clone()
         };
-        let loaded = load_examples(&options.shards_root, &files, &options.filter);
+        let loaded = load_examples(
+            &options.shards_root,
+            &files,
+            &options.filter,
+            &trigger.top_entities,
+        );
         let waiting = trigger.shards.is_empty()
             && matches!(&loaded, Ok(e) if e.len() < 2)
             && tokio::time::Instant::now() < deadline;

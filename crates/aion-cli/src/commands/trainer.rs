@@ -62,6 +62,10 @@ pub struct RunArgs {
     /// always used.
     #[arg(long, default_value_t = DataFilter::default().min_local_confidence)]
     pub min_local_confidence: f64,
+    /// A row whose retrieval named one of the trigger's worst entities (`top_entities`) counts
+    /// this many times (1: no weighting).
+    #[arg(long, default_value_t = DataFilter::default().entity_weight as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    pub entity_weight: u64,
     /// Root of the adapter directories (default: `<state dir>/adapters`).
     #[arg(long, env = "AION_ADAPTERS_DIR", value_name = "DIR")]
     pub adapters_dir: Option<PathBuf>,
@@ -77,6 +81,7 @@ impl RunArgs {
             max_len: None,
             max_examples: DataFilter::default().max_examples,
             min_local_confidence: DataFilter::default().min_local_confidence,
+            entity_weight: DataFilter::default().entity_weight as u64,
             adapters_dir: None,
         }
     }
@@ -112,6 +117,7 @@ pub fn options(ctx: &Context, args: RunArgs) -> Result<TrainerOptions> {
             fallback: true,
             min_local_confidence: args.min_local_confidence,
             max_examples: args.max_examples,
+            entity_weight: usize::try_from(args.entity_weight).unwrap_or(usize::MAX),
         },
         decode: ctx.decode_limits(),
         progress_bar: aion_trainer::stage::interactive(),
