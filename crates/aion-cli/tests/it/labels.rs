@@ -1,7 +1,8 @@
-//! The label loop offline, on tables the test writes with the stages' own writers: `aion
+//! The label loop, mostly offline on tables the test writes with the stages' own writers: `aion
 //! label-queue` (hand-computed selections), `aion tune-fallback` (hand-computed costs and
-//! argmin), `aion labels import` validation, and the per-entity breakdown of
-//! `pipelines/entity_quality.sql` over a `degrade-entity` stream from `aion produce`.
+//! argmin), `aion labels import` validation and, on the broker, its way into the labels table;
+//! and the per-entity breakdown of `pipelines/entity_quality.sql` over a `degrade-entity` stream
+//! from `aion produce`.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -412,4 +413,62 @@ fn the_entity_breakdown_ranks_the_degraded_entity_worst() {
             .unwrap();
         assert_eq!(recorded, expected, "{tenant}");
     }
+}
+
+/// `aion labels import` publishes to `labels.v1` on the broker; the shard stage writes each label
+/// once into the `labels` table, where `aion sql` (and the windows stage) read it.
+#[test]
+fn imported_labels_travel_through_the_broker_into_the_labels_table() {
+    let s = Stack::start();
+    s.run(&["topics", "create"]);
+    let file = s.state.path().join("labels.jsonl");
+    let labels = [
+        label("acme", "a1", true),
+        label("acme", "a2", false),
+        label("globex", "g1", true),
+    ];
+    let lines: Vec<String> = labels
+        .iter()
+        .map(|l| serde_json::to_string(l).unwrap())
+        .collect();
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let out = s.run(&["labels", "import", file.to_str().unwrap()]);
+    assert!(out.contains("published 3 labels to labels.v1"), "{out}");
+
+    let stage = s.spawn(&["shards", "run", "--max-age-secs", "1"], "shards.log");
+    let root = s.state.path().join("labels");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let rows = || aion_shards::read_manifest(&root).map_or(0, |m| m.iter().map(|e| e.rows).sum());
+    while rows() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "labels table: {} rows\n{}",
+            rows(),
+            s.logs()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(stage.terminate(), "clean stop\n{}", s.logs());
+    let table = s.run(&[
+        "sql",
+        "--format",
+        "json",
+        "SELECT tenant_id, event_id, labeller, correct FROM labels ORDER BY event_id",
+    ]);
+    let got: Vec<serde_json::Value> = table
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let expected: Vec<serde_json::Value> = labels
+        .iter()
+        .map(|l| {
+            serde_json::json!({
+                "tenant_id": l.tenant_id,
+                "event_id": l.event_id,
+                "labeller": l.labeller,
+                "correct": l.correct,
+            })
+        })
+        .collect();
+    assert_eq!(got, expected, "{table}");
 }
