@@ -233,6 +233,11 @@ impl Sink {
         Ok(self.producer.flush(timeout)?)
     }
 
+    /// Records handed to the producer and neither acknowledged nor failed yet.
+    pub fn in_flight(&self) -> i32 {
+        self.producer.in_flight_count()
+    }
+
     /// Records the broker finally refused (after librdkafka's retries).
     pub fn failed_deliveries(&self) -> u64 {
         self.producer.context().failed.load(Ordering::Relaxed)

@@ -159,8 +159,16 @@ pub async fn run(args: Args, ctx: &Context, stop: CancellationToken) -> Result<(
             info!(sent, "producing");
         }
     }
-    sink.flush(Duration::from_secs(60))
-        .context("flushing produced events")?;
+    // Every queued event ends acknowledged or, after librdkafka's message.timeout.ms (300 s),
+    // failed and counted: a busy broker can take minutes, and a flush deadline would drop the tail
+    // silently. A stop ends the wait; what is still queued is reported below.
+    while sink.in_flight() > 0 && !stop.is_cancelled() {
+        let _ = sink.flush(Duration::from_secs(1));
+    }
+    let unsent = sink.in_flight();
+    if unsent > 0 {
+        bail!("stopped with {unsent} of {sent} events not yet acknowledged by the broker");
+    }
     let failed = sink.failed_deliveries();
     if failed > 0 {
         bail!("{failed} of {sent} events were not acknowledged by the broker");
