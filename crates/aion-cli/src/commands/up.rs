@@ -17,13 +17,15 @@ pub struct Args {
     #[arg(long)]
     pub external_broker: bool,
     /// Synthetic events to publish when the input topics are empty (a re-run resumes instead).
-    #[arg(long, default_value_t = 20_000)]
+    /// The default is what the local broker sustains with every stage attached: at 20,000 events
+    /// it stops answering requests for minutes at a time.
+    #[arg(long, default_value_t = 3_000)]
     pub events: u64,
     /// Synthetic events per second.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 1_500)]
     pub rate: u64,
-    /// Event-time span of the synthetic traffic, in hours.
-    #[arg(long, default_value_t = 48)]
+    /// Event-time span of the synthetic traffic, in hours (acme degrades after the first half).
+    #[arg(long, default_value_t = 12)]
     pub span_hours: i64,
     /// Seconds between summary lines.
     #[arg(long, default_value_t = 5)]
