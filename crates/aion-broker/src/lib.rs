@@ -216,6 +216,11 @@ impl Broker {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// The broker's process id (tests pause it with SIGSTOP to play an unresponsive broker).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Kills the broker (SIGKILL) and waits for it.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

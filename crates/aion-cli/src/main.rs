@@ -144,6 +144,9 @@ impl Context {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // First, before anything can take time: from here on SIGTERM/SIGINT is a request to stop, never
+    // the default kill (a service manager may stop a stage while it is still starting).
+    let stop = commands::shutdown_signal();
     let cli = Cli::parse();
     let filter = EnvFilter::try_new(&cli.log).unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::fmt()
@@ -160,7 +163,7 @@ async fn main() -> ExitCode {
         }
     }
     let result = match Context::resolve(&cli) {
-        Ok(ctx) => commands::run(cli.command, ctx).await,
+        Ok(ctx) => commands::run(cli.command, ctx, stop).await,
         Err(e) => Err(e),
     };
     match result {

@@ -1,6 +1,6 @@
 //! The consuming half: records with acknowledgement tokens, offsets stored only behind acks.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +16,15 @@ use tracing::{debug, info, warn};
 
 use crate::tracker::{Ack, PartitionKey, Tracker};
 use crate::{Assignment, Error, KafkaConfig, Result};
+
+/// Set by the first [`Source::recv`] of the process: from then on a stage has records whose offsets
+/// its own shutdown must settle. Before it, a stop can end the process without any commit.
+static CONSUMING: AtomicBool = AtomicBool::new(false);
+
+/// Whether any [`Source`] of this process has started handing out records.
+pub fn consuming() -> bool {
+    CONSUMING.load(Ordering::Acquire)
+}
 
 /// How often acknowledged offsets are handed to librdkafka (which commits them every
 /// `auto.commit.interval.ms`). Short enough that a crash replays little, long enough to batch.
@@ -238,6 +247,10 @@ impl Source {
 
     /// The next record. Stores acknowledged offsets on the way, and fails once any output failed.
     pub async fn recv(&mut self) -> Result<Record> {
+        if !CONSUMING.swap(true, Ordering::AcqRel) {
+            // The readiness line: tests and operators wait for it before they signal or measure.
+            info!(stage = %self.stage, "stage ready: consuming");
+        }
         loop {
             self.check_failure()?;
             if Instant::now() >= self.next_store {

@@ -129,12 +129,67 @@ pub struct RelayArgs {
     suffix: String,
 }
 
-pub async fn run(command: Command, ctx: Context) -> Result<()> {
+/// What a stop (SIGTERM/SIGINT) means to a command.
+enum OnStop {
+    /// A stage: once it consumes, it drains and commits what is durable itself; a stop before that
+    /// ends it here, successfully — it holds nothing, so nothing is committed.
+    Stage,
+    /// The command handles the stop itself from its first moment (flushes, summaries).
+    Own,
+    /// A one-shot command is abandoned and the exit says it was interrupted.
+    Interrupt,
+}
+
+impl Command {
+    fn on_stop(&self) -> OnStop {
+        match self {
+            Command::Relay(_)
+            | Command::Windows(windows::Action::Run(_))
+            | Command::Enrich(_)
+            | Command::Shards(_)
+            | Command::Gate(gate::Action::Run(_))
+            | Command::Trainer(_) => OnStop::Stage,
+            Command::Produce(_) | Command::Tail(_) | Command::Serve(_) | Command::Up(_) => {
+                OnStop::Own
+            }
+            _ => OnStop::Interrupt,
+        }
+    }
+}
+
+/// Runs `command`; `stop` is cancelled by the first SIGTERM/SIGINT ([`shutdown_signal`]).
+pub async fn run(command: Command, ctx: Context, stop: CancellationToken) -> Result<()> {
+    let on_stop = command.on_stop();
+    if matches!(on_stop, OnStop::Stage) {
+        info!("stage starting");
+    }
+    // On its own task, so that a stop is seen even while start-up waits on the broker.
+    let mut work = tokio::spawn(dispatch(command, ctx, stop.clone()));
+    let joined = |r: std::result::Result<Result<()>, tokio::task::JoinError>| {
+        r.unwrap_or_else(|e| Err(anyhow::anyhow!("the command panicked: {e}")))
+    };
+    tokio::select! {
+        biased;
+        () = stop.cancelled(), if !matches!(on_stop, OnStop::Own) => match on_stop {
+            OnStop::Stage if !aion_kafka::consuming() => {
+                info!("stopped during start-up: nothing consumed, nothing committed");
+                // Exit now: start-up may be blocked in a broker call for its whole timeout, and
+                // the runtime would wait for it; there is nothing to drain or commit.
+                std::process::exit(0)
+            }
+            OnStop::Stage | OnStop::Own => joined(work.await),
+            OnStop::Interrupt => anyhow::bail!("interrupted"),
+        },
+        result = &mut work => joined(result),
+    }
+}
+
+async fn dispatch(command: Command, ctx: Context, stop: CancellationToken) -> Result<()> {
     match command {
         Command::Broker(action) => broker::run(action, &ctx),
         Command::Topics(action) => topics::run(action, &ctx).await,
-        Command::Produce(args) => produce::run(args, &ctx, shutdown_signal()).await,
-        Command::Tail(args) => tail::run(args, &ctx, shutdown_signal()).await,
+        Command::Produce(args) => produce::run(args, &ctx, stop).await,
+        Command::Tail(args) => tail::run(args, &ctx, stop).await,
         Command::Relay(args) => {
             relay::run(
                 &ctx,
@@ -142,27 +197,23 @@ pub async fn run(command: Command, ctx: Context) -> Result<()> {
                 &args.inputs,
                 &args.suffix,
                 None,
-                shutdown_signal(),
+                stop,
                 &relay::Stats::default(),
             )
             .await
         }
-        Command::Windows(action) => windows::run(action, &ctx, shutdown_signal()).await,
-        Command::Enrich(EnrichAction::Run(args)) => {
-            enrich::run(args, &ctx, shutdown_signal()).await
-        }
+        Command::Windows(action) => windows::run(action, &ctx, stop).await,
+        Command::Enrich(EnrichAction::Run(args)) => enrich::run(args, &ctx, stop).await,
         Command::Models(action) => models::run(action).await,
-        Command::Shards(ShardsAction::Run(args)) => {
-            shards::run(args, &ctx, shutdown_signal()).await
-        }
-        Command::Gate(action) => gate::run(action, &ctx, shutdown_signal()).await,
+        Command::Shards(ShardsAction::Run(args)) => shards::run(args, &ctx, stop).await,
+        Command::Gate(action) => gate::run(action, &ctx, stop).await,
         Command::Train(TrainAction::Trigger(args)) => gate::trigger(args, &ctx).await,
         Command::Train(TrainAction::Cancel(args)) => trainer::cancel(args, &ctx).await,
         Command::Train(TrainAction::Status(args)) => trainer::status(args, &ctx),
-        Command::Trainer(action) => trainer::run(action, &ctx, shutdown_signal()).await,
+        Command::Trainer(action) => trainer::run(action, &ctx, stop).await,
         Command::Generate(args) => trainer::generate(args),
         Command::Adapters(action) => trainer::adapters(action),
-        Command::Serve(args) => serve::run(args, &ctx, shutdown_signal()).await,
+        Command::Serve(args) => serve::run(args, &ctx, stop).await,
         Command::Sql(args) => sql::run(args, &ctx).await,
         Command::LabelQueue(args) => label_queue::run(args, &ctx).await,
         Command::Labels(action) => labels::run(action, &ctx).await,
@@ -170,22 +221,28 @@ pub async fn run(command: Command, ctx: Context) -> Result<()> {
         Command::Ndcg(args) => ndcg::run(args, &ctx),
         Command::Bench(action) => bench::run(action, &ctx).await,
         Command::Validate(args) => validate::run(args).await,
-        Command::Up(args) => up::run(args, ctx, shutdown_signal()).await,
+        Command::Up(args) => up::run(args, ctx, stop).await,
     }
 }
 
-/// Cancelled on the first SIGINT or SIGTERM: stages stop reading, drain and commit.
+/// Cancelled on the first SIGINT or SIGTERM: stages stop reading, drain and commit. The handlers
+/// are registered before this returns, so a signal is never the default kill once it has run.
 pub fn shutdown_signal() -> CancellationToken {
+    use tokio::signal::unix::{signal, SignalKind};
     let token = CancellationToken::new();
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(term), Ok(int)) => (term, int),
+        (Err(e), _) | (_, Err(e)) => {
+            // Only without a signal driver (never on Unix with tokio's `signal` feature).
+            tracing::warn!(%e, "cannot handle SIGTERM/SIGINT: they will kill the process");
+            return token;
+        }
+    };
     let t = token.clone();
     tokio::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            return;
-        };
         tokio::select! {
             _ = term.recv() => info!("SIGTERM: shutting down"),
             _ = int.recv() => info!("SIGINT: shutting down"),

@@ -87,7 +87,7 @@ fn models_pull_downloads_a_loadable_model_or_says_why_not() {
         .local_addr()
         .unwrap()
         .port();
-    let mut server = crate::Running(Some(
+    let mut server = crate::Running::new(
         std::process::Command::new("python3")
             .args([
                 "-m",
@@ -101,7 +101,8 @@ fn models_pull_downloads_a_loadable_model_or_says_why_not() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap(),
-    ));
+        None,
+    );
     let dest = s.state.path().join("pulled");
     let pull = |endpoint: &str, repo: &str| {
         s.aion()

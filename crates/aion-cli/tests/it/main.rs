@@ -5,6 +5,7 @@
 mod enrich;
 mod gate;
 mod labels;
+mod lifecycle;
 mod ndcg;
 mod relay;
 mod serve;
@@ -81,16 +82,23 @@ impl Stack {
 
     /// Starts `aion ARGS` in the background, logging to `<state>/<log>`; killed when dropped.
     pub fn spawn(&self, args: &[&str], log: &str) -> Running {
-        let file = std::fs::File::create(self.state.path().join(log)).unwrap();
+        self.spawn_with(args, log, &[])
+    }
+
+    /// [`Stack::spawn`] with extra environment variables.
+    pub fn spawn_with(&self, args: &[&str], log: &str, env: &[(&str, &str)]) -> Running {
+        let log = self.state.path().join(log);
+        let file = std::fs::File::create(&log).unwrap();
         let child = self
             .aion()
             .env("AION_LOG", "info")
+            .envs(env.iter().copied())
             .args(args)
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
             .unwrap();
-        Running(Some(child))
+        Running::new(child, Some(log))
     }
 
     /// The last lines of every background command's log (for failure messages).
@@ -112,20 +120,62 @@ impl Stack {
 }
 
 /// A background `aion` process; SIGKILLed if still running when dropped (e.g. a failed test).
-pub struct Running(Option<Child>);
+pub struct Running {
+    child: Option<Child>,
+    /// Where its stderr goes, for [`Running::wait_for_line`].
+    log: Option<std::path::PathBuf>,
+}
+
+/// The line a stage logs once it consumes (`aion_kafka::Source`): from then on a stop drains.
+pub const READY_LINE: &str = "stage ready: consuming";
 
 impl Running {
+    pub fn new(child: Child, log: Option<std::path::PathBuf>) -> Running {
+        Running {
+            child: Some(child),
+            log,
+        }
+    }
+
     /// SIGKILL: no drain, no commit.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.0.take() {
+        if let Some(mut c) = self.child.take() {
             c.kill().unwrap();
             c.wait().unwrap();
         }
     }
 
-    /// Sends SIGTERM and waits; returns whether the process exited successfully.
-    pub fn terminate(mut self) -> bool {
-        let Some(mut child) = self.0.take() else {
+    /// Waits until the process logs `line` (true) or exits first (false); panics after 5 minutes,
+    /// far beyond any start-up here, so a slow machine only makes a test slower.
+    pub fn wait_for_line(&mut self, line: &str) -> bool {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+        loop {
+            let log = self.log.as_ref().expect("a process started with a log");
+            if std::fs::read_to_string(log).is_ok_and(|t| t.contains(line)) {
+                return true;
+            }
+            match self.child.as_mut().map(|c| c.try_wait()) {
+                Some(Ok(None)) => {}
+                _ => return false,
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no `{line}` in {}",
+                log.display()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for [`READY_LINE`]; false if the process exited before it.
+    pub fn wait_ready(&mut self) -> bool {
+        self.wait_for_line(READY_LINE)
+    }
+
+    /// Sends SIGTERM now, whatever the process is doing, and waits; returns whether it exited
+    /// successfully.
+    pub fn signal_term(mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
             return false;
         };
         let sent = Command::new("kill")
@@ -135,9 +185,16 @@ impl Running {
         sent && child.wait().is_ok_and(|s| s.success())
     }
 
+    /// Waits until the stage is ready, then stops it as an operator would (SIGTERM) and waits;
+    /// returns whether it exited successfully.
+    pub fn terminate(mut self) -> bool {
+        self.wait_ready();
+        self.signal_term()
+    }
+
     /// Waits for the process to exit; returns whether it succeeded.
     pub fn wait(mut self) -> bool {
-        self.0
+        self.child
             .take()
             .is_some_and(|mut c| c.wait().is_ok_and(|s| s.success()))
     }

@@ -161,7 +161,7 @@ async fn a_trigger_trains_an_adapter_once_and_a_cancel_stops_a_job() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut again = crate::Running(Some(again));
+    let mut again = crate::Running::new(again, None);
     wait_committed(&s, "again.trainer");
     again.kill();
     let before = seen.len();

@@ -21,8 +21,9 @@ fn get(port: u16, path: &str) -> Value {
 fn the_loop_trains_the_degraded_tenant_and_the_panel_drives_a_job() {
     let s = Stack::offline();
     let (broker, api) = (free_port(), free_port());
-    let log = std::fs::File::create(s.state.path().join("up.log")).unwrap();
-    let mut up = crate::Running(Some(
+    let log_path = s.state.path().join("up.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut up = crate::Running::new(
         s.aion()
             .env("AION_LOG", "info")
             .args(["up", "--port", &broker.to_string(), "--api-addr"])
@@ -42,7 +43,8 @@ fn the_loop_trains_the_degraded_tenant_and_the_panel_drives_a_job() {
             .stderr(log)
             .spawn()
             .unwrap(),
-    ));
+        Some(log_path),
+    );
     let stop_broker = || {
         s.aion().args(["broker", "stop"]).output().unwrap();
     };
