@@ -1,4 +1,5 @@
-//! The local Kafka-protocol broker: Tansu with its SQLite storage engine, on loopback.
+//! The local Kafka-protocol broker: Nisshi (the maintained continuation of Tansu) with its SQLite
+//! storage engine, on loopback.
 //!
 //! Used by `aion broker start|stop|status`, by the one-command loop and by integration tests
 //! (a fresh broker on a free port in a temporary directory per test). Production uses a real
@@ -17,13 +18,18 @@ use std::time::{Duration, Instant};
 use tracing::info;
 
 /// The pinned broker version; `scripts/setup` installs exactly this one.
-pub const TANSU_VERSION: &str = "0.6.0";
+pub const NISSHI_VERSION: &str = "0.8.1";
+
+/// The SQLite database in a data directory. Tansu 0.6 wrote `tansu.db`, whose schema Nisshi does
+/// not read: a directory holding one starts afresh beside it.
+const DATABASE: &str = "nisshi.db";
+const OLD_DATABASE: &str = "tansu.db";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(
-        "tansu {TANSU_VERSION} not found at {0}: run `scripts/setup` (installs it into the cache) \
-         or point AION_TANSU_BIN at a tansu binary built with --features dynostore,libsql"
+        "nisshi {NISSHI_VERSION} not found at {0}: run `scripts/setup` (installs it into the \
+         cache) or point AION_BROKER_BIN at a nisshi binary built with --features dynostore,libsql"
     )]
     NotInstalled(PathBuf),
     #[error("{action} {path}: {source}")]
@@ -72,14 +78,14 @@ pub fn cache_dir() -> PathBuf {
     home.join(".cache").join("aion")
 }
 
-/// The tansu binary: `$AION_TANSU_BIN`, else the one `scripts/setup` installs into the cache.
-pub fn tansu_binary() -> Result<PathBuf> {
-    let path = match std::env::var_os("AION_TANSU_BIN") {
+/// The broker binary: `$AION_BROKER_BIN`, else the one `scripts/setup` installs into the cache.
+pub fn broker_binary() -> Result<PathBuf> {
+    let path = match std::env::var_os("AION_BROKER_BIN") {
         Some(p) => PathBuf::from(p),
         None => cache_dir()
-            .join(format!("tansu-{TANSU_VERSION}"))
+            .join(format!("nisshi-{NISSHI_VERSION}"))
             .join("bin")
-            .join("tansu"),
+            .join("nisshi"),
     };
     if path.is_file() {
         Ok(path)
@@ -101,12 +107,19 @@ pub fn free_port() -> Result<u16> {
 
 fn command(port: u16, data_dir: &Path) -> Result<Command> {
     fs::create_dir_all(data_dir).map_err(io_err("creating", data_dir))?;
+    if data_dir.join(OLD_DATABASE).is_file() && !data_dir.join(DATABASE).is_file() {
+        tracing::warn!(
+            old = %data_dir.join(OLD_DATABASE).display(),
+            "a Tansu 0.6 database is here; Nisshi cannot read it, so the broker starts empty \
+             beside it (delete the old file once nothing in it is needed)"
+        );
+    }
     let url = format!("tcp://127.0.0.1:{port}");
-    let mut cmd = Command::new(tansu_binary()?);
+    let mut cmd = Command::new(broker_binary()?);
     cmd.arg("broker")
         .args(["--listener-url", &url, "--advertised-listener-url", &url])
         // Relative to the working directory: the data directory.
-        .args(["--storage-engine", "sqlite://tansu.db"])
+        .args(["--storage-engine", &format!("sqlite://{DATABASE}")])
         .current_dir(data_dir)
         .stdin(Stdio::null());
     let log = log_path(data_dir);

@@ -30,7 +30,7 @@ use crate::{relay, Context};
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the local development broker (Tansu, SQLite storage, loopback only).
+    /// Run the local development broker (Nisshi, SQLite storage, loopback only).
     #[command(subcommand)]
     Broker(broker::Action),
     /// Create or list Kafka topics (brokers here do not auto-create them).

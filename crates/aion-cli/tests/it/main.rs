@@ -1,4 +1,4 @@
-//! End-to-end tests of the `aion` binary against a real Tansu broker started per test.
+//! End-to-end tests of the `aion` binary against a real Kafka-protocol broker (Nisshi) started per test.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 

@@ -1,4 +1,4 @@
-//! Broker tests of the delivery contract, each against a fresh real Tansu broker.
+//! Broker tests of the delivery contract, each against a fresh real Kafka-protocol broker (Nisshi).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
