@@ -18,6 +18,21 @@ pub struct Term {
     pub source: String,
 }
 
+/// Words that sit inside a person's name without identifying anyone ("Maria da Silva"): the
+/// enricher joins name parts across them, the shard stage never redacts them alone.
+pub const NAME_PARTICLES: [&str; 8] = ["da", "de", "do", "das", "dos", "van", "von", "del"];
+
+/// One word-level entity the NER model found, with its fine type (GIVEN_NAME and SURNAME, where
+/// the terms say PERSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Mention {
+    /// The words as written.
+    pub text: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub score: f32,
+}
+
 /// What downstream stages read of an enriched retrieval event; the rest of the original event
 /// rides along in the record untouched.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -25,7 +40,13 @@ pub struct EnrichedRetrieval {
     pub event_id: String,
     pub tenant_id: String,
     pub ts: DateTime<Utc>,
+    /// The original query (the shard stage finds names in it to redact from the terms).
+    #[serde(default)]
+    pub query: String,
     pub entities: Vec<Term>,
+    /// Every entity found, word-level (absent in events of older enrichers).
+    #[serde(default)]
+    pub mentions: Vec<Mention>,
     /// The original event's ranking and judgments, for its nDCG.
     #[serde(default)]
     pub results: Vec<RetrievalResult>,

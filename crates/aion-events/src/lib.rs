@@ -19,7 +19,7 @@ pub mod topics;
 mod trigger;
 
 pub use decode::{decode, DecodeLimits, Reject};
-pub use enriched::{EnrichedRetrieval, Term};
+pub use enriched::{EnrichedRetrieval, Mention, Term, NAME_PARTICLES};
 pub use event::{
     validate_tenant_id, AnswerEvent, Judgment, Relevance, RetrievalEvent, RetrievalResult, Schema,
     MAX_RELEVANCE,

@@ -20,7 +20,18 @@ pub fn normalise_query(query: &str) -> String {
         .to_owned()
 }
 
-/// Judgments per (tenant, normalised query); the most recently labelled list wins.
+/// What judgments are keyed by: the SHA-256 (hex) of the normalised query. The labels table
+/// stores it beside the redacted query, so a query that named a person still finds its
+/// judgments while the table holds no name.
+pub fn query_key(query: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(normalise_query(query).as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Judgments per (tenant, [`query_key`]); the most recently labelled list wins.
 #[derive(Debug, Default, Clone)]
 pub struct JudgmentMap {
     map: HashMap<(String, String), (DateTime<Utc>, Vec<Judgment>)>,
@@ -44,11 +55,28 @@ impl JudgmentMap {
         let (Some(query), Some(judgments)) = (&label.query, &label.judgments) else {
             return false;
         };
-        let key = (label.tenant_id.clone(), normalise_query(query));
+        self.insert_keyed(
+            &label.tenant_id,
+            query_key(query),
+            label.labelled_at,
+            judgments,
+        )
+    }
+
+    /// Takes judgments given at `labelled_at` for the query with [`query_key`] `key`; returns
+    /// whether they changed the map.
+    pub fn insert_keyed(
+        &mut self,
+        tenant: &str,
+        key: String,
+        labelled_at: DateTime<Utc>,
+        judgments: &[Judgment],
+    ) -> bool {
+        let key = (tenant.to_owned(), key);
         match self.map.get(&key) {
-            Some((at, _)) if *at >= label.labelled_at => false,
+            Some((at, _)) if *at >= labelled_at => false,
             _ => {
-                self.map.insert(key, (label.labelled_at, judgments.clone()));
+                self.map.insert(key, (labelled_at, judgments.to_vec()));
                 true
             }
         }
@@ -56,8 +84,11 @@ impl JudgmentMap {
 
     /// The judgments for a tenant's query, if any were labelled.
     pub fn get(&self, tenant: &str, query: &str) -> Option<&[Judgment]> {
+        if self.map.is_empty() {
+            return None;
+        }
         self.map
-            .get(&(tenant.to_owned(), normalise_query(query)))
+            .get(&(tenant.to_owned(), query_key(query)))
             .map(|(_, j)| j.as_slice())
     }
 

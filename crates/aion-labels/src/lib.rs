@@ -16,7 +16,7 @@ pub use cost::{
     argmin, check_tau, cost_at, infer_threshold, sweep, Answer, CostModel, CostPoint, ErrorTerm,
     Sweep,
 };
-pub use judgments::{normalise_query, JudgmentMap};
+pub use judgments::{normalise_query, query_key, JudgmentMap};
 pub use queue::select_closest;
 
 /// Errors of the label computations: arguments outside their domain.

@@ -11,7 +11,7 @@ use candle_transformers::models::{bert, distilbert, xlm_roberta};
 use serde::Deserialize;
 use tokenizers::Tokenizer;
 
-use crate::entities::{group_simple, Entity, TokenPrediction};
+use crate::entities::{aggregate, Aggregation, Entity, TokenPrediction};
 use crate::{Error, Result};
 
 /// The parts of `config.json` beyond what the encoder reads.
@@ -90,7 +90,10 @@ pub struct TokenClassifier {
     cls: u32,
     sep: u32,
     pad: u32,
+    /// The unknown token, never a continuation piece (as transformers treats it).
+    unk: Option<u32>,
     device: Device,
+    aggregation: Aggregation,
 }
 
 /// Tokens shared by neighbouring windows of a long text.
@@ -150,9 +153,13 @@ impl TokenClassifier {
                 .saturating_sub(head.pad_token_id as usize + 1),
             _ => head.max_position_embeddings,
         };
+        let unk = ["[UNK]", "<unk>"]
+            .iter()
+            .find_map(|t| tokenizer.token_to_id(t));
         Ok(Self {
             cls,
             sep,
+            unk,
             pad: head.pad_token_id,
             encoder,
             classifier,
@@ -160,11 +167,22 @@ impl TokenClassifier {
             tokenizer,
             max_len,
             device: device.clone(),
+            aggregation: Aggregation::default(),
         })
+    }
+
+    /// How wordpieces' labels become a word's label (default [`Aggregation::First`]).
+    pub fn with_aggregation(mut self, aggregation: Aggregation) -> Self {
+        self.aggregation = aggregation;
+        self
     }
 
     pub fn labels(&self) -> &[String] {
         &self.labels
+    }
+
+    pub fn aggregation(&self) -> Aggregation {
+        self.aggregation
     }
 
     /// Logits `[tokens, labels]` for one sequence of token ids (special tokens included).
@@ -215,14 +233,15 @@ impl TokenClassifier {
         Ok(texts
             .iter()
             .zip(tokens)
-            .map(|(text, tokens)| group_simple(text, &tokens))
+            .map(|(text, tokens)| aggregate(text, &tokens, &self.labels, self.aggregation))
             .collect())
     }
 
-    /// The predicted label of every token of each text (special tokens excluded). Texts longer
-    /// than the model's window are split into overlapping windows; each token takes the
-    /// prediction of the window where it is furthest from an edge. Windows of all texts are
-    /// sorted by length and run `batch_size` at a time, so padding stays small.
+    /// The label probabilities of every token of each text (special tokens excluded). Texts
+    /// longer than the model's window are split into overlapping windows that begin and end at
+    /// word boundaries; each token takes the prediction of the window where it is furthest from
+    /// an edge. Windows of all texts are sorted by length and run `batch_size` at a time, so
+    /// padding stays small.
     pub fn token_predictions(
         &self,
         texts: &[&str],
@@ -233,20 +252,48 @@ impl TokenClassifier {
             .map(|t| self.tokenizer.encode(*t, false))
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        // Whether each token continues the previous token's word, as transformers decides it for
+        // tokenizers with a continuing-subword prefix: its vocabulary form ("##ci") is not as long
+        // as the text it covers ("ci").
+        let subwords: Vec<Vec<bool>> = texts
+            .iter()
+            .zip(&encodings)
+            .map(|(text, e)| {
+                e.get_tokens()
+                    .iter()
+                    .zip(e.get_offsets())
+                    .zip(e.get_ids())
+                    .enumerate()
+                    .map(|(i, ((token, &(start, end)), &id))| {
+                        i > 0
+                            && Some(id) != self.unk
+                            && token.chars().count()
+                                != text.get(start..end).map_or(0, |w| w.chars().count())
+                    })
+                    .collect()
+            })
+            .collect();
         let width = self.max_len.saturating_sub(2).max(WINDOW_OVERLAP * 2);
-        let step = width - WINDOW_OVERLAP;
         // (text, first token, end token) of every window.
         let mut windows = Vec::new();
-        for (t, encoding) in encodings.iter().enumerate() {
-            let n = encoding.get_ids().len();
+        for (t, subword) in subwords.iter().enumerate() {
+            let n = subword.len();
+            // Moves a cut back to the start of the word it falls in (unless that word would
+            // leave the window empty: one word longer than a window is cut).
+            let word_start = |mut i: usize, floor: usize| {
+                while i > floor + 1 && i < n && subword[i] {
+                    i -= 1;
+                }
+                i
+            };
             let mut start = 0;
             loop {
-                let end = (start + width).min(n);
+                let end = word_start((start + width).min(n), start);
                 windows.push((t, start, end));
-                if end == n {
+                if end >= n {
                     break;
                 }
-                start += step;
+                start = word_start(end.saturating_sub(WINDOW_OVERLAP), start).max(start + 1);
             }
         }
         windows.sort_by_key(|&(_, start, end)| end - start);
@@ -266,19 +313,18 @@ impl TokenClassifier {
                 })
                 .collect();
             let probs: Vec<Vec<Vec<f32>>> = self.probabilities(&sequences)?.to_vec3()?;
-            for (&(t, start, end), probs) in chunk.iter().zip(probs) {
+            for (&(t, start, end), mut probs) in chunk.iter().zip(probs) {
                 let offsets = encodings[t].get_offsets();
                 for i in start..end {
-                    let (label, score) = argmax(&probs[i - start + 1]);
                     let margin = (i - start).min(end - 1 - i);
                     if best[t][i].as_ref().is_none_or(|(m, _)| margin > *m) {
                         best[t][i] = Some((
                             margin,
                             TokenPrediction {
-                                label: self.labels.get(label).cloned().unwrap_or_default(),
-                                score,
+                                probs: std::mem::take(&mut probs[i - start + 1]),
                                 start: offsets[i].0,
                                 end: offsets[i].1,
+                                subword: subwords[t][i],
                             },
                         ));
                     }
@@ -290,12 +336,4 @@ impl TokenClassifier {
             .map(|tokens| tokens.into_iter().flatten().map(|(_, t)| t).collect())
             .collect())
     }
-}
-
-/// The most probable label and its probability.
-pub fn argmax(probs: &[f32]) -> (usize, f32) {
-    probs.iter().enumerate().fold(
-        (0, f32::MIN),
-        |acc, (j, &p)| if p > acc.1 { (j, p) } else { acc },
-    )
 }

@@ -1,7 +1,8 @@
 //! Named-entity recognition on candle: a BERT token classifier (Hugging Face
 //! `BertForTokenClassification` directories: `config.json` with `id2label`, `model.safetensors`,
-//! `tokenizer.json`), entity spans with character offsets and scores, aggregated like
-//! transformers' `aggregation_strategy="simple"`, and long texts split into overlapping windows.
+//! `tokenizer.json`), entities as whole words with byte offsets and scores, aggregated like
+//! transformers' `aggregation_strategy` "first" / "max" / "average", and long texts split into
+//! overlapping windows that never cut a word.
 //!
 //! Also the statistical keyphrase extractor and the term scoring (entities 3, keyphrases 1).
 //! And the enricher stage that runs them over `retrieval.v1`.
@@ -12,15 +13,17 @@ mod classifier;
 mod entities;
 mod hub;
 mod keyphrases;
+mod redaction;
 mod stage;
 mod terms;
 
-pub use classifier::{argmax, TokenClassifier};
-pub use entities::{group_simple, Entity, TokenPrediction};
+pub use classifier::TokenClassifier;
+pub use entities::{aggregate, argmax, likely_names, Aggregation, Entity, TokenPrediction};
 pub use hub::{pull, Hub};
 pub use keyphrases::keyphrases;
+pub use redaction::{NameFinder, REDACTION_NAME_THRESHOLD};
 pub use stage::{enrich, run, sample_text, EnrichOptions, Stats, EVENT_TERMS, SAMPLE_CHARS};
-pub use terms::{top_terms, Term, ENTITY_WEIGHT, KEYPHRASE_WEIGHT};
+pub use terms::{merge_entities, top_terms, Term, ENTITY_WEIGHT, KEYPHRASE_WEIGHT, PERSON};
 
 /// 320 varied Brazilian Portuguese and English texts (names, e-mails, phones, cities, addresses,
 /// CPFs, and text without entities) for the parity check and the benchmark; written by

@@ -1,5 +1,6 @@
 //! The enricher stage: `retrieval.v1` in, `retrieval.enriched.v1` out — the original event (every
-//! field kept, unknown ones too) plus `entities`: its top terms from NER and keyphrases.
+//! field kept, unknown ones too) plus `entities`, its top terms from NER and keyphrases, and
+//! `mentions`, the word-level entities with their fine types.
 //!
 //! Records are handled in batches (up to `batch_size`, or whatever arrived within `max_wait`) whose
 //! texts run through the model together; each output's delivery releases its input's offset.
@@ -8,13 +9,13 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use aion_events::{decode, DecodeLimits, RetrievalEvent};
+use aion_events::{decode, DecodeLimits, Mention, RetrievalEvent};
 use aion_kafka::{KafkaConfig, Record, Sink, Source, SourceConfig};
 use candle_core::Device;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::{keyphrases, top_terms, Error, Result, TokenClassifier};
+use crate::{keyphrases, merge_entities, top_terms, Error, Result, TokenClassifier};
 
 const STAGE: &str = "enrich";
 /// The text an event is judged by: its query and its best results, this long at most.
@@ -74,10 +75,20 @@ pub fn enrich(
         .iter()
         .zip(texts.iter().zip(entities))
         .map(|((_, payload), (text, entities))| {
-            let terms = top_terms(&entities, &keyphrases(text, EVENT_TERMS), EVENT_TERMS);
+            let merged = merge_entities(text, &entities);
+            let terms = top_terms(&merged, &keyphrases(text, EVENT_TERMS), EVENT_TERMS);
+            let mentions: Vec<Mention> = entities
+                .into_iter()
+                .map(|e| Mention {
+                    text: e.text,
+                    kind: e.label,
+                    score: e.score,
+                })
+                .collect();
             let mut value: serde_json::Value = serde_json::from_slice(payload)?;
             if let Some(object) = value.as_object_mut() {
                 object.insert("entities".into(), serde_json::to_value(&terms)?);
+                object.insert("mentions".into(), serde_json::to_value(&mentions)?);
             }
             Ok(serde_json::to_vec(&value)?)
         })

@@ -2,9 +2,9 @@
 //! source of the entity heatmap and of the per-entity quality breakdown.
 //!
 //! With redaction on, the text of an entity whose type identifies a person (names, contacts,
-//! ids, street addresses: [`Pii::of_entity`]) is replaced by its placeholder, and so is that text
-//! inside the same event's keyphrases; cities, states and keyphrases keep their text (after the
-//! pattern redaction every shard text gets). The heatmap still shows *that* people were named.
+//! ids, street addresses: [`Pii::of_entity`]) is replaced by its placeholder, and so is any such
+//! text the event's terms or word-level mentions hold, inside its keyphrases; cities, states and
+//! keyphrases keep their text (after the pattern redaction every shard text gets). The heatmap still shows *that* people were named.
 
 use std::sync::Arc;
 
@@ -15,7 +15,7 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
-use crate::redact::{Counts, Pii, Redactor};
+use crate::redact::{Counts, Pii, PrivateEntities, Redactor};
 use crate::writer::ShardRecord;
 use crate::Result;
 
@@ -42,23 +42,28 @@ impl ShardRecord for EntityRow {
     }
 
     fn redact(&mut self, redactor: &Redactor, counts: &mut Counts) {
-        let private: Vec<(String, Pii)> = self
-            .event
-            .entities
-            .iter()
-            .filter_map(|t| Pii::of_entity(&t.kind).map(|pii| (t.text.clone(), pii)))
-            .collect();
+        // Every name the event knows, the word-level mentions included: a keyphrase may hold a
+        // surname whose PERSON term is "thiago whitaker".
+        let private = PrivateEntities::of(
+            self.event
+                .entities
+                .iter()
+                .map(|t| (t.text.as_str(), t.kind.as_str()))
+                .chain(
+                    self.event
+                        .mentions
+                        .iter()
+                        .map(|m| (m.text.as_str(), m.kind.as_str())),
+                ),
+        );
         for term in &mut self.event.entities {
-            if let Some((_, pii)) = private.iter().find(|(text, _)| *text == term.text) {
-                *counts.entry(*pii).or_default() += 1;
+            if let Some(pii) = Pii::of_entity(&term.kind) {
+                *counts.entry(pii).or_default() += 1;
                 term.text = pii.placeholder().to_owned();
                 continue;
             }
-            let mut text = redactor.redact(&term.text, counts);
-            for (private, pii) in &private {
-                text = text.replace(private.as_str(), pii.placeholder());
-            }
-            term.text = text;
+            let text = redactor.redact(&term.text, counts);
+            term.text = private.redact(&text, counts);
         }
     }
 
@@ -145,12 +150,20 @@ mod tests {
             event_id: "r1".into(),
             tenant_id: "acme".into(),
             ts: "2026-11-02T10:00:00Z".parse().unwrap(),
+            query: "q".into(),
             entities: vec![
                 term("maria", "GIVEN_NAME", 3),
                 term("são paulo", "CITY", 3),
                 term("maria pediu reembolso", "KEYPHRASE", 1),
                 term("ligue 11 98765-4321", "KEYPHRASE", 1),
+                term("whitaker ligou", "KEYPHRASE", 1),
             ],
+            // A name part the top terms do not hold: only the event's mentions know it.
+            mentions: vec![aion_events::Mention {
+                text: "Whitaker".into(),
+                kind: "SURNAME".into(),
+                score: 0.9,
+            }],
             results: Vec::new(),
             judgments: None,
         };
@@ -167,12 +180,13 @@ mod tests {
                 "<PERSON>",
                 "são paulo",
                 "<PERSON> pediu reembolso",
-                "ligue <PHONE>"
+                "ligue <PHONE>",
+                "<PERSON> ligou"
             ]
         );
-        assert_eq!(counts.get(&Pii::Person), Some(&1));
+        assert_eq!(counts.get(&Pii::Person), Some(&3));
         let batch = EntityRow::batch(&[(e, 7)], 2).unwrap();
-        assert_eq!(batch.num_rows(), 4);
+        assert_eq!(batch.num_rows(), 5);
         let ndcg = batch.column_by_name("ndcg").unwrap();
         assert_eq!(
             datafusion::arrow::array::AsArray::as_primitive::<

@@ -56,6 +56,11 @@ impl<A> Pending<A> {
     }
 }
 
+/// The join key: a retrieval joins only answers of its own tenant, whatever ids they carry.
+fn key(tenant_id: &str, event_id: &str) -> String {
+    format!("{tenant_id}\u{0}{event_id}")
+}
+
 /// A row ready for the writer: `(source partition, source offset, row, ack)`.
 pub type Joined<A> = (i32, i64, TrainingRow, A);
 
@@ -63,6 +68,7 @@ pub type Joined<A> = (i32, i64, TrainingRow, A);
 pub struct Joiner<A> {
     wait: Duration,
     capacity: usize,
+    /// Keyed by [`key`] (tenant, retrieval event id), as `waiting` is.
     seen: HashMap<String, Arc<RetrievalSignals>>,
     /// Insertion order of `seen`, oldest first, for eviction at `capacity`.
     order: VecDeque<String>,
@@ -89,9 +95,10 @@ impl<A> Joiner<A> {
         }
     }
 
-    /// Remembers a retrieval's signals and completes the answers waiting for them.
-    pub fn retrieval(&mut self, event_id: &str, signals: RetrievalSignals) {
+    /// Remembers a retrieval's signals and completes the answers of its tenant waiting for them.
+    pub fn retrieval(&mut self, tenant_id: &str, event_id: &str, signals: RetrievalSignals) {
         let signals = Arc::new(signals);
+        let event_id = &key(tenant_id, event_id);
         if self
             .seen
             .insert(event_id.to_owned(), signals.clone())
@@ -125,10 +132,11 @@ impl<A> Joiner<A> {
     ) {
         let mut retrieval = None;
         if let Some(id) = &answer.retrieval_event_id {
-            retrieval = self.seen.get(id).cloned();
+            let id = key(&answer.tenant_id, id);
+            retrieval = self.seen.get(&id).cloned();
             if retrieval.is_none() && !self.wait.is_zero() {
                 self.waiting
-                    .entry(id.clone())
+                    .entry(id)
                     .or_default()
                     .push((partition, offset));
             }
@@ -146,13 +154,21 @@ impl<A> Joiner<A> {
     }
 
     /// Rows that may be written now, per partition in offset order.
-    pub fn ready(&mut self, now: Instant) -> Vec<Joined<A>> {
-        self.release(|p| p.ready(now))
+    /// At most `max` of them: each batch goes through the name finder before the next is taken.
+    pub fn ready(&mut self, now: Instant, max: usize) -> Vec<Joined<A>> {
+        self.release(|p| p.ready(now), max)
+    }
+
+    /// Whether a row could be released now.
+    pub fn has_ready(&self, now: Instant) -> bool {
+        self.queues
+            .values()
+            .any(|q| q.front().is_some_and(|p| p.ready(now)))
     }
 
     /// Every queued row, joined or not (on a rebalance or before a forced roll).
     pub fn drain(&mut self) -> Vec<Joined<A>> {
-        self.release(|_| true)
+        self.release(|_| true, usize::MAX)
     }
 
     /// Answers queued and not yet released.
@@ -167,20 +183,21 @@ impl<A> Joiner<A> {
             .flat_map(|q| q.into_iter().map(|p| p.ack))
     }
 
-    fn release(&mut self, release: impl Fn(&Pending<A>) -> bool) -> Vec<Joined<A>> {
+    fn release(&mut self, release: impl Fn(&Pending<A>) -> bool, max: usize) -> Vec<Joined<A>> {
         let mut out = Vec::new();
         for (&partition, queue) in &mut self.queues {
-            while queue.front().is_some_and(&release) {
+            while out.len() < max && queue.front().is_some_and(&release) {
                 let Some(p) = queue.pop_front() else { break };
                 if let Some(id) = &p.answer.retrieval_event_id {
                     if p.retrieval.is_some() {
                         self.joined += 1;
                     } else {
                         self.timed_out += 1;
-                        if let Some(w) = self.waiting.get_mut(id) {
+                        let id = key(&p.answer.tenant_id, id);
+                        if let Some(w) = self.waiting.get_mut(&id) {
                             w.retain(|&(q, o)| (q, o) != (partition, p.offset));
                             if w.is_empty() {
-                                self.waiting.remove(id);
+                                self.waiting.remove(&id);
                             }
                         }
                     }
@@ -226,20 +243,20 @@ mod tests {
     fn a_waiting_answer_holds_back_its_partition_until_joined_or_timed_out() {
         let t0 = Instant::now();
         let mut j: Joiner<()> = Joiner::new(Duration::from_secs(10), 100);
-        j.retrieval("r0", signals(0.5));
+        j.retrieval("acme", "r0", signals(0.5));
         j.answer(0, 1, answer("a1", Some("r0")), (), t0);
         j.answer(0, 2, answer("a2", Some("r2")), (), t0);
         j.answer(0, 3, answer("a3", None), (), t0);
         j.answer(1, 9, answer("b9", None), (), t0);
         // a1 joined at once, a2 waits, a3 (no retrieval) stays behind a2; partition 1 is free.
-        assert_eq!(ids(&j.ready(t0)), [(1, Some(0.5)), (9, None)]);
-        j.retrieval("r2", signals(0.25));
-        assert_eq!(ids(&j.ready(t0)), [(2, Some(0.25)), (3, None)]);
+        assert_eq!(ids(&j.ready(t0, usize::MAX)), [(1, Some(0.5)), (9, None)]);
+        j.retrieval("acme", "r2", signals(0.25));
+        assert_eq!(ids(&j.ready(t0, usize::MAX)), [(2, Some(0.25)), (3, None)]);
         j.answer(0, 4, answer("a4", Some("never")), (), t0);
         j.answer(0, 5, answer("a5", Some("r0")), (), t0);
-        assert!(j.ready(t0 + Duration::from_secs(9)).is_empty());
+        assert!(j.ready(t0 + Duration::from_secs(9), usize::MAX).is_empty());
         assert_eq!(
-            ids(&j.ready(t0 + Duration::from_secs(10))),
+            ids(&j.ready(t0 + Duration::from_secs(10), usize::MAX)),
             [(4, None), (5, Some(0.5))]
         );
         assert_eq!((j.joined, j.timed_out, j.pending()), (3, 1, 0));
@@ -251,13 +268,46 @@ mod tests {
         let t0 = Instant::now();
         let mut j: Joiner<()> = Joiner::new(Duration::from_secs(10), 2);
         for i in 0..3 {
-            j.retrieval(&format!("r{i}"), signals(f64::from(i)));
+            j.retrieval("acme", &format!("r{i}"), signals(f64::from(i)));
         }
         j.answer(0, 0, answer("a0", Some("r0")), (), t0);
         j.answer(0, 1, answer("a1", Some("r2")), (), t0);
-        assert!(j.ready(t0).is_empty(), "r0 was forgotten: a0 waits");
+        assert!(
+            j.ready(t0, usize::MAX).is_empty(),
+            "r0 was forgotten: a0 waits"
+        );
         assert_eq!(ids(&j.drain()), [(0, None), (1, Some(2.0))]);
         assert_eq!(j.pending(), 0);
+    }
+
+    #[test]
+    fn rows_are_released_in_bounded_batches_in_offset_order() {
+        let t0 = Instant::now();
+        let mut j: Joiner<()> = Joiner::new(Duration::ZERO, 10);
+        for o in 0..5 {
+            j.answer(0, o, answer(&format!("a{o}"), None), (), t0);
+        }
+        assert_eq!(ids(&j.ready(t0, 2)), [(0, None), (1, None)]);
+        assert!(j.has_ready(t0));
+        assert_eq!(ids(&j.ready(t0, 10)), [(2, None), (3, None), (4, None)]);
+        assert!(!j.has_ready(t0));
+    }
+
+    #[test]
+    fn another_tenants_retrieval_never_joins() {
+        let t0 = Instant::now();
+        let mut j: Joiner<()> = Joiner::new(Duration::from_secs(10), 10);
+        // globex publishes a retrieval under the id acme's answer names.
+        j.retrieval("globex", "r0", signals(0.9));
+        j.answer(0, 0, answer("a0", Some("r0")), (), t0);
+        assert!(
+            j.ready(t0, usize::MAX).is_empty(),
+            "still waiting for acme's r0"
+        );
+        j.retrieval("globex", "r0", signals(0.8));
+        assert!(j.ready(t0, usize::MAX).is_empty());
+        j.retrieval("acme", "r0", signals(0.5));
+        assert_eq!(ids(&j.ready(t0, usize::MAX)), [(0, Some(0.5))]);
     }
 
     #[test]
@@ -265,7 +315,7 @@ mod tests {
         let t0 = Instant::now();
         let mut j: Joiner<()> = Joiner::new(Duration::ZERO, 10);
         j.answer(0, 0, answer("a0", Some("r0")), (), t0);
-        assert_eq!(ids(&j.ready(t0)), [(0, None)]);
+        assert_eq!(ids(&j.ready(t0, usize::MAX)), [(0, None)]);
         assert!(j.waiting.is_empty());
     }
 }

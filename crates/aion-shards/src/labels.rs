@@ -1,8 +1,10 @@
 //! The `labels` table: one row per human label from `labels.v1` (`event_id` of the labelled
 //! answer or retrieval, `labelled_at`, `labeller`, `correct`, `query`, and `judgments` as JSON
-//! text `[{"doc_id":…,"rel":…}]`), partitioned by tenant and the day it was labelled. Labels are
-//! written as given: they are a human's words about an item, not assistant traffic, and carry no
-//! free text but the query (which already passed the application).
+//! text `[{"doc_id":…,"rel":…}]`), partitioned by tenant and the day it was labelled.
+//!
+//! The query is user text: with redaction on it is redacted like a prompt, and `query_key` (the
+//! digest of the original normalised query, [`aion_labels::query_key`]) is what the windows
+//! stage matches later retrievals by.
 
 use std::sync::Arc;
 
@@ -22,6 +24,8 @@ use crate::Result;
 #[derive(Debug, Clone, PartialEq)]
 pub struct LabelRow {
     key: String,
+    /// [`aion_labels::query_key`] of the query as labelled, before any redaction.
+    query_key: Option<String>,
     pub label: LabelEvent,
 }
 
@@ -29,6 +33,7 @@ impl From<LabelEvent> for LabelRow {
     fn from(label: LabelEvent) -> Self {
         Self {
             key: label.key(),
+            query_key: label.query.as_deref().map(aion_labels::query_key),
             label,
         }
     }
@@ -47,7 +52,12 @@ impl ShardRecord for LabelRow {
         self.label.labelled_at.format("%Y-%m-%d").to_string()
     }
 
-    fn redact(&mut self, _redactor: &Redactor, _counts: &mut Counts) {}
+    fn redact(&mut self, redactor: &Redactor, counts: &mut Counts) {
+        if let Some(query) = &mut self.label.query {
+            *query = redactor.redact(query, counts);
+        }
+        self.label.labeller = redactor.redact(&self.label.labeller, counts);
+    }
 
     fn size(&self) -> usize {
         self.label.query.as_ref().map_or(0, String::len)
@@ -63,6 +73,7 @@ impl ShardRecord for LabelRow {
             Field::new("labeller", DataType::Utf8, false),
             Field::new("correct", DataType::Boolean, true),
             Field::new("query", DataType::Utf8, true),
+            Field::new("query_key", DataType::Utf8, true),
             Field::new("judgments", DataType::Utf8, true),
             Field::new("source_partition", DataType::Int32, false),
             Field::new("source_offset", DataType::Int64, false),
@@ -73,6 +84,7 @@ impl ShardRecord for LabelRow {
         let n = rows.len();
         let text = || StringBuilder::with_capacity(n, n * 24);
         let (mut id, mut labeller, mut query, mut judgments) = (text(), text(), text(), text());
+        let mut query_key = StringBuilder::with_capacity(n, n * 64);
         let mut at = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
         let mut correct = BooleanBuilder::with_capacity(n);
         let mut source_partition = Int32Builder::with_capacity(n);
@@ -84,6 +96,7 @@ impl ShardRecord for LabelRow {
             labeller.append_value(&l.labeller);
             correct.append_option(l.correct);
             query.append_option(l.query.as_deref());
+            query_key.append_option(row.query_key.as_deref());
             match &l.judgments {
                 Some(j) => judgments.append_value(serde_json::to_string(j).map_err(|e| {
                     crate::Error::Manifest(format!("judgments of {}: {e}", l.event_id))
@@ -99,6 +112,7 @@ impl ShardRecord for LabelRow {
             Arc::new(labeller.finish()),
             Arc::new(correct.finish()),
             Arc::new(query.finish()),
+            Arc::new(query_key.finish()),
             Arc::new(judgments.finish()),
             Arc::new(source_partition.finish()),
             Arc::new(source_offset.finish()),
@@ -169,7 +183,29 @@ mod tests {
                 .collect::<Vec<_>>(),
             [Some(false), Some(true), None]
         );
-        let judgments = batch.column(5).as_string::<i32>();
-        assert_eq!(judgments.value(2), r#"[{"doc_id":"kb-1","rel":3}]"#);
+        let column = |name: &str| batch.column_by_name(name).unwrap().as_string::<i32>();
+        assert_eq!(
+            column("judgments").value(2),
+            r#"[{"doc_id":"kb-1","rel":3}]"#
+        );
+        assert_eq!(
+            column("query_key").value(2),
+            aion_labels::query_key("Refund  Policy?"),
+            "keyed like the windows stage keys a retrieval's query"
+        );
+    }
+
+    #[test]
+    fn the_query_is_redacted_and_keyed_as_labelled() {
+        let mut l = label("r-1", "2026-11-30T09:00:00Z", None);
+        l.query = Some("Refund for ana.souza@mail.com?".into());
+        let mut row = LabelRow::from(l);
+        let mut counts = Counts::new();
+        row.redact(&Redactor::new(), &mut counts);
+        assert_eq!(row.label.query.as_deref(), Some("Refund for <EMAIL>?"));
+        assert_eq!(
+            row.query_key,
+            Some(aion_labels::query_key("refund for ana.souza@mail.com"))
+        );
     }
 }

@@ -40,6 +40,10 @@ pub enum Error {
     Remote(String),
     #[error(transparent)]
     Kafka(#[from] aion_kafka::Error),
+    #[error("redaction needs a NER model to find names in answers (or turn redaction off)")]
+    NoEntityFinder,
+    #[error("finding names to redact: {0}")]
+    EntityFinder(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use regex::{Captures, Regex, RegexBuilder};
 
-use aion_events::Term;
+use aion_events::{Term, NAME_PARTICLES};
 
 /// The kinds of PII replaced, and their placeholders.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -35,7 +35,7 @@ impl Pii {
     /// (cities, states, keyphrases).
     pub fn of_entity(kind: &str) -> Option<Pii> {
         Some(match kind {
-            "GIVEN_NAME" | "SURNAME" => Pii::Person,
+            "GIVEN_NAME" | "SURNAME" | "PERSON" => Pii::Person,
             "EMAIL" => Pii::Email,
             "PHONE" => Pii::Phone,
             "STREET_NAME" | "BUILDING_NUMBER" | "SECONDARY_ADDRESS" | "ZIP_CODE" => Pii::Address,
@@ -112,9 +112,18 @@ pub fn valid_cpf(s: &str) -> bool {
     })
 }
 
+/// A CNPJ, numeric or alphanumeric (from July 2026: `[0-9A-Z]` in the first 12 positions, each
+/// worth its ASCII code − 48 in the check-digit sums; the two check digits stay numeric).
 pub fn valid_cnpj(s: &str) -> bool {
-    let d = digits(s);
-    if d.len() != 14 || d.iter().all(|&x| x == d[0]) {
+    if s.chars().any(|c| c.is_ascii_lowercase()) {
+        return false;
+    }
+    let d: Vec<u32> = s
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c as u32 - 48)
+        .collect();
+    if d.len() != 14 || d[12..].iter().any(|&x| x > 9) || d.iter().all(|&x| x == d[0]) {
         return false;
     }
     (12..=13).all(|len| {
@@ -168,7 +177,10 @@ impl Redactor {
                     Pii::Email,
                     r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}",
                 ),
-                rule(Pii::Cnpj, r"\b\d{2}\.?\d{3}\.?\d{3}/?\d{4}-?\d{2}\b"),
+                rule(
+                    Pii::Cnpj,
+                    r"\b[0-9A-Z]{2}\.?[0-9A-Z]{3}\.?[0-9A-Z]{3}/?[0-9A-Z]{4}-?\d{2}\b",
+                ),
                 rule(Pii::Cpf, r"\b\d{3}\.?\d{3}\.?\d{3}-?\d{2}\b"),
                 rule(Pii::Card, r"\b\d(?:[ -]?\d){12,18}\b"),
                 // +55 (11) 98765-4321, (11) 3456-7890, +1 (312) 555-0199, 11987654321.
@@ -190,7 +202,8 @@ impl Redactor {
             let possible = match pii {
                 Pii::Email => has_at,
                 Pii::Cpf => digits >= 11,
-                Pii::Cnpj => digits >= 14,
+                // An alphanumeric CNPJ needs only its two check digits.
+                Pii::Cnpj => digits >= 2,
                 Pii::Card => digits >= 13,
                 Pii::Phone => digits >= 8,
                 // Found by the NER model, not by a pattern.
@@ -222,6 +235,53 @@ impl Redactor {
     }
 }
 
+/// An entity found in a text: its type and byte span.
+pub type Span = (String, usize, usize);
+
+/// Finds what no pattern can — names, addresses, ids in free text — in the answer's own words.
+/// The runtime supplies a NER model; this crate does not depend on the enricher's.
+pub trait EntityFinder: Send + Sync + std::fmt::Debug {
+    /// The entities of each text.
+    fn find(&self, texts: &[&str]) -> std::result::Result<Vec<Vec<Span>>, String>;
+}
+
+/// A placeholder this module writes: `<` upper-case letters `>`.
+static PLACEHOLDER: std::sync::LazyLock<Regex> = std::sync::LazyLock::new(|| {
+    // A constant pattern; a typo is caught by every test.
+    #[allow(clippy::expect_used)]
+    Regex::new("<[A-Z]+>").expect("valid placeholder pattern")
+});
+
+/// Replaces the spans of identifying types ([`Pii::of_entity`]) by their placeholders, adding to
+/// `counts`. Overlapping or out-of-range spans are skipped, never half-applied.
+pub fn redact_spans(text: &str, spans: &[Span], counts: &mut Counts) -> String {
+    // Placeholders already in the text stay as they are ("<CPF>" is not a name).
+    let placeholders: Vec<(usize, usize)> = PLACEHOLDER
+        .find_iter(text)
+        .map(|m| (m.start(), m.end()))
+        .collect();
+    let mut spans: Vec<(usize, usize, Pii)> = spans
+        .iter()
+        .filter_map(|(kind, start, end)| Pii::of_entity(kind).map(|pii| (*start, *end, pii)))
+        .filter(|(start, end, _)| start < end && text.get(*start..*end).is_some())
+        .filter(|(start, end, _)| !placeholders.iter().any(|p| p.0 < *end && *start < p.1))
+        .collect();
+    spans.sort_unstable();
+    let mut out = String::with_capacity(text.len());
+    let mut at = 0;
+    for (start, end, pii) in spans {
+        if start < at {
+            continue;
+        }
+        out.push_str(&text[at..start]);
+        out.push_str(pii.placeholder());
+        *counts.entry(pii).or_default() += 1;
+        at = end;
+    }
+    out.push_str(&text[at..]);
+    out
+}
+
 /// The identifying entities (names, addresses, ids: [`Pii::of_entity`]) the NER model found in
 /// an answer's retrieval, matched case-insensitively on word boundaries in the answer's text.
 /// Entity texts are lower-cased by the enricher, so a plain string replace would miss "Maria".
@@ -232,12 +292,26 @@ pub struct PrivateEntities {
 }
 
 impl PrivateEntities {
-    pub fn of(terms: &[Term]) -> Self {
-        let mut private: Vec<(String, Pii)> = terms
-            .iter()
-            .filter(|t| !t.text.trim().is_empty())
-            .filter_map(|t| Pii::of_entity(&t.kind).map(|pii| (t.text.to_lowercase(), pii)))
-            .collect();
+    /// From (text, entity type) pairs; only identifying types count.
+    pub fn of<'a>(entities: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        let mut private: Vec<(String, Pii)> = Vec::new();
+        for (text, kind) in entities {
+            let Some(pii) = Pii::of_entity(kind) else {
+                continue;
+            };
+            let text = text.trim().to_lowercase();
+            if pii == Pii::Person {
+                // Each part of a name alone too: "silva" of "rodrigo da silva" in a keyphrase.
+                private.extend(
+                    text.split(|c: char| !c.is_alphabetic())
+                        .filter(|w| w.chars().count() >= 3 && !NAME_PARTICLES.contains(w))
+                        .map(|w| (w.to_owned(), pii)),
+                );
+            }
+            if !text.is_empty() {
+                private.push((text, pii));
+            }
+        }
         private.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
         private.dedup_by(|a, b| a.0 == b.0);
         if private.is_empty() {
@@ -251,6 +325,11 @@ impl PrivateEntities {
         Self {
             pattern: pattern.map(|re| (re, private)),
         }
+    }
+
+    /// Of an event's terms.
+    pub fn of_terms(terms: &[Term]) -> Self {
+        Self::of(terms.iter().map(|t| (t.text.as_str(), t.kind.as_str())))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -292,6 +371,11 @@ mod tests {
         assert!(!valid_cpf("111.111.111-11"));
         assert!(valid_cnpj("11.222.333/0001-81"));
         assert!(!valid_cnpj("11.222.333/0001-80"));
+        // The alphanumeric CNPJ of the Receita Federal's specification.
+        assert!(valid_cnpj("12.ABC.345/01DE-35"));
+        assert!(valid_cnpj("12ABC34501DE35"));
+        assert!(!valid_cnpj("12.ABC.345/01DE-36"));
+        assert!(!valid_cnpj("12.abc.345/01de-35"), "upper case only");
         assert!(luhn("4111 1111 1111 1111"));
         assert!(!luhn("4111 1111 1111 1112"));
     }
@@ -308,6 +392,11 @@ mod tests {
             (
                 "empresa 11.222.333/0001-81 ativa",
                 "empresa <CNPJ> ativa",
+                Pii::Cnpj,
+            ),
+            (
+                "nova empresa 12.ABC.345/01DE-35 aberta",
+                "nova empresa <CNPJ> aberta",
                 Pii::Cnpj,
             ),
             (
@@ -348,7 +437,7 @@ mod tests {
             score: 3,
             source: "ner".into(),
         };
-        let private = PrivateEntities::of(&[
+        let private = PrivateEntities::of_terms(&[
             term("maria", "GIVEN_NAME"),
             term("maria silva", "GIVEN_NAME"),
             term("rua augusta", "STREET_NAME"),
@@ -365,7 +454,25 @@ mod tests {
         );
         assert_eq!(counts.get(&Pii::Person), Some(&2));
         assert_eq!(counts.get(&Pii::Address), Some(&1));
-        assert!(PrivateEntities::of(&[term("curitiba", "CITY")]).is_empty());
+        assert!(PrivateEntities::of_terms(&[term("curitiba", "CITY")]).is_empty());
+    }
+
+    #[test]
+    fn spans_of_identifying_types_are_replaced_whole() {
+        let text = "Thiago Whitaker mora em Recife <CPF>";
+        let spans = [
+            ("PERSON".to_string(), 0, 15),
+            ("TAX_ID".to_string(), 32, 35),
+            ("CITY".to_string(), 24, 30),
+            ("SURNAME".to_string(), 7, 15),
+            ("SURNAME".to_string(), 20, 99),
+        ];
+        let mut counts = Counts::new();
+        assert_eq!(
+            redact_spans(text, &spans, &mut counts),
+            "<PERSON> mora em Recife <CPF>"
+        );
+        assert_eq!(counts.get(&Pii::Person), Some(&1));
     }
 
     #[test]

@@ -5,11 +5,12 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aion_events::ndcg::Gain;
 use aion_events::{
-    decode, AnswerEvent, DecodeLimits, EnrichedRetrieval, LabelEvent, Schema, ShardEntry,
+    decode, AnswerEvent, DecodeLimits, EnrichedRetrieval, LabelEvent, Mention, Schema, ShardEntry,
 };
 use aion_kafka::{Ack, KafkaConfig, Record, Sink, Source, SourceConfig};
 use tokio_util::sync::CancellationToken;
@@ -18,14 +19,19 @@ use tracing::info;
 use crate::entities::EntityRow;
 use crate::join::{Joiner, RetrievalSignals, TrainingRow};
 use crate::labels::LabelRow;
-use crate::redact::Redactor;
+use crate::redact::{redact_spans, Counts, EntityFinder, Redactor};
 use crate::remote::Remote;
 use crate::writer::{RollPolicy, ShardRecord, ShardWriter};
-use crate::Result;
+use crate::{Error, Result};
 
 const STAGE: &str = "shards";
 /// How often buffers are checked against the age limit.
 const TICK: Duration = Duration::from_millis(500);
+/// Rows redacted per loop turn: the name finder takes tens of milliseconds a row on one core, so
+/// a turn stays short enough to roll files and see a stop in time.
+const REDACT_BATCH: usize = 64;
+/// Answers queued for the join or the name finder beyond which reading pauses (backpressure).
+const MAX_QUEUED: usize = 20_000;
 
 /// Where and how the shard writer runs.
 #[derive(Debug, Clone)]
@@ -46,6 +52,9 @@ pub struct ShardOptions {
     pub join: JoinOptions,
     /// Redact PII before writing (on by default; off only for data known to be clean).
     pub redact: bool,
+    /// The model that finds names in each answer's own prompt and reply; required with `redact`,
+    /// so a row never depends on its retrieval's enrichment (late, missing or foreign) for it.
+    pub finder: Option<Arc<dyn EntityFinder>>,
     pub decode: DecodeLimits,
 }
 
@@ -98,6 +107,12 @@ pub async fn run(options: &ShardOptions, stop: CancellationToken, stats: &Stats)
     // Buffers hold acks until their file is renamed into place: the roll policy bounds them.
     config.max_in_flight = None;
     config.revoke_wait = Duration::ZERO;
+    let finder = match (&options.finder, options.redact) {
+        (Some(f), true) => Some(f.clone()),
+        (None, true) => return Err(Error::NoEntityFinder),
+        (_, false) => None,
+    };
+    let patterns = Redactor::new();
     let mut source = Source::new(&options.kafka, &config)?;
     for topic in &topics {
         aion_kafka::partition_count(&options.kafka, &aion_events::topics::dlq(topic))?;
@@ -118,11 +133,10 @@ pub async fn run(options: &ShardOptions, stop: CancellationToken, stats: &Stats)
         .as_ref()
         .map(|(_, root)| ShardWriter::open(root, options.policy.clone(), redactor()))
         .transpose()?;
-    // Labels carry no assistant text to redact.
     let mut labels: Option<ShardWriter<LabelRow, Ack>> = options
         .labels
         .as_ref()
-        .map(|(_, root)| ShardWriter::open(root, options.policy.clone(), None))
+        .map(|(_, root)| ShardWriter::open(root, options.policy.clone(), redactor()))
         .transpose()?;
     // Each table's copy sits under its local directory's name.
     let copy = |root: &PathBuf| {
@@ -149,10 +163,17 @@ pub async fn run(options: &ShardOptions, stop: CancellationToken, stats: &Stats)
     info!(root = %options.root.display(), redact = options.redact, remote = options.remote.is_some(), "shard writer started");
     let mut revocations = source.revocations();
     let result = loop {
+        // Rows waiting for the name finder: take the next batch at once.
+        let tick = if joiner.has_ready(Instant::now()) {
+            Duration::ZERO
+        } else {
+            TICK
+        };
         let record = tokio::select! {
-            r = source.recv() => Some(r?),
-            () = tokio::time::sleep(TICK) => None,
+            biased;
             () = stop.cancelled() => break Ok(()),
+            r = source.recv(), if joiner.pending() < MAX_QUEUED => Some(r?),
+            () = tokio::time::sleep(tick) => None,
         };
         if let Some(record) = record {
             stats.received.fetch_add(1, Ordering::Relaxed);
@@ -172,16 +193,32 @@ pub async fn run(options: &ShardOptions, stop: CancellationToken, stats: &Stats)
                     if let Some((record, label)) =
                         decoded::<LabelEvent>(record, &sink, &options.decode).await?
                     {
-                        writer.push(record.partition, record.offset, label.into(), record.ack);
+                        // Keyed by the query as labelled, then redacted like a prompt.
+                        let mut row = LabelRow::from(label);
+                        if let (Some(finder), Some(query)) = (&finder, &mut row.label.query) {
+                            let found =
+                                tokio::task::block_in_place(|| finder.find(&[query.as_str()]))
+                                    .map_err(Error::EntityFinder)?;
+                            let spans = found.first().map_or(&[][..], Vec::as_slice);
+                            *query = redact_spans(query, spans, &mut writer.redactions);
+                        }
+                        writer.push(record.partition, record.offset, row, record.ack);
                     }
                 }
             } else if let Some(writer) = entities.as_mut() {
-                if let Some((record, event)) =
+                if let Some((record, mut event)) =
                     decoded::<EnrichedRetrieval>(record, &sink, &options.decode).await?
                 {
+                    if let Some(finder) = &finder {
+                        // The names in the query and passages, found here whatever the enricher
+                        // found: the table redacts them inside its terms (keyphrases included).
+                        let found =
+                            tokio::task::block_in_place(|| names_in(finder.as_ref(), &event))?;
+                        event.mentions.extend(found);
+                    }
                     let signals = RetrievalSignals::of(&event, join.ndcg_k, join.ndcg_gain);
                     let ndcg = signals.ndcg;
-                    joiner.retrieval(&event.event_id, signals);
+                    joiner.retrieval(&event.tenant_id, &event.event_id, signals);
                     let row = EntityRow { event, ndcg };
                     writer.push(record.partition, record.offset, row, record.ack);
                 }
@@ -191,11 +228,22 @@ pub async fn run(options: &ShardOptions, stop: CancellationToken, stats: &Stats)
         let force = source.revocations() != revocations;
         revocations = source.revocations();
         let now = Instant::now();
-        let released = if force {
+        let mut released = if force {
             joiner.drain()
         } else {
-            joiner.ready(now)
+            joiner.ready(now, REDACT_BATCH)
         };
+        if let Some(finder) = &finder {
+            // The model takes a core for a while: hand this worker's other tasks on meanwhile.
+            tokio::task::block_in_place(|| {
+                redact_names(
+                    finder.as_ref(),
+                    &patterns,
+                    &mut released,
+                    &mut answers.redactions,
+                )
+            })?;
+        }
         for (partition, offset, row, ack) in released {
             answers.push(partition, offset, row, ack);
         }
@@ -222,12 +270,20 @@ pub async fn run(options: &ShardOptions, stop: CancellationToken, stats: &Stats)
         stats
             .skipped_replays
             .store(answers.skipped_replays, Ordering::Relaxed);
-        let redacted = std::mem::take(&mut answers.redactions).into_iter().chain(
-            entities
-                .as_mut()
-                .into_iter()
-                .flat_map(|w| std::mem::take(&mut w.redactions)),
-        );
+        let redacted = std::mem::take(&mut answers.redactions)
+            .into_iter()
+            .chain(
+                entities
+                    .as_mut()
+                    .into_iter()
+                    .flat_map(|w| std::mem::take(&mut w.redactions)),
+            )
+            .chain(
+                labels
+                    .as_mut()
+                    .into_iter()
+                    .flat_map(|w| std::mem::take(&mut w.redactions)),
+            );
         for (pii, n) in redacted {
             stats.redacted.fetch_add(n, Ordering::Relaxed);
             metrics::counter!("aion_redactions_total", "type" => pii.name()).increment(n);
@@ -244,6 +300,60 @@ pub async fn run(options: &ShardOptions, stop: CancellationToken, stats: &Stats)
     sink.flush(Duration::from_secs(30))?;
     source.shutdown(Duration::ZERO).await?;
     result
+}
+
+/// Redacts each row's prompt and reply: the patterns first (typed placeholders such as `<CPF>`),
+/// then what `finder` finds in the rest.
+fn redact_names<A>(
+    finder: &dyn EntityFinder,
+    patterns: &Redactor,
+    rows: &mut [crate::Joined<A>],
+    counts: &mut Counts,
+) -> Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let texts: Vec<String> = rows
+        .iter()
+        .flat_map(|(_, _, row, _)| [&row.answer.prompt, &row.answer.reply])
+        .map(|text| patterns.redact(text, counts))
+        .collect();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let found = finder.find(&refs).map_err(Error::EntityFinder)?;
+    let mut redacted = refs
+        .iter()
+        .zip(&found)
+        .map(|(text, spans)| redact_spans(text, spans, counts));
+    for (_, _, row, _) in rows {
+        if let (Some(prompt), Some(reply)) = (redacted.next(), redacted.next()) {
+            row.answer.prompt = prompt;
+            row.answer.reply = reply;
+        }
+    }
+    Ok(())
+}
+
+/// What `finder` finds in a retrieval's query and its best passages (the enricher's sample).
+fn names_in(finder: &dyn EntityFinder, event: &EnrichedRetrieval) -> Result<Vec<Mention>> {
+    let mut results: Vec<_> = event.results.iter().collect();
+    results.sort_by_key(|r| r.rank);
+    let texts: Vec<&str> = std::iter::once(event.query.as_str())
+        .chain(results.iter().take(3).map(|r| r.text.as_str()))
+        .collect();
+    let found = finder.find(&texts).map_err(Error::EntityFinder)?;
+    Ok(texts
+        .iter()
+        .zip(found)
+        .flat_map(|(text, spans)| {
+            spans.into_iter().filter_map(move |(kind, start, end)| {
+                Some(Mention {
+                    text: text.get(start..end)?.to_owned(),
+                    kind,
+                    score: 1.0,
+                })
+            })
+        })
+        .collect())
 }
 
 /// The event of `record`, or `None` once it is dead-lettered.

@@ -130,7 +130,7 @@ impl ShardRecord for TrainingRow {
     fn redact(&mut self, redactor: &Redactor, counts: &mut Counts) {
         let a = &mut self.answer;
         if let Some(signals) = self.retrieval.as_mut() {
-            let private = PrivateEntities::of(&signals.entities);
+            let private = PrivateEntities::of_terms(&signals.entities);
             a.prompt = private.redact(&a.prompt, counts);
             a.reply = private.redact(&a.reply, counts);
             if !private.is_empty() {

@@ -13,9 +13,9 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use aion_events::{Judgment, LabelEvent};
+use aion_events::Judgment;
 use aion_labels::JudgmentMap;
-use chrono::DateTime;
+use chrono::{DateTime, Utc};
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::TimestampMicrosecondType;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -61,9 +61,14 @@ impl LabelledJudgments {
             if !self.loaded.insert(path.clone()) {
                 continue;
             }
-            match read(&path, &tenant) {
+            match read(&path) {
                 Ok(labels) => {
-                    changed += labels.iter().filter(|l| self.map.insert(l)).count();
+                    changed += labels
+                        .into_iter()
+                        .filter(|(key, at, judgments)| {
+                            self.map.insert_keyed(&tenant, key.clone(), *at, judgments)
+                        })
+                        .count();
                 }
                 Err(error) => {
                     warn!(path = %path.display(), %error, "unreadable label file skipped")
@@ -112,7 +117,10 @@ fn files(root: &Path) -> Vec<(String, PathBuf)> {
     out
 }
 
-fn read(path: &Path, tenant: &str) -> Result<Vec<LabelEvent>, String> {
+/// A label's judgments: (query key, labelled at, judgments).
+type Labelled = (String, DateTime<Utc>, Vec<Judgment>);
+
+fn read(path: &Path) -> Result<Vec<Labelled>, String> {
     let file = File::open(path).map_err(|e| e.to_string())?;
     let reader = ParquetRecordBatchReaderBuilder::try_new(file)
         .and_then(|b| b.build())
@@ -120,12 +128,12 @@ fn read(path: &Path, tenant: &str) -> Result<Vec<LabelEvent>, String> {
     let mut out = Vec::new();
     for batch in reader {
         let batch = batch.map_err(|e| e.to_string())?;
-        out.extend(labels(&batch, tenant)?);
+        out.extend(labels(&batch)?);
     }
     Ok(out)
 }
 
-fn labels(batch: &RecordBatch, tenant: &str) -> Result<Vec<LabelEvent>, String> {
+fn labels(batch: &RecordBatch) -> Result<Vec<Labelled>, String> {
     let col = |name: &str| {
         batch
             .column_by_name(name)
@@ -137,12 +145,12 @@ fn labels(batch: &RecordBatch, tenant: &str) -> Result<Vec<LabelEvent>, String> 
             .cloned()
             .ok_or_else(|| format!("column {name} is not text"))
     };
-    let (ids, labellers, queries, judgments) = (
-        strings("event_id")?,
-        strings("labeller")?,
-        strings("query")?,
-        strings("judgments")?,
-    );
+    let (queries, judgments) = (strings("query")?, strings("judgments")?);
+    // Tables written before `query_key` existed hold the query unredacted: key it here.
+    let keys = batch
+        .column_by_name("query_key")
+        .map(|_| strings("query_key"))
+        .transpose()?;
     let at = col("labelled_at")?
         .as_primitive_opt::<TimestampMicrosecondType>()
         .cloned()
@@ -154,16 +162,13 @@ fn labels(batch: &RecordBatch, tenant: &str) -> Result<Vec<LabelEvent>, String> 
         }
         let list: Vec<Judgment> = serde_json::from_str(judgments.value(i))
             .map_err(|e| format!("row {i}: judgments: {e}"))?;
-        out.push(LabelEvent {
-            event_id: ids.value(i).to_owned(),
-            tenant_id: tenant.to_owned(),
-            labelled_at: DateTime::from_timestamp_micros(at.value(i))
-                .ok_or_else(|| format!("row {i}: labelled_at out of range"))?,
-            labeller: labellers.value(i).to_owned(),
-            correct: None,
-            query: Some(queries.value(i).to_owned()),
-            judgments: Some(list),
-        });
+        let key = match &keys {
+            Some(keys) if !keys.is_null(i) => keys.value(i).to_owned(),
+            _ => aion_labels::query_key(queries.value(i)),
+        };
+        let labelled_at = DateTime::from_timestamp_micros(at.value(i))
+            .ok_or_else(|| format!("row {i}: labelled_at out of range"))?;
+        out.push((key, labelled_at, list));
     }
     Ok(out)
 }
@@ -172,6 +177,7 @@ fn labels(batch: &RecordBatch, tenant: &str) -> Result<Vec<LabelEvent>, String> 
 mod tests {
     use std::sync::Arc;
 
+    use aion_events::LabelEvent;
     use datafusion::arrow::array::{
         ArrayRef, BooleanArray, StringArray, TimestampMicrosecondArray,
     };

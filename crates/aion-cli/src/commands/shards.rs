@@ -3,6 +3,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use aion_shards::redact::{EntityFinder, Span};
 use aion_shards::{JoinOptions, Remote, RollPolicy, ShardOptions, Stats};
 use anyhow::Result;
 use tokio_util::sync::CancellationToken;
@@ -39,8 +42,12 @@ pub struct RunArgs {
     /// Write prompts and replies unredacted (only for data known to carry no personal data).
     #[arg(long)]
     pub no_redact: bool,
-    /// Seconds an answer waits for its enriched retrieval (for the row's nDCG and entities, and
-    /// the names to redact) before it is written without them; 0 disables the join.
+    /// Token-classification model that finds the names to redact in every answer's prompt and
+    /// reply (default: the enricher's offline model, `$AION_CACHE_DIR/models/rampart-1.4.0`).
+    #[arg(long, env = "AION_NER_MODEL", value_name = "DIR")]
+    pub ner_model: Option<PathBuf>,
+    /// Seconds an answer waits for its enriched retrieval (for the row's nDCG and entities)
+    /// before it is written without them; 0 disables the join. Redaction never waits for it.
     #[arg(long, default_value_t = JoinOptions::default().wait.as_secs())]
     pub join_wait_secs: u64,
     /// Also copy both tables to object storage: `s3://bucket/prefix` (credentials, region and
@@ -87,8 +94,50 @@ pub fn options(ctx: &Context, args: RunArgs) -> Result<ShardOptions> {
             ..JoinOptions::default()
         },
         redact: !args.no_redact,
+        finder: if args.no_redact {
+            None
+        } else {
+            Some(Arc::new(NerFinder::load(
+                &args.ner_model.unwrap_or_else(super::enrich::default_model),
+            )?))
+        },
         decode: ctx.decode_limits(),
     })
+}
+
+/// The enricher's NER model as the shard stage's name finder ([`aion_ner::NameFinder`]: recall
+/// over precision).
+#[derive(Debug)]
+struct NerFinder(aion_ner::NameFinder);
+
+impl NerFinder {
+    fn load(dir: &std::path::Path) -> Result<Self> {
+        if !dir.join("model.safetensors").is_file() {
+            anyhow::bail!(
+                "no NER model at {}: the shard stage finds the names to redact with it \
+                 (scripts/setup converts the offline one; --ner-model DIR for another, \
+                 --no-redact only for data without personal data)",
+                dir.display()
+            );
+        }
+        let model = aion_ner::TokenClassifier::load(dir, &candle_core::Device::Cpu)?;
+        Ok(Self(aion_ner::NameFinder::new(model)))
+    }
+}
+
+impl EntityFinder for NerFinder {
+    fn find(&self, texts: &[&str]) -> std::result::Result<Vec<Vec<Span>>, String> {
+        let found = self.0.find(texts, 16).map_err(|e| e.to_string())?;
+        Ok(found
+            .into_iter()
+            .map(|entities| {
+                entities
+                    .into_iter()
+                    .map(|e| (e.label, e.start, e.end))
+                    .collect()
+            })
+            .collect())
+    }
 }
 
 pub async fn run(args: RunArgs, ctx: &Context, stop: CancellationToken) -> Result<()> {

@@ -47,14 +47,27 @@ async fn retrieval_events_come_out_enriched_and_offsets_are_committed_after() {
     for (r, person) in out.iter().zip(people) {
         let v: Value = serde_json::from_slice(&r.payload).unwrap();
         assert!(v["custom"].is_number(), "unknown fields are kept");
+        // The whole name is one PERSON term (weight 3, plus 1 when it is also a keyphrase); its
+        // words keep their fine types in `mentions`.
         let terms = v["entities"].as_array().unwrap();
-        let first = person.split(' ').next().unwrap().to_lowercase();
         assert!(
-            terms.iter().any(|t| t["text"] == first.as_str()
-                && t["type"] == "GIVEN_NAME"
-                && t["score"] == 3),
+            terms
+                .iter()
+                .any(|t| t["text"] == person.to_lowercase().as_str()
+                    && t["type"] == "PERSON"
+                    && t["score"].as_u64() >= Some(3)),
             "{person}: {terms:?}"
         );
+        let mentions = v["mentions"].as_array().unwrap();
+        let (given, surname) = person.split_once(' ').unwrap();
+        for (word, kind) in [(given, "GIVEN_NAME"), (surname, "SURNAME")] {
+            assert!(
+                mentions
+                    .iter()
+                    .any(|m| m["text"] == word && m["type"] == kind),
+                "{person}: {mentions:?}"
+            );
+        }
         assert!(
             terms.iter().any(|t| t["source"] == "keyphrase"),
             "{terms:?}"

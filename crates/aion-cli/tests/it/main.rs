@@ -7,6 +7,7 @@ mod gate;
 mod labels;
 mod lifecycle;
 mod ndcg;
+mod pii;
 mod relay;
 mod serve;
 mod shards;
@@ -235,7 +236,9 @@ pub fn write_entity_table(root: &std::path::Path, retrievals_jsonl: &str) {
             event_id: e.event_id,
             tenant_id: e.tenant_id,
             ts: e.ts,
+            query: e.query,
             entities,
+            mentions: Vec::new(),
             results: Vec::new(),
             judgments: None,
         };

@@ -63,7 +63,8 @@ async fn every_answer_lands_in_exactly_one_redacted_row_across_ten_kill_9() {
     let traffic: Vec<_> = Generator::new(TrafficConfig {
         seed: 21,
         tenants: vec!["acme".into(), "globex".into()],
-        count: 8_000,
+        // The name finder runs on every answer (≈ 15 a second in a debug build): 1,500 answers.
+        count: 3_000,
         start: "2026-11-01T00:00:00Z".parse().unwrap(),
         span: chrono::Duration::hours(72),
         scenario: Scenario::Steady,
@@ -110,7 +111,8 @@ async fn every_answer_lands_in_exactly_one_redacted_row_across_ten_kill_9() {
     std::thread::sleep(Duration::from_secs(8));
     let writer = s.spawn(&args, "shards.log");
     let root = s.state.path().join("shards");
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    // A bound for a stuck stage, far above the ≈ 2 minutes this takes on 2 cores.
+    let deadline = std::time::Instant::now() + Duration::from_secs(900);
     let rows = loop {
         let rows = shard_rows(&root);
         if rows.len() >= expected.len() || std::time::Instant::now() > deadline {

@@ -1,0 +1,98 @@
+//! What the shard stage redacts: recall over precision. A name the model labels, a word it gives
+//! even a small probability of being a name ([`likely_names`]), any word it confidently labelled
+//! a person's name in an earlier text (the names a stream keeps repeating are redacted even where
+//! the context hides them from the model), and capitalised words joined to any of those
+//! ([`grow_names`]).
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use aion_events::NAME_PARTICLES;
+
+use crate::entities::{aggregate, grow_names, likely_names, words, Entity};
+use crate::{merge_entities, Result, TokenClassifier};
+
+/// The name probability from which a word is redacted as a name: measured on the labelled set,
+/// 0.1 with capitalised neighbours finds ≈ 98 % of planted name words where the labels alone
+/// find ≈ 93 %, at the cost of also redacting some capitalised words next to names ("Cliente").
+pub const REDACTION_NAME_THRESHOLD: f32 = 0.1;
+/// A labelled name word at least this confident is remembered and redacted everywhere after.
+const LEARN_SCORE: f32 = 0.5;
+/// Remembered name words, at most (tens of bytes each).
+const KNOWN_NAMES_CAP: usize = 100_000;
+
+/// A token classifier and the name words it has confidently found so far (in memory only).
+pub struct NameFinder {
+    model: TokenClassifier,
+    known: Mutex<HashSet<String>>,
+}
+
+impl std::fmt::Debug for NameFinder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NameFinder").finish_non_exhaustive()
+    }
+}
+
+fn is_name(label: &str) -> bool {
+    matches!(label, "GIVEN_NAME" | "SURNAME")
+}
+
+impl NameFinder {
+    pub fn new(model: TokenClassifier) -> Self {
+        Self {
+            model,
+            known: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// The entities to redact in each text, in text order, joined like terms
+    /// ([`merge_entities`]: a given name with its surnames is one `PERSON`).
+    pub fn find(&self, texts: &[&str], batch_size: usize) -> Result<Vec<Vec<Entity>>> {
+        let tokens = self.model.token_predictions(texts, batch_size)?;
+        let labels = self.model.labels();
+        let labelled: Vec<Vec<Entity>> = texts
+            .iter()
+            .zip(&tokens)
+            .map(|(text, tokens)| aggregate(text, tokens, labels, self.model.aggregation()))
+            .collect();
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        for e in labelled.iter().flatten() {
+            if is_name(&e.label) && e.score >= LEARN_SCORE {
+                for (_, w) in words(&e.text) {
+                    let w = w.to_lowercase();
+                    if w.chars().count() >= 3
+                        && !NAME_PARTICLES.contains(&w.as_str())
+                        && known.len() < KNOWN_NAMES_CAP
+                    {
+                        known.insert(w);
+                    }
+                }
+            }
+        }
+        Ok(texts
+            .iter()
+            .zip(tokens)
+            .zip(labelled)
+            .map(|((text, tokens), mut found)| {
+                let likely = likely_names(text, &tokens, labels, REDACTION_NAME_THRESHOLD);
+                let remembered = words(text)
+                    .filter(|(_, w)| known.contains(&w.to_lowercase()))
+                    .map(|(start, w)| Entity {
+                        label: "PERSON".to_owned(),
+                        text: w.to_owned(),
+                        start,
+                        end: start + w.len(),
+                        score: 1.0,
+                    });
+                for e in likely.into_iter().chain(remembered) {
+                    if !found.iter().any(|f| f.start < e.end && e.start < f.end) {
+                        found.push(e);
+                    }
+                }
+                found.sort_by_key(|e| e.start);
+                grow_names(text, &mut found);
+                merge_entities(text, &found)
+            })
+            .collect())
+    }
+}
