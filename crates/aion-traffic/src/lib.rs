@@ -14,7 +14,7 @@ use aion_events::{topics, AnswerEvent, Judgment, RetrievalEvent, RetrievalResult
 use chrono::{DateTime, Duration, Utc};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
-pub use text::{cpf, entities};
+pub use text::{cpf, entities, people};
 
 /// What the generator produces.
 #[derive(Debug, Clone)]

@@ -50,6 +50,11 @@ const PRODUCTS: &[&str] = &[
     "Fibra 500 Mega",
 ];
 
+/// The people the generated queries name (what the shard stage must redact).
+pub fn people() -> impl Iterator<Item = &'static str> {
+    PEOPLE.iter().copied()
+}
+
 /// Every person, company, place and product the generated queries mention.
 pub fn entities() -> impl Iterator<Item = &'static str> {
     [PEOPLE, COMPANIES, PLACES, PRODUCTS]

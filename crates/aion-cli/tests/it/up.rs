@@ -81,6 +81,39 @@ fn the_loop_trains_the_degraded_tenant_and_the_panel_drives_a_job() {
             "{other}: {t}"
         );
     }
+    // No training row names any of the generator's people, whether or not its retrieval was
+    // enriched in time.
+    let sql = |query: &str| s.run(&["sql", query, "--format", "json"]);
+    let written = || -> u64 {
+        let out = sql("SELECT count(*) AS n FROM shards");
+        serde_json::from_str::<Value>(out.trim()).map_or(0, |v| v["n"].as_u64().unwrap_or(0))
+    };
+    // ≈ 1,485 of the 3,000 events are valid answers: wait for nearly all of them.
+    let deadline = Instant::now() + Duration::from_secs(900);
+    while written() < 1_400 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_secs(5));
+    }
+    let rows = sql("SELECT instruction, response FROM shards");
+    assert!(
+        rows.lines().count() >= 1_400,
+        "{} rows",
+        rows.lines().count()
+    );
+    let names: Vec<regex::Regex> = aion_traffic::people()
+        .flat_map(|p| p.split(' '))
+        .map(|w| regex::Regex::new(&format!(r"(?i)\b{w}\b")).unwrap())
+        .collect();
+    let named: Vec<&str> = rows
+        .lines()
+        .filter(|row| names.iter().any(|n| n.is_match(row)))
+        .collect();
+    assert!(
+        named.is_empty(),
+        "{} of {} rows name a person, e.g. {:?}",
+        named.len(),
+        rows.lines().count(),
+        &named[..named.len().min(5)]
+    );
     let points = get(api, "/api/ai/metrics?tenant=acme&window=tumbling_1h")["points"].clone();
     assert!(points.as_array().is_some_and(|p| p.len() >= 6), "{points}");
 
