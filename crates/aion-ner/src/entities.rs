@@ -181,9 +181,11 @@ fn is_person_label(label: &str) -> bool {
     matches!(tag(label).1, "GIVEN_NAME" | "SURNAME")
 }
 
-/// Recall over precision, for redaction (never for terms): every word to which the model gives
-/// at least `threshold` probability of belonging to a person's name (all GIVEN_NAME and SURNAME
-/// labels summed, on the word's most confident piece), as a `PERSON` entity.
+/// Recall over precision, for redaction (never for terms): every capitalised word to which the
+/// model gives at least `threshold` probability of belonging to a person's name (all GIVEN_NAME
+/// and SURNAME labels summed, on the word's most confident piece), as a `PERSON` entity. Only
+/// capitalised words: next to a name the model gives verbs a little name probability too
+/// ("pediu" in "Maria Silva pediu"), and a name written in lower case is left to the labels.
 pub fn likely_names(
     text: &str,
     tokens: &[TokenPrediction],
@@ -205,9 +207,14 @@ pub fn likely_names(
             _ => words.push((t.start, t.end, p)),
         }
     }
+    let capitalised = |start: usize| {
+        text.get(start..)
+            .and_then(|t| t.chars().next())
+            .is_some_and(char::is_uppercase)
+    };
     words
         .into_iter()
-        .filter(|w| w.2 >= threshold)
+        .filter(|w| w.2 >= threshold && capitalised(w.0))
         .map(|(start, end, p)| Entity {
             label: "PERSON".to_owned(),
             text: text.get(start..end).unwrap_or_default().to_owned(),

@@ -64,15 +64,13 @@ impl NameFinder {
             .map(|(text, tokens)| likely_names(text, tokens, labels, REDACTION_NAME_THRESHOLD))
             .collect();
         let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
-        // Learnt: names the labels give confidently, and capitalised words the model thinks
-        // rather likely a name ("Jane" of "Jane Doe", which this model often labels O).
+        // Learnt: names the labels give confidently, and the (capitalised) likely names the model
+        // gives a fair probability ("Jane" of "Jane Doe", which this model often labels O).
         let learnt = labelled
             .iter()
             .flatten()
             .filter(|e| is_name(&e.label) && e.score >= LEARN_SCORE)
-            .chain(likely.iter().flatten().filter(|e| {
-                e.score >= LEARN_LIKELY && e.text.chars().next().is_some_and(char::is_uppercase)
-            }));
+            .chain(likely.iter().flatten().filter(|e| e.score >= LEARN_LIKELY));
         for e in learnt {
             for (_, w) in words(&e.text) {
                 let w = w.to_lowercase();
