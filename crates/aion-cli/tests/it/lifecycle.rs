@@ -12,9 +12,7 @@ const GROUP: &str = "aion.shards";
 
 /// Publishes `count` events of synthetic traffic; returns how many went to `answer.v1`.
 async fn publish_answers(s: &Stack, count: u64) -> usize {
-    let sink = aion_kafka::Sink::new(&s.kafka, "test").unwrap();
-    let mut answers = 0;
-    for p in Generator::new(TrafficConfig {
+    let answers: Vec<_> = Generator::new(TrafficConfig {
         seed: 7,
         tenants: vec!["acme".into()],
         count,
@@ -25,14 +23,11 @@ async fn publish_answers(s: &Stack, count: u64) -> usize {
         late_fraction: 0.0,
     })
     .filter(|p| p.topic == aion_events::topics::ANSWER)
-    {
-        sink.send(p.topic, Some(p.key.as_bytes()), &p.bytes, None, None)
-            .await
-            .unwrap();
-        answers += 1;
-    }
-    sink.flush(Duration::from_secs(60)).unwrap();
-    answers
+    .map(|p| (p.topic.to_owned(), p.key, p.bytes))
+    .collect();
+    let n = answers.len();
+    s.publish(answers).await;
+    n
 }
 
 fn committed(s: &Stack) -> i64 {

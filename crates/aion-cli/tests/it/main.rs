@@ -43,6 +43,17 @@ impl Stack {
         }
     }
 
+    /// Publishes `(topic, key, payload)` records and waits until the broker holds every one.
+    pub async fn publish(&self, records: impl IntoIterator<Item = (String, String, Vec<u8>)>) {
+        let sink = aion_kafka::Sink::new(&self.kafka, "test").unwrap();
+        for (topic, key, payload) in records {
+            sink.send(&topic, Some(key.as_bytes()), &payload, None, None)
+                .await
+                .unwrap();
+        }
+        sink.flush(std::time::Duration::from_secs(60)).unwrap();
+    }
+
     /// A stack without a broker, for offline commands.
     pub fn offline() -> Stack {
         Stack {

@@ -176,19 +176,14 @@ async fn no_planted_pii_in_any_table(enricher: bool) {
     let s = Stack::start();
     s.run(&["topics", "create", "--partitions", "2"]);
     let planted = plant(N);
-    let sink = aion_kafka::Sink::new(&s.kafka, "test").unwrap();
-    for (topic, key, event) in &planted.events {
-        sink.send(
-            topic,
-            Some(key.as_bytes()),
-            event.to_string().as_bytes(),
-            None,
-            None,
+    s.publish(planted.events.iter().map(|(topic, key, event)| {
+        (
+            topic.to_string(),
+            key.clone(),
+            event.to_string().into_bytes(),
         )
-        .await
-        .unwrap();
-    }
-    sink.flush(Duration::from_secs(60)).unwrap();
+    }))
+    .await;
 
     let state = s.state.path();
     let enrich = enricher.then(|| s.spawn(&["enrich", "run"], "enrich.log"));
