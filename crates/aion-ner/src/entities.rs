@@ -15,6 +15,8 @@
 use std::str::FromStr;
 
 use aion_events::NAME_PARTICLES;
+
+use crate::terms::is_name_part;
 use serde::Serialize;
 
 /// One token's label probabilities, the character span it covers, and whether it continues the
@@ -236,7 +238,6 @@ pub fn words(text: &str) -> impl Iterator<Item = (usize, &str)> {
 /// starting with a capital, joined to a name by a space or by spaces around a name particle, is
 /// a `PERSON` word too ("Nascimento" after a found "Gustavo"), until nothing changes.
 pub fn grow_names(text: &str, entities: &mut Vec<Entity>) {
-    let is_name = |e: &Entity| matches!(e.label.as_str(), "GIVEN_NAME" | "SURNAME" | "PERSON");
     let all: Vec<(usize, &str)> = words(text).collect();
     let joined = |a: (usize, &str), b: (usize, &str)| {
         let (lo, hi) = if a.0 < b.0 { (a, b) } else { (b, a) };
@@ -270,9 +271,9 @@ pub fn grow_names(text: &str, entities: &mut Vec<Entity>) {
             };
             let next_to_name = [side(-1), side(1)].into_iter().flatten().any(|n| {
                 joined((start, w), n)
-                    && entities
-                        .iter()
-                        .any(|e| is_name(e) && e.start <= n.0 && n.0 + n.1.len() <= e.end)
+                    && entities.iter().any(|e| {
+                        is_name_part(&e.label) && e.start <= n.0 && n.0 + n.1.len() <= e.end
+                    })
             });
             if next_to_name {
                 entities.push(Entity {

@@ -10,6 +10,7 @@ use std::sync::Mutex;
 use aion_events::NAME_PARTICLES;
 
 use crate::entities::{aggregate, grow_names, likely_names, words, Entity};
+use crate::terms::is_name_part;
 use crate::{merge_entities, Result, TokenClassifier};
 
 /// The name probability from which a word is redacted as a name. Measured on the labelled set,
@@ -34,10 +35,6 @@ impl std::fmt::Debug for NameFinder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NameFinder").finish_non_exhaustive()
     }
-}
-
-fn is_name(label: &str) -> bool {
-    matches!(label, "GIVEN_NAME" | "SURNAME")
 }
 
 impl NameFinder {
@@ -69,7 +66,7 @@ impl NameFinder {
         let learnt = labelled
             .iter()
             .flatten()
-            .filter(|e| is_name(&e.label) && e.score >= LEARN_SCORE)
+            .filter(|e| is_name_part(&e.label) && e.score >= LEARN_SCORE)
             .chain(likely.iter().flatten().filter(|e| e.score >= LEARN_LIKELY));
         for e in learnt {
             for (_, w) in words(&e.text) {

@@ -21,7 +21,8 @@ pub const KEYPHRASE_WEIGHT: u32 = 1;
 /// The type of a term made of a given name and surnames.
 pub const PERSON: &str = "PERSON";
 
-fn is_name_part(label: &str) -> bool {
+/// A type that names (part of) a person.
+pub(crate) fn is_name_part(label: &str) -> bool {
     matches!(label, "GIVEN_NAME" | "SURNAME" | PERSON)
 }
 

@@ -37,10 +37,8 @@ fn committed(s: &Stack) -> i64 {
         .sum()
 }
 
-/// Rows of the shard table's manifest (what is durable).
 fn durable_rows(s: &Stack) -> i64 {
-    aion_shards::read_manifest(&s.state.path().join("shards"))
-        .map_or(0, |m| m.iter().map(|e| e.rows as i64).sum())
+    s.table_rows("shards") as i64
 }
 
 /// A shard stage that never rolls a file by itself: whatever it consumed before the stop is

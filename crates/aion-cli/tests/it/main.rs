@@ -54,6 +54,12 @@ impl Stack {
         sink.flush(std::time::Duration::from_secs(60)).unwrap();
     }
 
+    /// Rows committed to a table under the state directory (its manifest: what is durable).
+    pub fn table_rows(&self, table: &str) -> usize {
+        aion_shards::read_manifest(&self.state.path().join(table))
+            .map_or(0, |m| m.iter().map(|e| e.rows).sum())
+    }
+
     /// A stack without a broker, for offline commands.
     pub fn offline() -> Stack {
         Stack {

@@ -5,7 +5,6 @@
 //! stage must not depend on it).
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -159,10 +158,6 @@ fn plant(n: u32) -> Planted {
     Planted { events, secrets }
 }
 
-fn rows(root: &std::path::Path) -> usize {
-    aion_shards::read_manifest(root).map_or(0, |m| m.iter().map(|e| e.rows).sum())
-}
-
 fn wait_for(what: &str, s: &Stack, done: impl Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(240);
     while !done() {
@@ -193,10 +188,10 @@ async fn no_planted_pii_in_any_table(enricher: bool) {
     }
     let shards = s.spawn(&shard_args, "shards.log");
     wait_for("every answer written", &s, || {
-        rows(&state.join("shards")) == N as usize
+        s.table_rows("shards") == N as usize
     });
     wait_for("every label written", &s, || {
-        rows(&state.join("labels")) == N as usize
+        s.table_rows("labels") == N as usize
     });
     if enricher {
         wait_for("every enriched retrieval written", &s, || {
@@ -226,10 +221,7 @@ async fn no_planted_pii_in_any_table(enricher: bool) {
     if enricher {
         tables.push("entities");
     }
-    let cache = std::env::var_os("AION_CACHE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/aion"));
-    let out = std::process::Command::new(cache.join("venv/bin/python"))
+    let out = std::process::Command::new(aion_broker::cache_dir().join("venv/bin/python"))
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../../scripts/checks/pii_dump.py"
