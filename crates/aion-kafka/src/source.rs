@@ -66,6 +66,16 @@ impl SourceConfig {
     }
 }
 
+/// Records of one assigned partition that are in the log and not yet handed out by
+/// [`Source::recv`] (see [`Source::backlog`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backlog {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    /// `None` when the broker did not say (an error for that partition).
+    pub records: Option<i64>,
+}
+
 /// One consumed record. Its [`Ack`] must be kept until every output made from it is durable.
 #[derive(Debug)]
 pub struct Record {
@@ -276,10 +286,7 @@ impl Source {
                             continue;
                         }
                     };
-                    let topic = match self.topics.iter().find(|t| ***t == *message.topic()) {
-                        Some(t) => t.clone(),
-                        None => Arc::from(message.topic()),
-                    };
+                    let topic = self.topic_name(message.topic());
                     let (partition, offset) = (message.partition(), message.offset());
                     let ack = self.tracker.track((topic.clone(), partition), offset);
                     self.received += 1;
@@ -311,6 +318,80 @@ impl Source {
     /// compare it to rebuild that state when it changes.
     pub fn revocations(&self) -> u64 {
         self.revocations.load(Ordering::Acquire)
+    }
+
+    /// How many records of each assigned partition are in the log but not handed out yet, asked
+    /// of the broker now (one request per broker, plus the committed offsets of partitions that
+    /// have handed out nothing). Blocks up to `timeout`. Records already fetched into the local
+    /// queue still count: only [`Source::recv`] moves a partition's position.
+    pub fn backlog(&self, timeout: Duration) -> Result<Vec<Backlog>> {
+        let positions = self.consumer.position()?;
+        if positions.count() == 0 {
+            return Ok(Vec::new());
+        }
+        let with = |offset: Offset| -> Result<TopicPartitionList> {
+            let mut tpl = TopicPartitionList::new();
+            for e in positions.elements() {
+                tpl.add_partition_offset(e.topic(), e.partition(), offset)?;
+            }
+            Ok(tpl)
+        };
+        // A timestamp of END asks for the log end offset (ListOffsets "latest").
+        let ends = self
+            .consumer
+            .offsets_for_times(with(Offset::End)?, timeout)?;
+        let mut starts = positions.clone();
+        if positions
+            .elements()
+            .iter()
+            .any(|e| e.offset() == Offset::Invalid)
+        {
+            // Nothing handed out yet: the source starts at the committed offset, else at the log
+            // start (`auto.offset.reset=earliest`).
+            let committed = self
+                .consumer
+                .committed_offsets(with(Offset::Invalid)?, timeout)?;
+            let log_starts = self
+                .consumer
+                .offsets_for_times(with(Offset::Beginning)?, timeout)?;
+            for e in positions.elements() {
+                if e.offset() != Offset::Invalid {
+                    continue;
+                }
+                let find = |tpl: &TopicPartitionList| {
+                    tpl.find_partition(e.topic(), e.partition())
+                        .map(|p| p.offset())
+                };
+                let start = match find(&committed) {
+                    Some(Offset::Offset(o)) => Offset::Offset(o),
+                    _ => find(&log_starts).unwrap_or(Offset::Invalid),
+                };
+                starts.set_partition_offset(e.topic(), e.partition(), start)?;
+            }
+        }
+        let mut out = Vec::new();
+        for e in starts.elements() {
+            let end = ends
+                .find_partition(e.topic(), e.partition())
+                .map(|p| p.offset());
+            let records = match (e.offset(), end) {
+                (Offset::Offset(start), Some(Offset::Offset(end))) => Some((end - start).max(0)),
+                _ => None,
+            };
+            out.push(Backlog {
+                topic: self.topic_name(e.topic()),
+                partition: e.partition(),
+                records,
+            });
+        }
+        Ok(out)
+    }
+
+    fn topic_name(&self, topic: &str) -> Arc<str> {
+        match self.topics.iter().find(|t| ***t == *topic) {
+            Some(t) => t.clone(),
+            None => Arc::from(topic),
+        }
     }
 
     /// Records handed out and not yet acknowledged.

@@ -53,7 +53,8 @@ pub struct WatermarkSection {
     /// How far behind the largest event time seen an event may arrive and still count.
     #[serde(deserialize_with = "duration")]
     pub allowed_lateness: Duration,
-    /// After this long without records a partition no longer holds the watermark back.
+    /// After this long without records a caught-up partition (nothing left to read) no longer
+    /// holds the watermark back. A partition with unread records always holds it.
     #[serde(deserialize_with = "duration")]
     pub idle_timeout: Duration,
 }

@@ -9,13 +9,19 @@
 //! an event is late for a window depends only on its own partition's history (the log order),
 //! so a replay decides it the same way; windows close when the minimum over the active
 //! partitions passes their end. An event late for some of its windows counts in the others; one
-//! late for all of them is only reported. A partition idle for `idle_timeout` stops holding the
-//! watermark back; its events that then arrive after a window closed miss it too.
+//! late for all of them is only reported.
+//!
+//! A partition is idle, and stops holding the watermark back, only when it is caught up — a
+//! recent broker query ([`WindowOperator::set_backlog`]) found nothing of it left to read — and no
+//! event of it arrived for `idle_timeout`. A partition with records still in the log holds the
+//! watermark however long it is silent (a slow broker, a stalled stage), so lateness depends on
+//! the log, not on how fast the machine read it. Only events published to an idle partition after
+//! a window closed miss it.
 //!
 //! Replays must see the watermark-setting event first: [`Admission::resume_point`] tells the
 //! stage which records a replay may start from (an event at or above its partition's maximum).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -105,9 +111,40 @@ impl Spec {
     }
 }
 
+/// A backlog measurement older than this no longer shows a partition caught up: records may have
+/// arrived since. The stage measures every second.
+pub const BACKLOG_FRESH: Duration = Duration::from_secs(3);
+
 struct Clock {
     max: Option<Micros>,
     last_seen: Instant,
+    /// The last backlog measurement: unread records, and when.
+    backlog: Option<(i64, Instant)>,
+}
+
+impl Clock {
+    fn new(now: Instant) -> Self {
+        Self {
+            max: None,
+            last_seen: now,
+            backlog: None,
+        }
+    }
+
+    /// Whether this partition holds the watermark back: an event arrived within `idle_timeout`,
+    /// or it is not known to be caught up since its last event.
+    fn holds(&self, now: Instant, idle_timeout: Duration) -> bool {
+        let caught_up = self.backlog.is_some_and(|(records, at)| {
+            records == 0
+                && at >= self.last_seen
+                && now.saturating_duration_since(at) <= BACKLOG_FRESH
+        });
+        now.saturating_duration_since(self.last_seen) < idle_timeout || !caught_up
+    }
+
+    fn lagging(&self) -> bool {
+        self.backlog.is_some_and(|(records, _)| records > 0)
+    }
 }
 
 /// One closed window and the rows it aggregates.
@@ -152,8 +189,9 @@ pub struct WindowOperator<A> {
     idle_timeout: Duration,
     clocks: HashMap<(u8, i32), Clock>,
     panes: HashMap<Arc<str>, BTreeMap<Micros, Pane<A>>>,
-    /// Window ends still to close, in end order, with their tenant.
-    pending: BTreeSet<(Micros, Arc<str>)>,
+    /// Window ends still to close, in end order, with their tenant, and when their first event
+    /// arrived.
+    pending: BTreeMap<(Micros, Arc<str>), Instant>,
     /// Every window ending at or before this has closed.
     closed_through: Micros,
     stored_rows: usize,
@@ -180,26 +218,33 @@ impl<A> WindowOperator<A> {
             idle_timeout: config.watermark.idle_timeout,
             clocks: HashMap::new(),
             panes: HashMap::new(),
-            pending: BTreeSet::new(),
+            pending: BTreeMap::new(),
             closed_through: Micros::MIN,
             stored_rows: 0,
         }
     }
 
     /// Declares a source partition, so that the watermark waits for it until it has delivered
-    /// or been idle for `idle_timeout`.
+    /// or is idle.
     pub fn add_partition(&mut self, input: u8, partition: i32, now: Instant) {
-        self.clocks.entry((input, partition)).or_insert(Clock {
-            max: None,
-            last_seen: now,
-        });
+        self.clocks
+            .entry((input, partition))
+            .or_insert_with(|| Clock::new(now));
+    }
+
+    /// Records how many records of a partition were still unread in the log at `measured`.
+    pub fn set_backlog(&mut self, input: u8, partition: i32, records: i64, measured: Instant) {
+        self.clocks
+            .entry((input, partition))
+            .or_insert_with(|| Clock::new(measured))
+            .backlog = Some((records, measured));
     }
 
     fn clock(&mut self, input: u8, partition: i32, now: Instant) -> &mut Clock {
-        let clock = self.clocks.entry((input, partition)).or_insert(Clock {
-            max: None,
-            last_seen: now,
-        });
+        let clock = self
+            .clocks
+            .entry((input, partition))
+            .or_insert_with(|| Clock::new(now));
         clock.last_seen = now;
         clock
     }
@@ -240,7 +285,7 @@ impl<A> WindowOperator<A> {
             }
         }
         if kept {
-            self.store(origin, obs, arrived_at, ack);
+            self.store(origin, obs, arrived_at, ack, now);
         }
         Admission {
             resume_point: previous.is_none_or(|m| obs.ts >= m),
@@ -249,7 +294,14 @@ impl<A> WindowOperator<A> {
         }
     }
 
-    fn store(&mut self, origin: Origin, obs: &Observation, arrived_at: Micros, ack: A) {
+    fn store(
+        &mut self,
+        origin: Origin,
+        obs: &Observation,
+        arrived_at: Micros,
+        ack: A,
+        now: Instant,
+    ) {
         let start = obs.ts.div_euclid(self.pane) * self.pane;
         let panes = self.panes.entry(obs.tenant.clone()).or_default();
         let pane = panes.entry(start).or_insert_with(|| {
@@ -258,7 +310,7 @@ impl<A> WindowOperator<A> {
             for spec in &self.specs {
                 for end in spec.ends_containing(start) {
                     if end > self.closed_through {
-                        self.pending.insert((end, obs.tenant.clone()));
+                        self.pending.entry((end, obs.tenant.clone())).or_insert(now);
                     }
                 }
             }
@@ -282,20 +334,51 @@ impl<A> WindowOperator<A> {
         self.stored_rows += 1;
     }
 
-    /// The watermark windows close on: the minimum over active partitions (all of them, when
-    /// every partition is idle), or `None` while an active partition has shown no event.
+    /// The watermark windows close on: the minimum over the partitions that hold it (all of
+    /// them, when every partition is idle), or `None` while one that holds has shown no event.
     pub fn watermark(&self, now: Instant) -> Option<Micros> {
-        let active = |c: &&Clock| now.duration_since(c.last_seen) < self.idle_timeout;
+        self.watermark_over(now, |_| true)
+    }
+
+    /// [`Self::watermark`] over the partitions `counted` selects.
+    fn watermark_over(&self, now: Instant, counted: impl Fn(&Clock) -> bool) -> Option<Micros> {
+        let clocks = || self.clocks.values().filter(|c| counted(c));
         let mark = |c: &Clock| c.max.map(|m| m.saturating_sub(self.lateness));
-        if self.clocks.values().any(|c| active(&c)) {
-            self.clocks
-                .values()
-                .filter(active)
+        if clocks().any(|c| c.holds(now, self.idle_timeout)) {
+            clocks()
+                .filter(|c| c.holds(now, self.idle_timeout))
                 .map(mark)
                 .try_fold(Micros::MAX, |acc, m| m.map(|m| acc.min(m)))
         } else {
-            self.clocks.values().filter_map(mark).min()
+            clocks().filter_map(mark).min()
         }
+    }
+
+    /// Window ends that would close now if partitions with unread records did not hold the
+    /// watermark: what waits on a lagging input.
+    pub fn held_by_lag(&self, now: Instant) -> usize {
+        if !self.clocks.values().any(Clock::lagging) {
+            return 0;
+        }
+        let Some(without) = self.watermark_over(now, |c| !c.lagging()) else {
+            return 0;
+        };
+        let from = self
+            .watermark(now)
+            .unwrap_or(Micros::MIN)
+            .max(self.closed_through);
+        self.pending
+            .keys()
+            .skip_while(|(end, _)| *end <= from)
+            .take_while(|(end, _)| *end <= without)
+            .count()
+    }
+
+    /// How long ago the first event of the next window to close arrived.
+    pub fn oldest_open(&self, now: Instant) -> Option<Duration> {
+        self.pending
+            .first_key_value()
+            .map(|(_, opened)| now.saturating_duration_since(*opened))
     }
 
     /// Closes every window the watermark has passed. The caller publishes the groups, makes them
@@ -313,10 +396,11 @@ impl<A> WindowOperator<A> {
             return closing;
         }
         self.closed_through = watermark;
-        while let Some((end, tenant)) = self.pending.first().cloned() {
-            if end > watermark {
+        while let Some(((end, tenant), _)) = self.pending.first_key_value() {
+            if *end > watermark {
                 break;
             }
+            let (end, tenant) = (*end, tenant.clone());
             self.pending.pop_first();
             let group = self.close_group(&tenant, end);
             if !group.windows.is_empty() {

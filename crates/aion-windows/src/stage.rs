@@ -40,6 +40,11 @@ pub const LATE_WINDOWS_HEADER: &str = "aion.late.windows";
 const STAGE: &str = "windows";
 /// Watermarks also advance by time (idle partitions), so the loop wakes at least this often.
 const TICK: Duration = Duration::from_millis(500);
+/// How often the inputs' backlog is asked of the broker: a partition counts as caught up for
+/// [`crate::operator::BACKLOG_FRESH`] after a measurement.
+const BACKLOG_EVERY: Duration = Duration::from_secs(1);
+/// A broker slower than this leaves the backlog unmeasured: partitions keep holding.
+const BACKLOG_TIMEOUT: Duration = Duration::from_secs(1);
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where and how one windows stage runs.
@@ -60,6 +65,10 @@ pub struct Stats {
     pub late: AtomicU64,
     pub windows_closed: AtomicU64,
     pub stored_events: AtomicU64,
+    /// Records of the inputs in the log and not read yet, at the last measurement.
+    pub input_lag: AtomicU64,
+    /// Windows the watermark would close if partitions with unread records did not hold it.
+    pub held_by_lag: AtomicU64,
     /// Seconds from the watermark passing window ends to their results being durable, the most
     /// recent [`CLOSE_DELAYS_KEPT`].
     pub close_delays: Mutex<VecDeque<f64>>,
@@ -94,9 +103,11 @@ pub async fn run(
     let mut source = Source::new(&options.kafka, &source_config)?;
     let mut operator: WindowOperator<Ack> = WindowOperator::new(config);
     let now = Instant::now();
+    let mut declared = Vec::new();
     for (i, topic) in inputs.iter().enumerate() {
         for partition in 0..aion_kafka::partition_count(&options.kafka, topic)? {
             operator.add_partition(i as u8, partition as i32, now);
+            declared.push((i as u8, partition as i32));
         }
         for side in [
             aion_events::topics::dlq(topic),
@@ -117,6 +128,7 @@ pub async fn run(
     let mut labelled = LabelledJudgments::new(options.data_dir.join(LABELS_TABLE));
     labelled.refresh(Instant::now());
     let revocations = source.revocations();
+    let mut next_backlog = Instant::now();
     info!(group = %options.group_id, data = %options.data_dir.display(), "windows stage started");
     let result = loop {
         let record = tokio::select! {
@@ -128,6 +140,10 @@ pub async fn run(
             break Err(Error::Rebalanced);
         }
         labelled.refresh(Instant::now());
+        if Instant::now() >= next_backlog {
+            measure_backlog(&source, &inputs, &declared, &mut operator, stats);
+            next_backlog = Instant::now() + BACKLOG_EVERY;
+        }
         if let Some(record) = record {
             stats.received.fetch_add(1, Ordering::Relaxed);
             let input = u8::from(*record.topic != *inputs[0]);
@@ -168,6 +184,50 @@ pub async fn run(
     outputs.sink.flush(SHUTDOWN_TIMEOUT)?;
     source.shutdown(Duration::ZERO).await?;
     result
+}
+
+/// Asks the broker how far behind each input partition is, so that only caught-up partitions go
+/// idle, and reports it. A partition not assigned to this member has nothing to read here.
+fn measure_backlog(
+    source: &Source,
+    inputs: &[String; 2],
+    declared: &[(u8, i32)],
+    operator: &mut WindowOperator<Ack>,
+    stats: &Stats,
+) {
+    let measured = Instant::now();
+    let backlog = match source.backlog(BACKLOG_TIMEOUT) {
+        Ok(b) => b,
+        Err(error) => {
+            // Unmeasured partitions keep holding the watermark: safe, only slower.
+            debug!(%error, "input backlog not measured");
+            return;
+        }
+    };
+    let mut total = 0;
+    for &(input, partition) in declared {
+        let topic = &inputs[usize::from(input)];
+        let records = match backlog
+            .iter()
+            .find(|b| b.partition == partition && *b.topic == **topic)
+        {
+            Some(b) => b.records,
+            None if !backlog.is_empty() => Some(0),
+            None => None,
+        };
+        if let Some(records) = records {
+            operator.set_backlog(input, partition, records, measured);
+            total += records;
+            metrics::gauge!("aion_window_input_lag", "topic" => topic.clone(), "partition" => partition.to_string())
+                .set(records as f64);
+        }
+    }
+    let held = operator.held_by_lag(measured);
+    stats.input_lag.store(total as u64, Ordering::Relaxed);
+    stats.held_by_lag.store(held as u64, Ordering::Relaxed);
+    metrics::gauge!("aion_windows_held_by_lag").set(held as f64);
+    let oldest = operator.oldest_open(measured).unwrap_or_default();
+    metrics::gauge!("aion_window_oldest_open_seconds").set(oldest.as_secs_f64());
 }
 
 /// Decodes one record of input 0 (retrieval) or 1 (answer) into what its windows aggregate.

@@ -319,12 +319,20 @@ fn tenants_line(stats: &aion_gate::Stats) -> Option<String> {
 
 fn windows_line(stats: &aion_windows::Stats) -> String {
     use std::sync::atomic::Ordering::Relaxed;
-    format!(
+    let mut line = format!(
         "events in {}, dead-lettered {}, windows closed {}, late events {}, events in open windows {}",
         stats.received.load(Relaxed),
         stats.dead_lettered.load(Relaxed),
         stats.windows_closed.load(Relaxed),
         stats.late.load(Relaxed),
         stats.stored_events.load(Relaxed)
-    )
+    );
+    let held = stats.held_by_lag.load(Relaxed);
+    if held > 0 {
+        line += &format!(
+            " ({held} windows wait on inputs still {} records behind)",
+            stats.input_lag.load(Relaxed)
+        );
+    }
+    line
 }

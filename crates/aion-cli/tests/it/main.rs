@@ -5,6 +5,7 @@
 mod enrich;
 mod gate;
 mod labels;
+mod lagging;
 mod lifecycle;
 mod ndcg;
 mod pii;
@@ -153,6 +154,11 @@ impl Running {
             child: Some(child),
             log,
         }
+    }
+
+    /// The process id, for signals.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("a running process").id()
     }
 
     /// SIGKILL: no drain, no commit.

@@ -207,7 +207,7 @@ fn interleaving_of_partitions_does_not_change_results() {
 }
 
 #[test]
-fn a_silent_partition_holds_windows_until_it_is_idle() {
+fn a_silent_partition_holds_windows_until_it_is_caught_up_and_idle() {
     let mut op = operator();
     let start = Instant::now();
     op.add_partition(0, 0, start);
@@ -230,8 +230,15 @@ fn a_silent_partition_holds_windows_until_it_is_idle() {
     let later = start + Duration::from_secs(31);
     assert_eq!(
         op.watermark(later),
+        None,
+        "silent, but nobody measured that input 1 is caught up"
+    );
+    op.set_backlog(0, 0, 0, later);
+    op.set_backlog(1, 0, 0, later);
+    assert_eq!(
+        op.watermark(later),
         Some(3 * H - 10 * M),
-        "both idle: the largest"
+        "both caught up and idle: the largest"
     );
     op.observe(
         at(0, 2),
@@ -245,6 +252,57 @@ fn a_silent_partition_holds_windows_until_it_is_idle() {
         "input 1 idle"
     );
     assert!(!op.close(later).groups.is_empty());
+}
+
+#[test]
+fn a_partition_with_unread_records_holds_however_long_it_is_silent() {
+    let mut op = operator();
+    let start = Instant::now();
+    let released = Arc::new(AtomicUsize::new(0));
+    let observe = |op: &mut WindowOperator<Token>, partition, offset, ts, now| {
+        op.observe(
+            at(partition, offset),
+            &retrieval("t", ts, 0.5),
+            Token(released.clone()),
+            now,
+        )
+    };
+    observe(&mut op, 0, 0, 10 * M, start);
+    observe(&mut op, 1, 0, 20 * M, start);
+    let hour = start + Duration::from_secs(3600);
+    // Partition 0 goes on; partition 1 has records left but delivers none for an hour.
+    observe(&mut op, 0, 1, 5 * H, hour);
+    op.set_backlog(0, 0, 0, hour);
+    op.set_backlog(0, 1, 7, hour);
+    assert_eq!(op.watermark(hour), Some(10 * M), "partition 1 holds");
+    assert!(summary(&op.close(hour)).is_empty());
+    assert_eq!(
+        op.held_by_lag(hour),
+        4,
+        "window ends 01:00–04:00 wait on partition 1"
+    );
+    assert_eq!(op.oldest_open(hour), Some(Duration::from_secs(3600)));
+
+    // Caught up once measured so, and only while the measurement is fresh.
+    let caught_up = hour + Duration::from_secs(1);
+    op.set_backlog(0, 1, 0, caught_up);
+    assert_eq!(op.watermark(caught_up), Some(5 * H - 10 * M));
+    assert_eq!(op.held_by_lag(caught_up), 0);
+    let stale = caught_up + BACKLOG_FRESH + Duration::from_secs(1);
+    assert_eq!(
+        op.watermark(stale),
+        Some(10 * M),
+        "a stale measurement does not show a stalled partition caught up"
+    );
+    // A measurement taken before the partition's last event says nothing about what followed.
+    let event = stale + Duration::from_secs(1);
+    observe(&mut op, 1, 1, 30 * M, event);
+    let silent = event + Duration::from_secs(60);
+    observe(&mut op, 0, 2, 6 * H, silent);
+    op.set_backlog(0, 1, 0, event - Duration::from_millis(1));
+    assert_eq!(op.watermark(silent), Some(20 * M));
+    op.set_backlog(0, 1, 0, silent);
+    assert_eq!(op.watermark(silent), Some(6 * H - 10 * M));
 }
 
 #[test]
