@@ -14,7 +14,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.parse
 import urllib.request
 
 import websocket
@@ -92,7 +91,11 @@ def run(dt, url, token, screenshot, states):
     dt.call("Page.enable")
     # --window-size includes the window frame; pin the viewport itself so the screenshot is 1280×900
     dt.call("Emulation.setDeviceMetricsOverride", width=1280, height=900, deviceScaleFactor=1, mobile=False)
-    dt.call("Page.navigate", url=f"{url.rstrip('/')}/?token={urllib.parse.quote(token, safe='')}")
+    dt.call("Page.navigate", url=f"{url.rstrip('/')}/")
+    # The token goes into the Token field, as a user types it (the panel ignores tokens in URLs).
+    wait_for(dt, 30, lambda _: dt.eval("!!document.querySelector('#token')"), "no #token field", [])
+    dt.eval("(() => { const i = document.querySelector('#token'); i.value = " + json.dumps(token)
+            + "; i.dispatchEvent(new Event('change')); })()")
 
     def has_points(_):
         c = json.loads(dt.eval(COUNTS) or "{}")

@@ -7,7 +7,7 @@ const SVG_NS = "http://www.w3.org/2000/svg";
 const FINAL_STATES = ["completed", "failed", "cancelled"];
 const SETTINGS_FIELDS = ["tau_fallback", "tau_ndcg", "min_answers", "min_judged", "cooldown_hours"];
 
-const state = { tenant: null, window: "tumbling_1h", token: "", settings: null };
+const state = { tenant: null, window: "tumbling_1h", token: "", csrf: "", settings: null };
 
 // ---------------------------------------------------------------------------------------------
 // API access and the error banner
@@ -22,6 +22,8 @@ class ApiError extends Error {
 async function api(path, { method = "GET", body } = {}) {
   const headers = {};
   if (state.token) headers.Authorization = `Bearer ${state.token}`;
+  // Loopback mode (no tokens): the server put its CSRF secret in this page; changes must carry it.
+  if (state.csrf && method !== "GET") headers["X-Aion-Csrf"] = state.csrf;
   if (body !== undefined) headers["Content-Type"] = "application/json";
   const res = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
   const text = await res.text();
@@ -362,21 +364,30 @@ function every(ms, fn) {
   tick();
 }
 
+// The token is typed into the Token field and kept for this tab only (sessionStorage), never in a
+// URL: URLs end up in history, logs and Referer headers.
 function initToken() {
   const input = $("#token");
+  state.csrf = (document.querySelector('meta[name="aion-csrf"]') || {}).content || "";
   const params = new URLSearchParams(location.search);
   if (params.has("token")) {
-    localStorage.setItem("aion.token", params.get("token"));
-    // keep the token out of the address bar and the browser history once it is stored
     params.delete("token");
     history.replaceState(null, "", location.pathname + (params.toString() ? `?${params}` : "") + location.hash);
+    reportError("token", new Error("a token in the URL is ignored: paste it into the Token field"));
   }
-  state.token = localStorage.getItem("aion.token") || "";
+  state.token = sessionStorage.getItem("aion.token") || "";
   input.value = state.token;
   input.addEventListener("change", () => {
     state.token = input.value.trim();
-    localStorage.setItem("aion.token", state.token);
+    sessionStorage.setItem("aion.token", state.token);
+    reportError("token", null);
+    loadSettings();
   });
+}
+
+function loadSettings() {
+  api("/api/ai/settings").then((s) => { state.settings = s; fillSettings(s); drawCharts(); reportError("settings", null); },
+    (err) => reportError("settings", err));
 }
 
 async function loadTenants() {
@@ -410,8 +421,7 @@ async function main() {
   $("#cancel").addEventListener("click", () => jobAction("cancel"));
   $("#settings").addEventListener("submit", saveSettings);
 
-  api("/api/ai/settings").then((s) => { state.settings = s; fillSettings(s); drawCharts(); },
-    (err) => reportError("settings", err));
+  loadSettings();
 
   const tenants = await loadTenants();
   $("#tenant").replaceChildren(...tenants.map((t) => new Option(t, t)));

@@ -2,12 +2,16 @@
 //! edit the gate's thresholds, metric series, triggers, training history and the entity heatmap
 //! (answered from the Parquet tables through DataFusion), Prometheus `/metrics` and `/healthz`.
 //!
-//! Mutating routes need `Authorization: Bearer <token>`; without a configured token the server
-//! only starts on a loopback address and with an explicit opt-in. Every read is scoped to one
-//! tenant, validated like tenant ids on the wire.
+//! Access ([`access`]): with tokens configured, every route but `/healthz` and the panel's files
+//! needs a bearer token whose role (read / operate / admin) and tenant scope cover it. Without
+//! tokens the server only starts on a loopback address with an explicit opt-in, answers only
+//! requests naming that loopback host, and mutating routes need the panel page's CSRF secret.
+//! Every read is scoped to one tenant, validated like tenant ids on the wire. Responses carry a
+//! strict CSP, `no-referrer` and `DENY` framing; request bodies are capped at [`MAX_BODY`].
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod access;
 pub mod board;
 pub mod tables;
 
@@ -15,11 +19,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
+use access::{Denied, Principal, Role, Tokens};
+
 use aion_events::{topics, ControlAction, TrainControl, TrainStatus};
 use aion_gate::{GateConfig, GateOptions, Settings};
 use aion_kafka::{KafkaConfig, Sink};
-use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{DefaultBodyLimit, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -38,10 +45,12 @@ pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
 #[derive(Clone)]
 pub struct ApiOptions {
     pub addr: SocketAddr,
-    /// Bearer token for mutating routes.
-    pub token: Option<String>,
-    /// Serve mutating routes without a token (only honoured on a loopback address).
+    /// Accepted bearer tokens; empty for loopback development mode.
+    pub tokens: Tokens,
+    /// Serve without tokens (only honoured on a loopback address).
     pub insecure_loopback: bool,
+    /// Serve `/metrics` without a token (for a scraper on a trusted network).
+    pub public_metrics: bool,
     /// Where the stages' Parquet tables are (the state dir).
     pub data_dir: PathBuf,
     pub kafka: KafkaConfig,
@@ -55,7 +64,7 @@ impl std::fmt::Debug for ApiOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ApiOptions")
             .field("addr", &self.addr)
-            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .field("tokens", &(!self.tokens.is_empty()))
             .field("data_dir", &self.data_dir)
             .finish_non_exhaustive()
     }
@@ -64,8 +73,10 @@ impl std::fmt::Debug for ApiOptions {
 /// Errors that stop the server from starting.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("refusing to serve training and settings routes on {0} without a token: set AION_API_TOKEN (or --token), or bind to 127.0.0.1 and pass --insecure-loopback")]
+    #[error("refusing to serve {0} without a token: set AION_API_TOKEN (or --token, or --tokens-file), or bind to 127.0.0.1 and pass --insecure-loopback")]
     NoToken(SocketAddr),
+    #[error("no randomness for the CSRF secret: {0}")]
+    Random(std::io::Error),
     #[error("binding {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -75,10 +86,22 @@ pub enum Error {
     Kafka(#[from] aion_kafka::Error),
 }
 
+/// Largest request body accepted (settings and training requests are a few hundred bytes).
+pub const MAX_BODY: usize = 16 * 1024;
+
+/// The header carrying the loopback panel's CSRF secret.
+pub const CSRF_HEADER: &str = "x-aion-csrf";
+
 struct App {
     options: ApiOptions,
     board: Arc<RwLock<Board>>,
     sink: Sink,
+    /// The address actually bound (its port is what `Host` must name in loopback mode).
+    bound: SocketAddr,
+    /// Loopback mode's CSRF secret, in the panel page.
+    csrf: String,
+    index: String,
+    tables: tables::Cached,
 }
 
 type Shared = Arc<App>;
@@ -97,6 +120,15 @@ fn bad_request(message: impl ToString) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, message.to_string())
 }
 
+impl From<Denied> for ApiError {
+    fn from(denied: Denied) -> Self {
+        match denied {
+            Denied::Unauthenticated(m) => ApiError(StatusCode::UNAUTHORIZED, m),
+            Denied::Forbidden(m) => ApiError(StatusCode::FORBIDDEN, m),
+        }
+    }
+}
+
 fn internal(message: impl ToString) -> ApiError {
     ApiError(StatusCode::INTERNAL_SERVER_ERROR, message.to_string())
 }
@@ -105,9 +137,11 @@ type ApiResult<T> = Result<T, ApiError>;
 
 /// Serves until `stop`.
 pub async fn serve(options: ApiOptions, stop: CancellationToken) -> Result<(), Error> {
-    if options.token.is_none() && !(options.insecure_loopback && options.addr.ip().is_loopback()) {
+    if options.tokens.is_empty() && !(options.insecure_loopback && options.addr.ip().is_loopback())
+    {
         return Err(Error::NoToken(options.addr));
     }
+    let csrf = access::random_secret().map_err(Error::Random)?;
     let board = Arc::new(RwLock::new(Board::default()));
     board::follow(&options.kafka, board.clone(), stop.child_token())?;
     let sink = Sink::new(&options.kafka, "api")?;
@@ -119,10 +153,19 @@ pub async fn serve(options: ApiOptions, stop: CancellationToken) -> Result<(), E
         })?;
     let addr = listener.local_addr().unwrap_or(options.addr);
     info!(%addr, "control API and panel at http://{addr}/");
+    let index = include_str!("../assets/index.html").replace(
+        "{{csrf}}",
+        if options.tokens.is_empty() { &csrf } else { "" },
+    );
+    let tables = tables::Cached::new(options.data_dir.clone());
     let app = router(Arc::new(App {
         options,
         board,
         sink,
+        bound: addr,
+        csrf,
+        index,
+        tables,
     }));
     axum::serve(listener, app)
         .with_graceful_shutdown(stop.cancelled_owned())
@@ -134,7 +177,7 @@ fn router(app: Shared) -> Router {
     Router::new()
         .route(
             "/",
-            get(|| async { Html(include_str!("../assets/index.html")) }),
+            get(|State(app): State<Shared>| async move { Html(app.index.clone()) }),
         )
         .route(
             "/panel.js",
@@ -154,47 +197,90 @@ fn router(app: Shared) -> Router {
         .route("/api/ai/train/lora/status", get(train_status))
         .route("/api/ai/train/lora/start", post(train_start))
         .route("/api/ai/train/lora/cancel", post(train_cancel))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            loopback_guard,
+        ))
+        .layer(axum::middleware::map_response(security_headers))
         .with_state(app)
+}
+
+/// Loopback mode: a request that names another host (a DNS-rebinding page) or comes from another
+/// origin gets nothing, not even the panel page with its CSRF secret.
+async fn loopback_guard(State(app): State<Shared>, request: Request, next: Next) -> Response {
+    if app.options.tokens.is_empty() {
+        let header = |name| {
+            request
+                .headers()
+                .get(name)
+                .and_then(|v: &HeaderValue| v.to_str().ok())
+        };
+        if let Err(denied) =
+            access::check_loopback_host(app.bound, header(header::HOST), header(header::ORIGIN))
+        {
+            return ApiError::from(denied).into_response();
+        }
+    }
+    next.run(request).await
+}
+
+async fn security_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+             connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+        ),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::CACHE_CONTROL, "no-store"),
+    ] {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    response
 }
 
 async fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, content_type)], body)
 }
 
-async fn prometheus(State(app): State<Shared>) -> impl IntoResponse {
+async fn prometheus(State(app): State<Shared>, headers: HeaderMap) -> ApiResult<impl IntoResponse> {
+    if !app.options.public_metrics {
+        authorize(&app, &headers, Role::Read, None)?;
+    }
     let body = app
         .options
         .metrics
         .as_ref()
         .map_or_else(String::new, |render| render());
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body))
 }
 
-/// Checks the bearer token of a mutating request.
-fn authorize(app: &App, headers: &HeaderMap) -> ApiResult<()> {
-    let Some(token) = &app.options.token else {
-        return Ok(()); // loopback, explicitly opted in
-    };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    // Compared in full whatever the first difference, so timing says nothing about the token.
-    let matches = given.is_some_and(|g| {
-        g.len() == token.len()
-            && g.bytes()
-                .zip(token.bytes())
-                .fold(0u8, |d, (a, b)| d | (a ^ b))
-                == 0
-    });
-    if matches {
-        Ok(())
-    } else {
-        Err(ApiError(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong bearer token".into(),
-        ))
+/// Who the request is, if its role allows `need` (and, for a tenant, [`Principal::allow`] with
+/// it; `None`: no tenant's data, or all tenants' for admin changes). Loopback mode allows
+/// everything, but a mutating request must carry the panel's CSRF secret.
+fn authorize(
+    app: &App,
+    headers: &HeaderMap,
+    need: Role,
+    tenant: Option<&str>,
+) -> ApiResult<Principal> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if app.options.tokens.is_empty() {
+        if need > Role::Read {
+            access::check_csrf(&app.csrf, header(CSRF_HEADER))?;
+        }
+        return Ok(Principal::local());
     }
+    let principal = app
+        .options
+        .tokens
+        .authenticate(header(header::AUTHORIZATION.as_str()))?;
+    principal.allow(need, tenant)?;
+    Ok(principal)
 }
 
 #[derive(Debug, Deserialize)]
@@ -212,9 +298,7 @@ fn tenant_of(tenant: Option<&str>) -> ApiResult<String> {
 
 /// Rows of a query as JSON objects.
 async fn query(app: &App, sql: &str) -> ApiResult<Vec<Map<String, Value>>> {
-    let ctx = tables::session(&app.options.data_dir)
-        .await
-        .map_err(internal)?;
+    let ctx = app.tables.session().await.map_err(internal)?;
     let batches: Vec<RecordBatch> = match ctx.sql(sql).await {
         Ok(frame) => frame.collect().await.map_err(internal)?,
         // A table without data yet is not registered: no rows.
@@ -233,7 +317,8 @@ async fn query(app: &App, sql: &str) -> ApiResult<Vec<Map<String, Value>>> {
     serde_json::from_slice(&bytes).map_err(internal)
 }
 
-async fn tenants(State(app): State<Shared>) -> ApiResult<Json<Value>> {
+async fn tenants(State(app): State<Shared>, headers: HeaderMap) -> ApiResult<Json<Value>> {
+    let principal = authorize(&app, &headers, Role::Read, None)?;
     let rows = query(
         &app,
         "SELECT DISTINCT tenant_id FROM metrics ORDER BY tenant_id",
@@ -242,6 +327,7 @@ async fn tenants(State(app): State<Shared>) -> ApiResult<Json<Value>> {
     let tenants: Vec<Value> = rows
         .into_iter()
         .filter_map(|mut r| r.remove("tenant_id"))
+        .filter(|t| t.as_str().is_some_and(|t| principal.may_see(t)))
         .collect();
     Ok(Json(json!({ "tenants": tenants })))
 }
@@ -253,7 +339,8 @@ fn current_settings(app: &App) -> ApiResult<Settings> {
         .map_err(internal)
 }
 
-async fn get_settings(State(app): State<Shared>) -> ApiResult<Json<Settings>> {
+async fn get_settings(State(app): State<Shared>, headers: HeaderMap) -> ApiResult<Json<Settings>> {
+    authorize(&app, &headers, Role::Read, None)?;
     Ok(Json(current_settings(&app)?))
 }
 
@@ -263,8 +350,8 @@ async fn put_settings(
     headers: HeaderMap,
     body: Result<Json<Map<String, Value>>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<Json<Settings>> {
-    authorize(&app, &headers)?;
-    let Json(changes) = body.map_err(|e| bad_request(e.body_text()))?;
+    let principal = authorize(&app, &headers, Role::Admin, None)?;
+    let Json(changes) = body.map_err(rejected)?;
     let mut merged = serde_json::to_value(current_settings(&app)?).map_err(internal)?;
     for (key, value) in changes {
         match merged.get_mut(&key) {
@@ -279,7 +366,7 @@ async fn put_settings(
         .settings
         .save(&settings)
         .map_err(internal)?;
-    info!(?settings, "settings changed through the API");
+    info!(?settings, by = %principal.name, "settings changed through the API");
     Ok(Json(settings))
 }
 
@@ -287,9 +374,12 @@ const WINDOWS: [&str; 3] = ["tumbling_1h", "tumbling_1d", "hopping_24h"];
 
 async fn metric_series(
     State(app): State<Shared>,
+    headers: HeaderMap,
     Query(q): Query<TenantQuery>,
 ) -> ApiResult<Json<Value>> {
+    let principal = authorize(&app, &headers, Role::Read, None)?;
     let tenant = tenant_of(q.tenant.as_deref())?;
+    principal.allow(Role::Read, Some(&tenant))?;
     let window = q.window.unwrap_or_else(|| WINDOWS[0].to_owned());
     if !WINDOWS.contains(&window.as_str()) {
         return Err(bad_request(format!("window must be one of {WINDOWS:?}")));
@@ -309,9 +399,12 @@ async fn metric_series(
 
 async fn triggers(
     State(app): State<Shared>,
+    headers: HeaderMap,
     Query(q): Query<TenantQuery>,
 ) -> ApiResult<Json<Value>> {
+    let principal = authorize(&app, &headers, Role::Read, None)?;
     let tenant = tenant_of(q.tenant.as_deref())?;
+    principal.allow(Role::Read, Some(&tenant))?;
     let board = app.board.read().map_err(internal)?;
     Ok(Json(json!({ "triggers": board.triggers(&tenant) })))
 }
@@ -319,9 +412,12 @@ async fn triggers(
 /// Mentions per entity × hour over the tenant's last 48 hours of data, the 20 most mentioned.
 async fn heatmap(
     State(app): State<Shared>,
+    headers: HeaderMap,
     Query(q): Query<TenantQuery>,
 ) -> ApiResult<Json<Value>> {
+    let principal = authorize(&app, &headers, Role::Read, None)?;
     let tenant = tenant_of(q.tenant.as_deref())?;
+    principal.allow(Role::Read, Some(&tenant))?;
     let rows = query(
         &app,
         &format!(
@@ -365,9 +461,12 @@ async fn heatmap(
 
 async fn train_status(
     State(app): State<Shared>,
+    headers: HeaderMap,
     Query(q): Query<TenantQuery>,
 ) -> ApiResult<Json<Value>> {
+    let principal = authorize(&app, &headers, Role::Read, None)?;
     let tenant = tenant_of(q.tenant.as_deref())?;
+    principal.allow(Role::Read, Some(&tenant))?;
     let board = app.board.read().map_err(internal)?;
     Ok(Json(json!({
         "running": board.running(&tenant),
@@ -382,9 +481,13 @@ struct StartRequest {
     note: Option<String>,
 }
 
+/// A body that did not parse: its own status (400, 413 over [`MAX_BODY`], 415) and why.
+fn rejected(e: axum::extract::rejection::JsonRejection) -> ApiError {
+    ApiError(e.status(), e.body_text())
+}
+
 fn body<T>(body: Result<Json<T>, axum::extract::rejection::JsonRejection>) -> ApiResult<T> {
-    body.map(|Json(b)| b)
-        .map_err(|e| bad_request(e.body_text()))
+    body.map(|Json(b)| b).map_err(rejected)
 }
 
 /// Publishes a manual trigger for the tenant, as `aion train trigger` does; 409 while one of its
@@ -394,9 +497,10 @@ async fn train_start(
     headers: HeaderMap,
     request: Result<Json<StartRequest>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    authorize(&app, &headers)?;
+    let principal = authorize(&app, &headers, Role::Operate, None)?;
     let request = body(request)?;
     let tenant = tenant_of(Some(&request.tenant_id))?;
+    principal.allow(Role::Operate, Some(&tenant))?;
     if let Some(job) = app.board.read().map_err(internal)?.running(&tenant) {
         return Err(ApiError(
             StatusCode::CONFLICT,
@@ -428,7 +532,7 @@ async fn train_start(
         .map_err(internal)?;
     let job_id = trigger.trigger_id.clone();
     app.board.write().map_err(internal)?.trigger(trigger);
-    info!(job = %job_id, "training started through the API");
+    info!(job = %job_id, by = %principal.name, "training started through the API");
     Ok((StatusCode::ACCEPTED, Json(json!({ "job_id": job_id }))))
 }
 
@@ -443,8 +547,9 @@ async fn train_cancel(
     headers: HeaderMap,
     request: Result<Json<CancelRequest>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    authorize(&app, &headers)?;
+    let principal = authorize(&app, &headers, Role::Operate, None)?;
     let tenant = tenant_of(Some(&body(request)?.tenant_id))?;
+    principal.allow(Role::Operate, Some(&tenant))?;
     let running: Option<TrainStatus> = app.board.read().map_err(internal)?.running(&tenant);
     let Some(job) = running else {
         return Err(ApiError(StatusCode::CONFLICT, "no job is running".into()));
@@ -467,6 +572,6 @@ async fn train_cancel(
         .wait(topics::TRAIN_CONTROL)
         .await
         .map_err(internal)?;
-    info!(job = %job.job_id, "cancel requested through the API");
+    info!(job = %job.job_id, by = %principal.name, "cancel requested through the API");
     Ok((StatusCode::ACCEPTED, Json(json!({ "job_id": job.job_id }))))
 }

@@ -1,12 +1,13 @@
 //! The Parquet tables the stages write, registered in a DataFusion session: what `aion sql` and
 //! the API's read endpoints query.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use aion_windows::{HISTORY_TABLE, METRICS_TABLE, WINDOW_EVENTS_VIEW};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::error::Result;
-use datafusion::prelude::{ParquetReadOptions, SessionContext};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
 
 /// The shard table, under the data dir.
 pub const SHARDS_TABLE: &str = "shards";
@@ -31,21 +32,68 @@ fn has_parquet(dir: &Path) -> bool {
     })
 }
 
+/// The tables with `tenant_id` and `date` partitions.
+const DATED_TABLES: [&str; 5] = [
+    METRICS_TABLE,
+    HISTORY_TABLE,
+    SHARDS_TABLE,
+    ENTITIES_TABLE,
+    LABELS_TABLE,
+];
+
+/// Which tables hold data (what a session registers).
+fn present(data_dir: &Path) -> Vec<bool> {
+    DATED_TABLES
+        .iter()
+        .chain([&LABEL_QUEUE_TABLE])
+        .map(|name| has_parquet(&data_dir.join(name)))
+        .collect()
+}
+
+/// A session kept between requests. Registering a table reads the footers of all its files, so
+/// it happens once, and again only when a table that had no data gets some; queries list the
+/// files of registered tables themselves, so new files are read without it.
+pub struct Cached {
+    data_dir: PathBuf,
+    session: tokio::sync::Mutex<Option<(Vec<bool>, SessionContext)>>,
+}
+
+impl Cached {
+    pub fn new(data_dir: PathBuf) -> Self {
+        Self {
+            data_dir,
+            session: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    pub async fn session(&self) -> Result<SessionContext> {
+        let now = present(&self.data_dir);
+        let mut cached = self.session.lock().await;
+        if let Some((then, ctx)) = &*cached {
+            if *then == now {
+                return Ok(ctx.clone());
+            }
+        }
+        let ctx = session(&self.data_dir).await?;
+        *cached = Some((now, ctx.clone()));
+        Ok(ctx)
+    }
+}
+
 /// A session with every table that has data registered (`tenant_id` and `date` from the Hive
 /// directory names; `label_queue` has `tenant_id` only), and the view `window_events` when the history exists.
 pub async fn session(data_dir: &Path) -> Result<SessionContext> {
-    let ctx = SessionContext::new();
+    // No cache of file listings (DataFusion keeps them forever by default): a session kept
+    // between requests must see the files written since.
+    let runtime = RuntimeEnvBuilder::new()
+        .with_object_list_cache_limit(0)
+        .build_arc()?;
+    let ctx = SessionContext::new_with_config_rt(SessionConfig::new(), runtime);
     let partitions = vec![
         ("tenant_id".to_owned(), DataType::Utf8),
         ("date".to_owned(), DataType::Utf8),
     ];
-    for name in [
-        METRICS_TABLE,
-        HISTORY_TABLE,
-        SHARDS_TABLE,
-        ENTITIES_TABLE,
-        LABELS_TABLE,
-    ] {
+    for name in DATED_TABLES {
         let dir = data_dir.join(name);
         if !has_parquet(&dir) {
             continue;

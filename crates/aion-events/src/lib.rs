@@ -29,4 +29,6 @@ pub use manifest::{parse_manifest, tenant_shards, ShardEntry, SHARD_MANIFEST};
 pub use metrics::WindowMetrics;
 pub use rebuild::{IndexRebuild, RebuildReason};
 pub use status::{ControlAction, JobState, TrainControl, TrainStatus};
-pub use trigger::{Recipe, Thresholds, TrainTrigger, TriggerReason};
+pub use trigger::{
+    shard_path_of_tenant, Recipe, Thresholds, TrainTrigger, TriggerReason, MAX_TRIGGER_ID_BYTES,
+};

@@ -209,6 +209,12 @@ pub async fn run(options: &TrainerOptions, stop: CancellationToken, stats: &Stat
         let trigger = match decode::<TrainTrigger>(&record.payload, &options.decode) {
             Ok(t) => t,
             Err(reject) => {
+                warn!(offset = record.offset, reason = %reject.message, "trigger refused");
+                // Whoever watches the job (the panel) learns it failed, not just the DLQ.
+                if let Some(status) = refused_status(&record.payload, &reject) {
+                    publish(&sink, &status, true).await?;
+                    stats.failed.fetch_add(1, Ordering::Relaxed);
+                }
                 sink.dead_letter(record, &reject.path, &reject.message)
                     .await
                     .map_err(kafka_error)?;
@@ -259,6 +265,25 @@ pub async fn run(options: &TrainerOptions, stop: CancellationToken, stats: &Stat
     sink.flush(Duration::from_secs(30)).map_err(kafka_error)?;
     source.shutdown(Duration::ZERO).await.map_err(kafka_error)?;
     Ok(())
+}
+
+/// The failed status of a trigger the trainer refused, when the payload names a valid tenant and
+/// an id of its own that the status can carry.
+fn refused_status(payload: &[u8], reject: &aion_events::Reject) -> Option<TrainStatus> {
+    let value: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    let tenant = value.get("tenant_id")?.as_str()?;
+    let job = value.get("trigger_id")?.as_str()?;
+    aion_events::validate_tenant_id(tenant).ok()?;
+    let valid_id = job.starts_with(&format!("{tenant}/"))
+        && job.len() <= aion_events::MAX_TRIGGER_ID_BYTES
+        && !job.chars().any(char::is_control);
+    valid_id.then(|| TrainStatus {
+        reason: Some(format!(
+            "trigger refused: {}: {}",
+            reject.path, reject.message
+        )),
+        ..TrainStatus::new(job, tenant, JobState::Failed)
+    })
 }
 
 /// Runs one job to its final status, or `None` when the stage is stopping.

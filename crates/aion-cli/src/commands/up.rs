@@ -207,11 +207,14 @@ pub async fn run(args: Args, mut ctx: Context, stop: CancellationToken) -> Resul
         let token = std::env::var("AION_API_TOKEN")
             .ok()
             .filter(|t| !t.is_empty());
+        let tokens_file = std::env::var_os("AION_API_TOKENS_FILE").map(std::path::PathBuf::from);
         let options = super::serve::options(
             super::serve::Args {
                 addr: args.api_addr,
-                insecure_loopback: token.is_none(),
+                insecure_loopback: token.is_none() && tokens_file.is_none(),
                 token,
+                tokens_file,
+                public_metrics: false,
                 pipeline: None,
             },
             &ctx,

@@ -223,3 +223,101 @@ async fn a_trigger_trains_an_adapter_once_and_a_cancel_stops_a_job() {
     ]);
     assert!(!text.trim().is_empty());
 }
+
+/// Triggers that name another tenant's shards, escape the shard table, ask for an absurd recipe
+/// or carry an id too long for a job directory: each goes to the DLQ with its reason and, when it
+/// names a job of its own, a `failed` status; the trainer neither crashes nor trains.
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_triggers_are_refused_with_a_reason_and_a_failed_status() {
+    let s = Stack::start();
+    s.run(&["topics", "create", "--partitions", "1"]);
+    let valid = json!({
+        "trigger_id": "acme/manual/1", "tenant_id": "acme", "reason": "manual",
+        "at": "2026-11-24T13:00:00Z", "fallback_rate": null, "ndcg_mean": null, "answers": 0,
+        "judged_events": 0,
+        "thresholds": {"tau_fallback": 0.18, "tau_ndcg": 0.82, "min_answers": 50, "min_judged": 50, "cooldown_hours": 6.0},
+        "shards": [],
+        "recipe": {"base_model": "m", "lora_r": 4, "lora_alpha": 16.0, "lora_dropout": 0.0,
+                   "learning_rate": 0.001, "epochs": 1, "batch_size": 1, "grad_accum": 1}
+    });
+    let hostile = |id: &str, change: &dyn Fn(&mut Value)| {
+        let mut t = valid.clone();
+        t["trigger_id"] = json!(format!("acme/{id}"));
+        change(&mut t);
+        t
+    };
+    let long_id = "x".repeat(300);
+    // (trigger, field refused, whether a failed status names it)
+    let cases = [
+        (
+            hostile("cross-tenant", &|t| {
+                t["shards"] = json!(["tenant_id=globex/date=2026-11-24/part-000.parquet"])
+            }),
+            "shards",
+            true,
+        ),
+        (
+            hostile("traversal", &|t| {
+                t["shards"] = json!(["tenant_id=acme/../../../../etc/x.parquet"])
+            }),
+            "shards",
+            true,
+        ),
+        (
+            hostile("huge-rank", &|t| t["recipe"]["lora_r"] = json!(1u64 << 30)),
+            "recipe.lora_r",
+            true,
+        ),
+        (hostile(&long_id, &|_| {}), "trigger_id", false),
+    ];
+    s.publish(cases.iter().map(|(t, _, _)| {
+        (
+            "train.trigger.v1".to_owned(),
+            "acme".to_owned(),
+            serde_json::to_vec(t).unwrap(),
+        )
+    }))
+    .await;
+    let status_reader = Reader::new(&s.kafka, &["train.status.v1"], true).unwrap();
+    let trainer = s.spawn(&["trainer", "run", "--max-steps", "1"], "trainer.log");
+
+    let dlq = Reader::new(&s.kafka, &["train.trigger.v1.dlq"], true).unwrap();
+    let mut dead = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while dead.len() < cases.len() && Instant::now() < deadline {
+        dead.extend(dlq.drain(Duration::from_secs(1), None).unwrap());
+    }
+    assert_eq!(dead.len(), cases.len(), "{}", s.logs());
+    for (record, (trigger, field, _)) in dead.iter().zip(&cases) {
+        assert_eq!(record.payload, serde_json::to_vec(trigger).unwrap());
+        let reason = record
+            .header(aion_kafka::headers::REASON)
+            .unwrap_or_default();
+        assert!(reason.contains(field), "{field}: {reason}");
+    }
+    let mut seen = Vec::new();
+    statuses(&status_reader, |seen| seen.len() >= 3, &mut seen, WAIT);
+    for (trigger, field, named) in &cases {
+        let job = trigger["trigger_id"].as_str().unwrap();
+        let states = state_of(&seen, job);
+        if *named {
+            assert_eq!(states, ["failed"], "{job}: {seen:?}");
+            let status = seen.iter().find(|s| s["job_id"] == job).unwrap();
+            assert!(
+                status["reason"].as_str().unwrap().contains(field),
+                "{status}"
+            );
+        } else {
+            assert!(states.is_empty(), "{seen:?}");
+        }
+    }
+    assert!(
+        !s.state.path().join("adapters").exists(),
+        "no job ran for a refused trigger"
+    );
+    assert!(
+        trainer.terminate(),
+        "still running, stops cleanly\n{}",
+        s.logs()
+    );
+}
