@@ -57,6 +57,13 @@ pub struct WatermarkSection {
     /// holds the watermark back. A partition with unread records always holds it.
     #[serde(deserialize_with = "duration")]
     pub idle_timeout: Duration,
+    /// Events stamped further than this ahead of the stage's clock are dead-lettered.
+    #[serde(default = "default_max_ahead", deserialize_with = "duration")]
+    pub max_ahead: Duration,
+}
+
+fn default_max_ahead() -> Duration {
+    Duration::from_secs(3600)
 }
 
 /// A tumbling (no `slide`) or hopping window kind.
@@ -216,6 +223,7 @@ mod tests {
         assert_eq!(c.pane(), Duration::from_secs(3600));
         assert_eq!(c.windows[2].slide(), Duration::from_secs(3600));
         assert_eq!(c.ndcg.k, 10);
+        assert_eq!(c.watermark.max_ahead, Duration::from_secs(3600));
         assert!(c.sql_text.contains("window_events"));
     }
 

@@ -279,6 +279,29 @@ pub fn observation_with(
     }
 }
 
+/// Refuses an event stamped more than `max_ahead` after `now`: it would move its partition's
+/// watermark past every honest event after it.
+fn not_ahead(
+    observation: Observation,
+    max_ahead: Duration,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Observation, aion_events::Reject> {
+    let limit = now.timestamp_micros() + i64::try_from(max_ahead.as_micros()).unwrap_or(i64::MAX);
+    if observation.ts <= limit {
+        return Ok(observation);
+    }
+    let ts = chrono::DateTime::from_timestamp_micros(observation.ts)
+        .map_or_else(|| observation.ts.to_string(), |t| t.to_rfc3339());
+    Err(aion_events::Reject::new(
+        "ts",
+        format!(
+            "event time {ts} is more than {}s ahead of this stage's clock ({}): the producer's clock is wrong",
+            max_ahead.as_secs(),
+            now.to_rfc3339()
+        ),
+    ))
+}
+
 #[allow(clippy::too_many_arguments)] // one call site; the stage's parts, passed apart to keep borrows disjoint
 async fn admit(
     config: &WindowsConfig,
@@ -296,7 +319,8 @@ async fn admit(
         partition: record.partition,
         offset: record.offset,
     };
-    let observation = observation_with(config, &options.decode, input, &record.payload, judgments);
+    let observation = observation_with(config, &options.decode, input, &record.payload, judgments)
+        .and_then(|o| not_ahead(o, config.watermark.max_ahead, chrono::Utc::now()));
     let observation = match observation {
         Ok(o) => o,
         Err(reject) => {

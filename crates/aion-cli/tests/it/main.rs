@@ -5,7 +5,6 @@
 mod enrich;
 mod gate;
 mod labels;
-mod lagging;
 mod lifecycle;
 mod ndcg;
 mod pii;
@@ -15,6 +14,7 @@ mod shards;
 mod trainer;
 mod up;
 mod validate;
+mod watermark;
 mod windows;
 
 use std::process::{Child, Command, Stdio};

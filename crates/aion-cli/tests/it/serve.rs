@@ -285,7 +285,13 @@ fn sha256_hex(text: &str) -> String {
 }
 
 /// (method, path, body, least role, tenant it concerns); roles: 0 read, 1 operate, 2 admin.
-type Route = (&'static str, String, Option<Value>, usize, Option<&'static str>);
+type Route = (
+    &'static str,
+    String,
+    Option<Value>,
+    usize,
+    Option<&'static str>,
+);
 
 /// What a token may do on each route, the whole matrix, through the real server and broker.
 #[test]

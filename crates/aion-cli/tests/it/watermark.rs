@@ -1,3 +1,5 @@
+//! Watermarks against what a machine or a client can do to them.
+//!
 //! A partition that lags is not idle: the windows stage stalled (SIGSTOP) for longer than
 //! `idle_timeout` while its inputs still hold records closes no window over them, nor does it
 //! after a kill -9 and a restart that replays the open windows; an input that is
@@ -238,4 +240,42 @@ async fn a_stalled_stage_closes_no_window_over_records_still_in_the_log() {
     assert!(replay.terminate(), "clean stop\n{}", s.logs());
     assert_eq!(late_records(&s), 0, "the replay found no late event either");
     assert_eq!(replayed, expected);
+}
+
+/// One retrieval stamped 2099 by a client with a broken clock goes to the DLQ with the reason;
+/// its partition's watermark stays honest and every later hour counts all of its events.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_from_a_broken_clock_is_dead_lettered_and_blinds_nothing() {
+    let s = Stack::start();
+    s.run(&["topics", "create", "--partitions", "2"]);
+    let reader = Reader::new(&s.kafka, &["metrics.v1"], true).unwrap();
+    let before = events(0, 3 * 60);
+    let mut broken = event("retrieval.v1", 0, 3 * 60);
+    broken["event_id"] = json!("broken-clock");
+    broken["ts"] = json!("2099-01-01T00:00:00Z");
+    let after = events(3 * 60, 6 * 60);
+    let mut all = before.clone();
+    all.push(("retrieval.v1", 0, broken.clone()));
+    all.extend(after.iter().cloned());
+    publish(&s, &all).await;
+    let stage = s.spawn(&["windows", "run"], "windows.log");
+
+    // The largest honest event is 05:55: hours 0–4 close, each with all of its events.
+    let honest: Vec<_> = before.iter().chain(&after).cloned().collect();
+    let mut got = BTreeMap::new();
+    wait_hours(&s, &reader, &mut got, 5);
+    assert!(stage.terminate(), "clean stop\n{}", s.logs());
+    read_hours(&reader, &mut got);
+    assert_eq!(got, expected_hours(&honest, 5));
+    assert_eq!(late_records(&s), 0, "{}", s.logs());
+    let dlq = Reader::new(&s.kafka, &["retrieval.v1.dlq"], true)
+        .unwrap()
+        .drain(Duration::from_secs(2), None)
+        .unwrap();
+    assert_eq!(dlq.len(), 1, "{}", s.logs());
+    assert_eq!(dlq[0].payload, serde_json::to_vec(&broken).unwrap());
+    let reason = dlq[0]
+        .header(aion_kafka::headers::REASON)
+        .unwrap_or_default();
+    assert!(reason.contains("ahead of this stage's clock"), "{reason}");
 }
