@@ -352,20 +352,30 @@ async fn put_settings(
 ) -> ApiResult<Json<Settings>> {
     let principal = authorize(&app, &headers, Role::Admin, None)?;
     let Json(changes) = body.map_err(rejected)?;
-    let mut merged = serde_json::to_value(current_settings(&app)?).map_err(internal)?;
-    for (key, value) in changes {
-        match merged.get_mut(&key) {
-            Some(slot) => *slot = value,
-            None => return Err(bad_request(format!("unknown setting {key:?}"))),
-        }
-    }
-    let settings: Settings = serde_json::from_value(merged).map_err(bad_request)?;
-    settings.validate().map_err(bad_request)?;
-    app.options
-        .gate_options
-        .settings
-        .save(&settings)
-        .map_err(internal)?;
+    let (store, initial) = (
+        app.options.gate_options.settings.clone(),
+        app.options.gate_options.initial.clone(),
+    );
+    // Read, merge and write under the settings lock (file I/O: off the async workers).
+    let settings = tokio::task::spawn_blocking(move || {
+        store.update(&initial, |current| {
+            let mut merged = serde_json::to_value(&*current).map_err(|e| e.to_string())?;
+            for (key, value) in changes {
+                match merged.get_mut(&key) {
+                    Some(slot) => *slot = value,
+                    None => return Err(format!("unknown setting {key:?}")),
+                }
+            }
+            *current = serde_json::from_value(merged).map_err(|e| e.to_string())?;
+            current.validate()
+        })
+    })
+    .await
+    .map_err(internal)?
+    .map_err(|e| match e {
+        aion_gate::Error::Config { message, .. } => bad_request(message),
+        other => internal(other),
+    })?;
     info!(?settings, by = %principal.name, "settings changed through the API");
     Ok(Json(settings))
 }

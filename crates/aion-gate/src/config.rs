@@ -71,19 +71,22 @@ impl GateConfig {
     }
 }
 
+/// Longest cooldown: 30 days.
+pub const MAX_COOLDOWN_HOURS: f64 = 720.0;
+
 /// Thresholds the gate reads for every window; changeable while it runs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
-    /// Fire when the fallback rate is above this (0..=1).
+    /// Fire when the fallback rate is above this, in (0, 1).
     pub tau_fallback: f64,
-    /// Fire when the mean nDCG is below this (0..=1).
+    /// Fire when the mean nDCG is below this, in (0, 1).
     pub tau_ndcg: f64,
     /// Answers a window needs before its fallback rate counts.
     pub min_answers: u64,
     /// Judged retrieval events a window needs before its nDCG counts.
     pub min_judged: u64,
-    /// Quiet period after a trigger, in hours of event time (≥ 0).
+    /// Quiet period after a trigger, in hours of event time, 0..=[`MAX_COOLDOWN_HOURS`].
     pub cooldown_hours: f64,
     /// Re-arm only after recovering past the thresholds by this margin (0: off).
     pub rearm_margin: f64,
@@ -92,19 +95,26 @@ pub struct Settings {
 impl Settings {
     /// Checks ranges; the message names the setting.
     pub fn validate(&self) -> Result<(), String> {
-        let unit = |name: &str, v: f64| {
-            if v.is_finite() && (0.0..=1.0).contains(&v) {
+        // A threshold of 0 or 1 fires on every window or never: a typo, not a setting.
+        let open_unit = |name: &str, v: f64| {
+            if v > 0.0 && v < 1.0 {
                 Ok(())
             } else {
-                Err(format!("{name} must be within 0..=1, got {v}"))
+                Err(format!("{name} must be within (0, 1), got {v}"))
             }
         };
-        unit("tau_fallback", self.tau_fallback)?;
-        unit("tau_ndcg", self.tau_ndcg)?;
-        unit("rearm_margin", self.rearm_margin)?;
-        if !(self.cooldown_hours.is_finite() && self.cooldown_hours >= 0.0) {
+        open_unit("tau_fallback", self.tau_fallback)?;
+        open_unit("tau_ndcg", self.tau_ndcg)?;
+        if !(0.0..1.0).contains(&self.rearm_margin) {
             return Err(format!(
-                "cooldown_hours must be a number >= 0, got {}",
+                "rearm_margin must be within [0, 1), got {}",
+                self.rearm_margin
+            ));
+        }
+        // Longer cooldowns overflow date arithmetic long before they mean anything.
+        if !(0.0..=MAX_COOLDOWN_HOURS).contains(&self.cooldown_hours) {
+            return Err(format!(
+                "cooldown_hours must be within 0..={MAX_COOLDOWN_HOURS} (30 days), got {}",
                 self.cooldown_hours
             ));
         }
@@ -146,6 +156,31 @@ impl SettingsStore {
         Ok(Some(settings))
     }
 
+    /// Reads the settings (or `initial`), applies `change` and saves the result if it differs,
+    /// holding an exclusive lock on `<file>.lock` throughout: two writers (the API, `aion gate
+    /// settings`) never lose each other's changes.
+    pub fn update(
+        &self,
+        initial: &Settings,
+        change: impl FnOnce(&mut Settings) -> std::result::Result<(), String>,
+    ) -> Result<Settings> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).map_err(|e| crate::io(dir, e))?;
+        let lock_path = self.path.with_extension("json.lock");
+        let lock = std::fs::File::create(&lock_path).map_err(|e| crate::io(&lock_path, e))?;
+        lock.lock().map_err(|e| crate::io(&lock_path, e))?;
+        let current = self.load()?.unwrap_or_else(|| initial.clone());
+        let mut next = current.clone();
+        change(&mut next).map_err(|message| Error::Config {
+            origin: "settings".into(),
+            message,
+        })?;
+        if next != current {
+            self.save(&next)?;
+        }
+        Ok(next)
+    }
+
     /// Validates and persists `settings` (write to a temporary file, fsync, rename).
     pub fn save(&self, settings: &Settings) -> Result<()> {
         settings.validate().map_err(|message| Error::Config {
@@ -177,6 +212,64 @@ mod tests {
         s.tau_ndcg = 0.8;
         s.cooldown_hours = -1.0;
         assert!(s.validate().unwrap_err().contains("cooldown_hours"));
+    }
+
+    #[test]
+    fn thresholds_are_open_and_the_cooldown_bounded() {
+        let base = GateConfig::embedded().unwrap().settings;
+        for (change, field) in [
+            (
+                (|s: &mut Settings| s.tau_fallback = 0.0) as fn(&mut Settings),
+                "tau_fallback",
+            ),
+            (|s| s.tau_ndcg = 1.0, "tau_ndcg"),
+            (|s| s.tau_ndcg = f64::NAN, "tau_ndcg"),
+            (
+                |s| s.cooldown_hours = MAX_COOLDOWN_HOURS + 1.0,
+                "cooldown_hours",
+            ),
+            (|s| s.cooldown_hours = 1e300, "cooldown_hours"),
+            (|s| s.rearm_margin = 1.0, "rearm_margin"),
+        ] {
+            let mut s = base.clone();
+            change(&mut s);
+            assert!(s.validate().unwrap_err().contains(field), "{field}");
+        }
+        let mut s = base;
+        s.cooldown_hours = MAX_COOLDOWN_HOURS;
+        assert!(s.validate().is_ok());
+    }
+
+    #[test]
+    fn concurrent_updates_lose_nothing_and_leave_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gate/settings.json");
+        let initial = GateConfig::embedded().unwrap().settings;
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (store, initial) = (SettingsStore::new(&path), initial.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..20 {
+                        store
+                            .update(&initial, |s| {
+                                s.min_answers += 1;
+                                Ok(())
+                            })
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let saved = SettingsStore::new(&path).load().unwrap().unwrap();
+        assert_eq!(saved.min_answers, initial.min_answers + 160);
+        let names: Vec<String> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
     }
 
     #[test]

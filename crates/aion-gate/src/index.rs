@@ -89,14 +89,13 @@ pub async fn run_index(
     stop: CancellationToken,
 ) -> Result<()> {
     let rule = &config.index_rebuild;
-    let mut source = Source::new(
-        &options.kafka,
-        &SourceConfig::new(
-            STAGE,
-            vec![rule.retrieval_topic.clone()],
-            format!("{}-index", options.group_id),
-        ),
-    )?;
+    let mut source_config = SourceConfig::new(
+        STAGE,
+        vec![rule.retrieval_topic.clone()],
+        format!("{}-index", options.group_id),
+    );
+    source_config.commit = !options.dry_run;
+    let mut source = Source::new(&options.kafka, &source_config)?;
     for topic in [
         rule.output_topic.clone(),
         aion_events::topics::dlq(&rule.retrieval_topic),

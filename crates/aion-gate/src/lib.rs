@@ -17,7 +17,9 @@ mod stage;
 
 use std::path::Path;
 
-pub use config::{GateConfig, IndexRebuildConfig, Settings, SettingsStore, DEFAULT_PIPELINE};
+pub use config::{
+    GateConfig, IndexRebuildConfig, Settings, SettingsStore, DEFAULT_PIPELINE, MAX_COOLDOWN_HOURS,
+};
 pub use entities::{worst_entities, TopEntities, TRIGGER_ENTITIES_SQL};
 pub use gate::{state_path, Gate, TenantState, Verdict};
 pub use index::{index_path, run_index, IndexWatch};
@@ -66,7 +68,14 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
-    let tmp = path.with_extension("tmp");
+    // Dot-hidden from readers, and unique: concurrent writers never share a temporary file.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
+    let tmp = dir.join(format!(
+        ".{name}.{}-{}.tmp",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
     let mut file = std::fs::File::create(&tmp).map_err(|e| io(&tmp, e))?;
     file.write_all(bytes).map_err(|e| io(&tmp, e))?;
     file.sync_all().map_err(|e| io(&tmp, e))?;

@@ -32,7 +32,8 @@ pub struct GateOptions {
     /// Run-time settings; when it holds none, `initial` applies.
     pub settings: SettingsStore,
     pub initial: Settings,
-    /// Log what would fire; publish nothing, keep no state.
+    /// Log what would fire; publish nothing, keep no state, commit no offset (give it a group of
+    /// its own).
     pub dry_run: bool,
     /// Root of the shard table whose manifest a trigger snapshots (`None`: no shards).
     pub shards_root: Option<PathBuf>,
@@ -175,14 +176,15 @@ pub async fn run(
     stop: CancellationToken,
     stats: &Stats,
 ) -> Result<()> {
-    let mut source = Source::new(
-        &options.kafka,
-        &SourceConfig::new(
-            STAGE,
-            vec![config.input_topic.clone()],
-            options.group_id.clone(),
-        ),
-    )?;
+    let mut source_config = SourceConfig::new(
+        STAGE,
+        vec![config.input_topic.clone()],
+        options.group_id.clone(),
+    );
+    // A dry run reads in a group of its own and commits nothing: the production gate's offsets
+    // never move because of it.
+    source_config.commit = !options.dry_run;
+    let mut source = Source::new(&options.kafka, &source_config)?;
     for topic in [
         config.output_topic.clone(),
         aion_events::topics::dlq(&config.input_topic),

@@ -51,6 +51,8 @@ pub struct SourceConfig {
     /// never at the end of what was consumed. For stages whose state is rebuilt by replay and
     /// needs the replay to start at a record that carries it (a watermark-setting event).
     pub explicit_resume_points: bool,
+    /// Store and commit offsets. Off for dry runs: they read without moving any group.
+    pub commit: bool,
 }
 
 impl SourceConfig {
@@ -62,6 +64,7 @@ impl SourceConfig {
             revoke_wait: Duration::from_secs(10),
             max_in_flight: Some(10_000),
             explicit_resume_points: false,
+            commit: true,
         }
     }
 }
@@ -91,6 +94,7 @@ pub struct Record {
 }
 
 pub(crate) struct SourceContext {
+    commit: bool,
     tracker: Arc<Tracker>,
     revocations: Arc<AtomicU64>,
     revoke_wait: Duration,
@@ -122,6 +126,10 @@ impl ConsumerContext for SourceContext {
         let Rebalance::Revoke(tpl) = rebalance else {
             return;
         };
+        if !self.commit {
+            self.revocations.fetch_add(1, Ordering::Release);
+            return;
+        }
         let keys: Vec<PartitionKey> = tpl
             .elements()
             .iter()
@@ -189,7 +197,10 @@ impl Source {
         let tracker = Arc::new(Tracker::new(config.explicit_resume_points));
         let mut c = kafka.client(&config.stage);
         c.set("group.id", &config.group_id)
-            .set("enable.auto.commit", "true")
+            .set(
+                "enable.auto.commit",
+                if config.commit { "true" } else { "false" },
+            )
             .set("auto.commit.interval.ms", "1000")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
@@ -208,6 +219,7 @@ impl Source {
         kafka.apply_overrides(&mut c);
         let revocations = Arc::new(AtomicU64::new(0));
         let context = SourceContext {
+            commit: config.commit,
             tracker: tracker.clone(),
             revocations: revocations.clone(),
             revoke_wait: config.revoke_wait,
@@ -307,7 +319,11 @@ impl Source {
 
     /// Hands the offsets of acknowledged records to librdkafka and reports counters.
     pub fn store_acked(&mut self) {
-        store(&self.consumer, &self.tracker);
+        if self.consumer.context().commit {
+            store(&self.consumer, &self.tracker);
+        } else {
+            drop(self.tracker.take_storable());
+        }
         metrics::counter!("aion_received_events_total", "stage" => self.stage.clone())
             .increment(self.received);
         self.received = 0;
@@ -418,7 +434,11 @@ impl Source {
             .await
             .unwrap_or(false);
         self.store_acked();
-        let committed = commit_sync(&self.consumer);
+        let committed = if self.consumer.context().commit {
+            commit_sync(&self.consumer)
+        } else {
+            Ok(())
+        };
         if self.consumer.subscription().is_ok_and(|s| s.count() > 0) {
             self.consumer.unsubscribe();
         } else if let Err(error) = self.consumer.unassign() {

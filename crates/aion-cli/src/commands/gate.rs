@@ -26,7 +26,8 @@ pub struct RunArgs {
     /// Gate pipeline TOML (default: the embedded `pipelines/gate.toml`).
     #[arg(long, env = "AION_GATE_PIPELINE")]
     pub pipeline: Option<PathBuf>,
-    /// Log what would fire; publish nothing and keep no state.
+    /// Log what would fire over the whole metrics topic; publish nothing, keep no state, and
+    /// commit no offset (group `<prefix>.gate-dry-run`: the running gate's offsets never move).
     #[arg(long)]
     pub dry_run: bool,
     #[command(flatten)]
@@ -109,7 +110,8 @@ pub fn options(
     settings.validate().map_err(anyhow::Error::msg)?;
     Ok(GateOptions {
         kafka: ctx.kafka.clone(),
-        group_id: ctx.group("gate"),
+        // A dry run never shares the production gate's group.
+        group_id: ctx.group(if dry_run { "gate-dry-run" } else { "gate" }),
         state_dir: ctx.state_dir.clone(),
         settings: store(ctx),
         initial: settings,
@@ -139,23 +141,20 @@ pub async fn run(action: Action, ctx: &Context, stop: CancellationToken) -> Resu
                     _ => {}
                 }
             }
-            let mut s: Settings = options.current_settings()?;
-            let before = s.clone();
-            let set = |field: &mut f64, v: Option<f64>| v.into_iter().for_each(|v| *field = v);
-            set(&mut s.tau_fallback, args.tau_fallback);
-            set(&mut s.tau_ndcg, args.tau_ndcg);
-            set(&mut s.cooldown_hours, args.cooldown_hours);
-            set(&mut s.rearm_margin, args.rearm_margin);
-            if let Some(v) = args.min_answers {
-                s.min_answers = v;
-            }
-            if let Some(v) = args.min_judged {
-                s.min_judged = v;
-            }
-            if s != before {
-                s.validate().map_err(anyhow::Error::msg)?;
-                store.save(&s)?;
-            }
+            let s: Settings = store.update(&options.initial, |s| {
+                let set = |field: &mut f64, v: Option<f64>| v.into_iter().for_each(|v| *field = v);
+                set(&mut s.tau_fallback, args.tau_fallback);
+                set(&mut s.tau_ndcg, args.tau_ndcg);
+                set(&mut s.cooldown_hours, args.cooldown_hours);
+                set(&mut s.rearm_margin, args.rearm_margin);
+                if let Some(v) = args.min_answers {
+                    s.min_answers = v;
+                }
+                if let Some(v) = args.min_judged {
+                    s.min_judged = v;
+                }
+                s.validate()
+            })?;
             println!("{}", serde_json::to_string_pretty(&s)?);
             Ok(())
         }

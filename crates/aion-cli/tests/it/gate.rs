@@ -243,7 +243,7 @@ fn settings_are_validated_persisted_and_a_manual_trigger_is_published() {
         .output()
         .unwrap();
     assert!(!bad.status.success());
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("tau_fallback must be within 0..=1"));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("tau_fallback must be within (0, 1)"));
     let env = s
         .aion()
         .env("AION_TAU_FALLBACK", "0.25")
@@ -274,4 +274,53 @@ fn settings_are_validated_persisted_and_a_manual_trigger_is_published() {
         (v["reason"].as_str(), v["note"].as_str()),
         (Some("manual"), Some("new docs"))
     );
+}
+
+/// `gate run --dry-run` logs what would fire, publishes nothing and commits nothing in any group:
+/// the real gate, started after it, still evaluates every window and fires.
+#[test]
+fn a_dry_run_moves_no_offset_and_the_real_gate_still_fires() {
+    let s = Stack::start();
+    s.run(&["topics", "create", "--partitions", "1"]);
+    let degraded = serde_json::json!({"tenant_id": "acme", "window": "hopping_24h",
+        "window_start": "2026-11-24T13:00:00Z", "window_end": "2026-11-25T13:00:00Z",
+        "retrieval_events": 120, "judged_events": 80, "ndcg_mean": 0.6, "ndcg_p50": 0.6,
+        "ndcg_p10": 0.3, "answers": 118, "fallbacks": 50, "fallback_rate": 0.42,
+        "confidence_mean": 0.5});
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(s.publish([(
+            "metrics.v1".to_owned(),
+            "acme".to_owned(),
+            serde_json::to_vec(&degraded).unwrap(),
+        )]));
+    let mut dry = s.spawn(&["gate", "run", "--dry-run"], "dry-run.log");
+    assert!(dry.wait_for_line("dry run: would fire"), "{}", s.logs());
+    assert!(dry.terminate(), "{}", s.logs());
+    let committed =
+        |group: &str| aion_kafka::committed_offsets(&s.kafka, group, "metrics.v1").unwrap();
+    for group in ["aion.gate", "aion.gate-dry-run"] {
+        assert!(
+            committed(group).is_empty(),
+            "{group} committed {:?}",
+            committed(group)
+        );
+    }
+    let triggers = || {
+        Reader::new(&s.kafka, &["train.trigger.v1"], true)
+            .unwrap()
+            .drain(Duration::from_secs(2), None)
+            .unwrap()
+    };
+    assert!(triggers().is_empty(), "a dry run published a trigger");
+
+    let gate = s.spawn(&["gate", "run"], "gate.log");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut fired = Vec::new();
+    while fired.is_empty() && Instant::now() < deadline {
+        fired = triggers();
+    }
+    assert!(gate.terminate(), "{}", s.logs());
+    assert_eq!(fired.len(), 1, "{}", s.logs());
+    assert_eq!(committed("aion.gate").get(&0), Some(&1));
 }
