@@ -197,11 +197,21 @@ impl<R: ShardRecord, A> ShardWriter<R, A> {
                 .push((e.first_offset, e.last_offset));
         }
         let path = root.join(MANIFEST);
-        let manifest = OpenOptions::new()
+        let mut manifest = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&path)
             .map_err(io(&path))?;
+        // A crash mid-append leaves a torn last line: end it, or the next entry would be glued
+        // to it and lost with it. (Appending, not truncating: another writer may share the file.)
+        let torn = std::fs::read(&path)
+            .map_err(io(&path))?
+            .last()
+            .is_some_and(|b| *b != b'\n');
+        if torn {
+            manifest.write_all(b"\n").map_err(io(&path))?;
+            manifest.sync_data().map_err(io(&path))?;
+        }
         Ok(Self {
             root: root.to_owned(),
             policy,
@@ -443,6 +453,35 @@ mod tests {
         let (_, entries) = again.roll(Instant::now(), true).unwrap();
         assert_eq!(entries[0].first_offset, 5);
         assert_eq!(read_manifest(dir.path()).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_torn_last_manifest_line_does_not_swallow_the_next_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = RollPolicy {
+            max_rows: 1,
+            ..RollPolicy::default()
+        };
+        let mut w: ShardWriter<TrainingRow, ()> =
+            ShardWriter::open(dir.path(), policy.clone(), None).unwrap();
+        w.push(0, 0, answer("e0", "acme", "p"), ());
+        w.roll(Instant::now(), true).unwrap();
+        drop(w);
+        // A crash half-way through the second entry's line.
+        let manifest = dir.path().join(MANIFEST);
+        let mut text = std::fs::read_to_string(&manifest).unwrap();
+        text += &text.clone()[..40];
+        std::fs::write(&manifest, text).unwrap();
+        let mut w: ShardWriter<TrainingRow, ()> =
+            ShardWriter::open(dir.path(), policy, None).unwrap();
+        w.push(0, 1, answer("e1", "acme", "p"), ());
+        w.roll(Instant::now(), true).unwrap();
+        let offsets: Vec<i64> = read_manifest(dir.path())
+            .unwrap()
+            .iter()
+            .map(|e| e.first_offset)
+            .collect();
+        assert_eq!(offsets, [0, 1]);
     }
 
     #[test]

@@ -423,7 +423,7 @@ async fn publish(outputs: &Outputs, closing: &Closing<Ack>, stats: &Stats) -> Re
     }
     for pane in &closing.released {
         let path = outputs.history.pane_file(&pane.tenant, pane.start);
-        outputs.history.write(&path, &pane_batch(pane)?)?;
+        outputs.history.write_once(&path, &pane_batch(pane)?)?;
     }
     Ok(())
 }

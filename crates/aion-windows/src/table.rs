@@ -6,9 +6,11 @@
 //!   window needs the pane any more: each event once, with the watermark it arrived at, so
 //!   `pipelines/window_events.sql` rebuilds the stream's window input exactly.
 //!
-//! File names are functions of what the files hold, so a replay rewrites the same files. A
+//! File names are functions of what the files hold, so a replay meets the same files. A
 //! metrics file's existence says its windows' results are durable: the topic records are
-//! acknowledged before the file is renamed into place.
+//! acknowledged before the file is renamed into place. Files are written once
+//! ([`Table::write_once`]): a replay re-forms a pane from the records after its resume point
+//! only, a subset of what the first run wrote, and must not replace it.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -73,6 +75,15 @@ impl Table {
         self.path(tenant, start, &format!("p-{}.parquet", stamp(start)))
     }
 
+    /// [`Table::write`] unless `path` exists; whether it wrote.
+    pub fn write_once(&self, path: &Path, rows: &RecordBatch) -> Result<bool> {
+        if path.exists() {
+            return Ok(false);
+        }
+        self.write(path, rows)?;
+        Ok(true)
+    }
+
     /// Writes `rows` (without `tenant_id`: it is the directory) to a temporary file, fsyncs it,
     /// renames it to `path` and fsyncs the directory.
     pub fn write(&self, path: &Path, rows: &RecordBatch) -> Result<()> {
@@ -82,7 +93,9 @@ impl Table {
         if let Ok(i) = rows.schema().index_of("tenant_id") {
             rows.remove_column(i);
         }
-        let tmp = path.with_extension("parquet.tmp");
+        // Dot-hidden: readers listing the directory skip it until it is renamed into place.
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("part");
+        let tmp = dir.join(format!(".{name}.tmp"));
         let file = File::create(&tmp).map_err(io(&tmp))?;
         let props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::default()))
@@ -129,4 +142,59 @@ pub fn pane_batch(pane: &ReleasedPane) -> Result<RecordBatch> {
         Arc::new(arrived.finish()),
     ];
     Ok(RecordBatch::try_new(schema, columns)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+    use super::*;
+    use crate::operator::{Measure, Origin, Row};
+
+    fn pane(events: i64) -> ReleasedPane {
+        ReleasedPane {
+            tenant: Arc::from("acme"),
+            start: 0,
+            rows: (0..events)
+                .map(|i| Row {
+                    ts: i,
+                    arrived_at: Micros::MIN,
+                    origin: Origin {
+                        input: 1,
+                        partition: 0,
+                        offset: i,
+                    },
+                    measure: Measure::Answer {
+                        fallback: false,
+                        confidence: 0.5,
+                    },
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_replayed_subset_never_replaces_a_written_pane() {
+        let dir = tempfile::tempdir().unwrap();
+        let table = Table::new(dir.path());
+        let path = table.pane_file("acme", 0);
+        assert!(table
+            .write_once(&path, &pane_batch(&pane(3)).unwrap())
+            .unwrap());
+        assert!(!table
+            .write_once(&path, &pane_batch(&pane(1)).unwrap())
+            .unwrap());
+        let rows: usize = ParquetRecordBatchReaderBuilder::try_new(File::open(&path).unwrap())
+            .unwrap()
+            .build()
+            .unwrap()
+            .map(|b| b.unwrap().num_rows())
+            .sum();
+        assert_eq!(rows, 3);
+        let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [path.file_name().unwrap()], "no temporary file left");
+    }
 }
