@@ -9,6 +9,7 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+mod cache;
 mod classifier;
 mod entities;
 mod hub;
@@ -17,12 +18,16 @@ mod redaction;
 mod stage;
 mod terms;
 
+pub use cache::SegmentCache;
 pub use classifier::TokenClassifier;
 pub use entities::{aggregate, argmax, likely_names, Aggregation, Entity, TokenPrediction};
 pub use hub::{pull, Hub};
 pub use keyphrases::keyphrases;
 pub use redaction::{NameFinder, REDACTION_NAME_THRESHOLD};
-pub use stage::{enrich, run, sample_text, EnrichOptions, Stats, EVENT_TERMS, SAMPLE_CHARS};
+pub use stage::{
+    enrich, run, sample_text, segments, EnrichOptions, Stats, DEFAULT_CACHE_ENTRIES, EVENT_TERMS,
+    SAMPLE_CHARS,
+};
 pub use terms::{merge_entities, top_terms, Term, ENTITY_WEIGHT, KEYPHRASE_WEIGHT, PERSON};
 
 /// 320 varied Brazilian Portuguese and English texts (names, e-mails, phones, cities, addresses,

@@ -2,11 +2,16 @@
 //! field kept, unknown ones too) plus `entities`, its top terms from NER and keyphrases, and
 //! `mentions`, the word-level entities with their fine types.
 //!
-//! Records are handled in batches (up to `batch_size`, or whatever arrived within `max_wait`) whose
-//! texts run through the model together; each output's delivery releases its input's offset.
+//! Records are handled in batches (up to `batch_size`, or whatever arrived within `max_wait`). An
+//! event's sample is its query and its best results, each a segment of its own through the model;
+//! segments already seen (a popular passage retrieved again) come from a [`SegmentCache`], and the
+//! rest of the batch runs through the model together, each distinct text once. Each output's
+//! delivery releases its input's offset.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aion_events::{decode, DecodeLimits, Mention, RetrievalEvent};
@@ -15,7 +20,9 @@ use candle_core::Device;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::{keyphrases, merge_entities, top_terms, Error, Result, TokenClassifier};
+use crate::{
+    keyphrases, merge_entities, top_terms, Entity, Error, Result, SegmentCache, TokenClassifier,
+};
 
 const STAGE: &str = "enrich";
 /// The text an event is judged by: its query and its best results, this long at most.
@@ -36,47 +43,107 @@ pub struct EnrichOptions {
     pub model_dir: PathBuf,
     pub batch_size: usize,
     pub max_wait: Duration,
+    /// Segments whose entities are kept ([`SegmentCache`]); 0 turns the cache off.
+    pub cache_entries: usize,
     pub decode: DecodeLimits,
 }
+
+/// Default of [`EnrichOptions::cache_entries`]: a few tens of MB for passages of a few hundred
+/// characters.
+pub const DEFAULT_CACHE_ENTRIES: usize = 100_000;
 
 /// Live counts.
 #[derive(Debug, Default)]
 pub struct Stats {
     pub received: AtomicU64,
     pub enriched: AtomicU64,
+    /// Segments answered from the cache or a repeat within the batch.
+    pub segments_cached: AtomicU64,
+    /// Segments the model ran on.
+    pub segments_computed: AtomicU64,
 }
 
-/// Query + the top results by rank, cut at [`SAMPLE_CHARS`] characters.
-pub fn sample_text(event: &RetrievalEvent) -> String {
+/// The segments an event is judged by: its query, then its best results by rank, cut so that
+/// joined by newlines (the sample) they hold at most [`SAMPLE_CHARS`] characters.
+pub fn segments(event: &RetrievalEvent) -> Vec<&str> {
     let mut results: Vec<_> = event.results.iter().collect();
     results.sort_by_key(|r| r.rank);
-    let mut text = event.query.clone();
-    for r in results.iter().take(SAMPLE_RESULTS) {
-        text.push('\n');
-        text.push_str(&r.text);
+    let texts = std::iter::once(event.query.as_str())
+        .chain(results.iter().take(SAMPLE_RESULTS).map(|r| r.text.as_str()));
+    let mut out = Vec::new();
+    let mut budget = SAMPLE_CHARS;
+    for text in texts {
+        if !out.is_empty() {
+            if budget == 0 {
+                break;
+            }
+            budget -= 1; // the newline joining it to the sample
+        }
+        let cut = text
+            .char_indices()
+            .nth(budget)
+            .map_or(text.len(), |(i, _)| i);
+        out.push(&text[..cut]);
+        if cut < text.len() {
+            break;
+        }
+        budget -= text.chars().count();
     }
-    match text.char_indices().nth(SAMPLE_CHARS) {
-        Some((cut, _)) => text[..cut].to_owned(),
-        None => text,
-    }
+    out
 }
 
-/// The enriched records of events (each with its original JSON), `entities` added: texts of the
-/// whole batch go through the model together.
+/// Query + the top results by rank, cut at [`SAMPLE_CHARS`] characters: the segments joined.
+pub fn sample_text(event: &RetrievalEvent) -> String {
+    segments(event).join("\n")
+}
+
+/// The enriched records of events (each with its original JSON), `entities` added. Every distinct
+/// segment of the batch not in `cache` goes through the model once, all of them together.
 pub fn enrich(
     model: &TokenClassifier,
+    cache: &mut SegmentCache,
     events: &[(&RetrievalEvent, &[u8])],
     batch_size: usize,
 ) -> Result<Vec<Vec<u8>>> {
-    let texts: Vec<String> = events.iter().map(|(e, _)| sample_text(e)).collect();
-    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let entities = model.entities_batch(&refs, batch_size)?;
+    let segmented: Vec<Vec<&str>> = events.iter().map(|(e, _)| segments(e)).collect();
+    let mut known: HashMap<&str, Arc<Vec<Entity>>> = HashMap::new();
+    let mut todo: Vec<&str> = Vec::new();
+    for &segment in segmented.iter().flatten() {
+        if known.contains_key(segment) || todo.contains(&segment) {
+            cache.hits += 1;
+        } else if let Some(found) = cache.get(segment) {
+            cache.hits += 1;
+            known.insert(segment, found);
+        } else {
+            cache.misses += 1;
+            todo.push(segment);
+        }
+    }
+    for (segment, entities) in todo.iter().zip(model.entities_batch(&todo, batch_size)?) {
+        let entities = Arc::new(entities);
+        cache.insert((*segment).to_owned(), entities.clone());
+        known.insert(segment, entities);
+    }
     events
         .iter()
-        .zip(texts.iter().zip(entities))
-        .map(|((_, payload), (text, entities))| {
-            let merged = merge_entities(text, &entities);
-            let terms = top_terms(&merged, &keyphrases(text, EVENT_TERMS), EVENT_TERMS);
+        .zip(&segmented)
+        .map(|((_, payload), segments)| {
+            let text = segments.join("\n");
+            // Each segment's entities, moved to where the segment starts in the sample.
+            let mut entities = Vec::new();
+            let mut at = 0;
+            for segment in segments {
+                for e in known.get(segment).map(|e| e.as_slice()).unwrap_or_default() {
+                    entities.push(Entity {
+                        start: e.start + at,
+                        end: e.end + at,
+                        ..e.clone()
+                    });
+                }
+                at += segment.len() + 1;
+            }
+            let merged = merge_entities(&text, &entities);
+            let terms = top_terms(&merged, &keyphrases(&text, EVENT_TERMS), EVENT_TERMS);
             let mentions: Vec<Mention> = entities
                 .into_iter()
                 .map(|e| Mention {
@@ -111,7 +178,8 @@ pub async fn run(options: &EnrichOptions, stop: CancellationToken, stats: &Stats
         aion_kafka::partition_count(&options.kafka, &topic).map_err(kafka)?;
     }
     let sink = Sink::new(&options.kafka, STAGE).map_err(kafka)?;
-    info!(model = %options.model_dir.display(), batch = options.batch_size, "enricher started");
+    let mut cache = SegmentCache::new(options.cache_entries);
+    info!(model = %options.model_dir.display(), batch = options.batch_size, cache = options.cache_entries, "enricher started");
     loop {
         let mut batch: Vec<Record> = Vec::with_capacity(options.batch_size);
         let deadline = tokio::time::Instant::now() + options.max_wait;
@@ -144,7 +212,22 @@ pub async fn run(options: &EnrichOptions, stop: CancellationToken, stats: &Stats
             .collect();
         // The forward pass takes a core for a while: hand this worker's other tasks (every other
         // stage of `aion up` shares the runtime) to the remaining workers meanwhile.
-        let enriched = tokio::task::block_in_place(|| enrich(&model, &inputs, options.batch_size))?;
+        let (hits, misses, evictions) = (cache.hits, cache.misses, cache.evictions);
+        let enriched = tokio::task::block_in_place(|| {
+            enrich(&model, &mut cache, &inputs, options.batch_size)
+        })?;
+        stats
+            .segments_cached
+            .fetch_add(cache.hits - hits, Ordering::Relaxed);
+        stats
+            .segments_computed
+            .fetch_add(cache.misses - misses, Ordering::Relaxed);
+        metrics::counter!("aion_ner_segments_total", "source" => "cache")
+            .increment(cache.hits - hits);
+        metrics::counter!("aion_ner_segments_total", "source" => "model")
+            .increment(cache.misses - misses);
+        metrics::counter!("aion_ner_cache_evictions_total").increment(cache.evictions - evictions);
+        metrics::gauge!("aion_ner_cache_entries").set(cache.len() as f64);
         drop(inputs);
         for ((event, record), enriched) in valid.into_iter().zip(enriched) {
             sink.send(

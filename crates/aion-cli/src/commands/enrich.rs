@@ -21,6 +21,10 @@ pub struct RunArgs {
     /// Longest wait for a batch to fill, in milliseconds.
     #[arg(long, default_value_t = 50)]
     pub max_wait_ms: u64,
+    /// Segments (queries, passages) whose entities are kept, so a passage retrieved again skips
+    /// the model; 0 turns the cache off. Results are the same either way.
+    #[arg(long, env = "AION_NER_CACHE_ENTRIES", default_value_t = aion_ner::DEFAULT_CACHE_ENTRIES)]
+    pub cache_entries: usize,
 }
 
 /// The offline model's directory.
@@ -44,6 +48,7 @@ pub async fn run(args: RunArgs, ctx: &Context, stop: CancellationToken) -> Resul
         model_dir,
         batch_size: args.batch_size.max(1),
         max_wait: Duration::from_millis(args.max_wait_ms),
+        cache_entries: args.cache_entries,
         decode: ctx.decode_limits(),
     };
     Ok(aion_ner::run(&options, stop, &Stats::default()).await?)

@@ -82,6 +82,7 @@ pub async fn run(args: Args, mut ctx: Context, stop: CancellationToken) -> Resul
             model_dir: model_dir.clone(),
             batch_size: 16,
             max_wait: Duration::from_millis(50),
+            cache_entries: aion_ner::DEFAULT_CACHE_ENTRIES,
             decode: ctx.decode_limits(),
         };
         println!("          enrich: NER + keyphrases → retrieval.enriched.v1");
@@ -260,7 +261,7 @@ pub async fn run(args: Args, mut ctx: Context, stop: CancellationToken) -> Resul
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                println!("summary   {}; enriched {}; shard rows {} ({} joined with their retrieval, {} PII redacted); triggers fired {}; {}", windows_line(&window_stats), enrich_stats.enriched.load(std::sync::atomic::Ordering::Relaxed), shard_stats.written.load(std::sync::atomic::Ordering::Relaxed), shard_stats.joined.load(std::sync::atomic::Ordering::Relaxed), shard_stats.redacted.load(std::sync::atomic::Ordering::Relaxed), gate_stats.fired.load(std::sync::atomic::Ordering::Relaxed), training_line(&trainer_stats));
+                println!("summary   {}; enriched {}{}; shard rows {} ({} joined with their retrieval, {} PII redacted); triggers fired {}; {}", windows_line(&window_stats), enrich_stats.enriched.load(std::sync::atomic::Ordering::Relaxed), cache_line(&enrich_stats), shard_stats.written.load(std::sync::atomic::Ordering::Relaxed), shard_stats.joined.load(std::sync::atomic::Ordering::Relaxed), shard_stats.redacted.load(std::sync::atomic::Ordering::Relaxed), gate_stats.fired.load(std::sync::atomic::Ordering::Relaxed), training_line(&trainer_stats));
                 if let Some(line) = tenants_line(&gate_stats) {
                     println!("tenants   {line}");
                 }
@@ -286,6 +287,22 @@ pub async fn run(args: Args, mut ctx: Context, stop: CancellationToken) -> Resul
         windows_line(&window_stats)
     );
     Ok(())
+}
+
+/// ` (segments 83% from the cache)`: how much model work the enricher skipped.
+fn cache_line(stats: &aion_ner::Stats) -> String {
+    use std::sync::atomic::Ordering::Relaxed;
+    let (cached, computed) = (
+        stats.segments_cached.load(Relaxed),
+        stats.segments_computed.load(Relaxed),
+    );
+    if cached + computed == 0 {
+        return String::new();
+    }
+    format!(
+        " (segments {:.0}% from the cache)",
+        100.0 * cached as f64 / (cached + computed) as f64
+    )
 }
 
 fn training_line(stats: &aion_trainer::Stats) -> String {
