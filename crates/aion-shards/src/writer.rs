@@ -23,6 +23,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit}
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::file::properties::WriterProperties;
+use datafusion::parquet::file::reader::{FileReader, SerializedFileReader};
 
 use crate::join::TrainingRow;
 use crate::redact::{Counts, Pii, PrivateEntities, Redactor};
@@ -98,6 +99,82 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
         path: path.display().to_string(),
         source,
     }
+}
+
+/// Appends one entry to the manifest and syncs it: the commit point of a shard file.
+fn append_entry(manifest: &mut File, path: &Path, entry: &ShardEntry) -> Result<()> {
+    let mut line = serde_json::to_vec(entry).map_err(|e| Error::Manifest(e.to_string()))?;
+    line.push(b'\n');
+    manifest.write_all(&line).map_err(io(path))?;
+    manifest.sync_data().map_err(io(path))
+}
+
+/// Shard files in place that the manifest does not name: renamed into place, then the writer
+/// stopped before appending their entry. Their offsets were never stored (the entry is the commit
+/// point), so the replay would write their rows again and readers of the table would count them
+/// twice; adopting them (entry appended, offsets counted as committed) keeps every row once.
+/// Only names this writer gives (`tenant_id=T/date=D/part-P-FIRST-LAST.parquet`) are adopted.
+fn orphans(root: &Path, named: &HashSet<&str>) -> Result<Vec<ShardEntry>> {
+    let mut found = Vec::new();
+    let list = |dir: &Path| -> Result<Vec<std::fs::DirEntry>> {
+        match std::fs::read_dir(dir) {
+            Ok(entries) => Ok(entries.flatten().collect()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(io(dir)(e)),
+        }
+    };
+    for tenant_dir in list(root)? {
+        let tenant_name = tenant_dir.file_name().to_string_lossy().into_owned();
+        let Some(tenant) = tenant_name.strip_prefix("tenant_id=") else {
+            continue;
+        };
+        for date_dir in list(&tenant_dir.path())? {
+            let date_name = date_dir.file_name().to_string_lossy().into_owned();
+            let Some(date) = date_name.strip_prefix("date=") else {
+                continue;
+            };
+            for file in list(&date_dir.path())? {
+                let name = file.file_name().to_string_lossy().into_owned();
+                let rel = format!("{tenant_name}/{date_name}/{name}");
+                let Some((partition, first, last)) = shard_name(&name) else {
+                    continue;
+                };
+                if named.contains(rel.as_str()) {
+                    continue;
+                }
+                let path = file.path();
+                let reader = File::open(&path)
+                    .map_err(io(&path))
+                    .and_then(|f| Ok(SerializedFileReader::new(f)?))?;
+                found.push(ShardEntry {
+                    path: rel,
+                    tenant_id: tenant.to_owned(),
+                    date: date.to_owned(),
+                    source_partition: partition,
+                    first_offset: first,
+                    last_offset: last,
+                    rows: usize::try_from(reader.metadata().file_metadata().num_rows())
+                        .unwrap_or(0),
+                });
+            }
+        }
+    }
+    found.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(found)
+}
+
+/// (source partition, first offset, last offset) of a shard file name `part-P-FIRST-LAST.parquet`.
+fn shard_name(name: &str) -> Option<(i32, i64, i64)> {
+    let mut parts = name
+        .strip_prefix("part-")?
+        .strip_suffix(".parquet")?
+        .split('-');
+    let parsed = (
+        parts.next()?.parse().ok()?,
+        parts.next()?.parse().ok()?,
+        parts.next()?.parse().ok()?,
+    );
+    parts.next().is_none().then_some(parsed)
 }
 
 /// Reads the manifest of a shard table (empty if there is none yet).
@@ -190,9 +267,12 @@ impl<R: ShardRecord, A> ShardWriter<R, A> {
     pub fn open(root: &Path, policy: RollPolicy, redactor: Option<Redactor>) -> Result<Self> {
         std::fs::create_dir_all(root).map_err(io(root))?;
         let mut committed: BTreeMap<BufferKey, Vec<(i64, i64)>> = BTreeMap::new();
-        for e in read_manifest(root)? {
+        let entries = read_manifest(root)?;
+        let named: HashSet<&str> = entries.iter().map(|e| e.path.as_str()).collect();
+        let orphans = orphans(root, &named)?;
+        for e in entries.iter().chain(&orphans) {
             committed
-                .entry((e.source_partition, e.tenant_id, e.date))
+                .entry((e.source_partition, e.tenant_id.clone(), e.date.clone()))
                 .or_default()
                 .push((e.first_offset, e.last_offset));
         }
@@ -211,6 +291,10 @@ impl<R: ShardRecord, A> ShardWriter<R, A> {
         if torn {
             manifest.write_all(b"\n").map_err(io(&path))?;
             manifest.sync_data().map_err(io(&path))?;
+        }
+        for entry in &orphans {
+            tracing::warn!(path = %entry.path, rows = entry.rows, "adopting a shard file the manifest did not name (a stop between its rename and its entry)");
+            append_entry(&mut manifest, &path, entry)?;
         }
         Ok(Self {
             root: root.to_owned(),
@@ -324,11 +408,7 @@ impl<R: ShardRecord, A> ShardWriter<R, A> {
             last_offset: buffer.last,
             rows: buffer.rows.len(),
         };
-        let mut line = serde_json::to_vec(&entry).map_err(|e| Error::Manifest(e.to_string()))?;
-        line.push(b'\n');
-        let manifest = self.root.join(MANIFEST);
-        self.manifest.write_all(&line).map_err(io(&manifest))?;
-        self.manifest.sync_data().map_err(io(&manifest))?;
+        append_entry(&mut self.manifest, &self.root.join(MANIFEST), &entry)?;
         Ok(entry)
     }
 
@@ -482,6 +562,41 @@ mod tests {
             .map(|e| e.first_offset)
             .collect();
         assert_eq!(offsets, [0, 1]);
+    }
+
+    #[test]
+    fn a_shard_file_without_its_manifest_entry_is_adopted_not_written_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = RollPolicy {
+            max_rows: 2,
+            ..RollPolicy::default()
+        };
+        let mut w: ShardWriter<TrainingRow, ()> =
+            ShardWriter::open(dir.path(), policy.clone(), None).unwrap();
+        for o in 0..2 {
+            w.push(0, o, answer(&format!("e{o}"), "acme", "p"), ());
+        }
+        let (_, entries) = w.roll(Instant::now(), false).unwrap();
+        drop(w);
+        // A stop between the file's rename and its manifest entry.
+        std::fs::write(dir.path().join(MANIFEST), "").unwrap();
+        std::fs::write(
+            dir.path().join("tenant_id=acme/date=2026-11-02/notes.txt"),
+            "x",
+        )
+        .unwrap();
+        let mut again: ShardWriter<TrainingRow, ()> =
+            ShardWriter::open(dir.path(), policy, None).unwrap();
+        assert_eq!(
+            read_manifest(dir.path()).unwrap(),
+            entries,
+            "adopted as written"
+        );
+        // The replay meets the adopted offsets: nothing is written twice.
+        for o in 0..3 {
+            again.push(0, o, answer(&format!("e{o}"), "acme", "p"), ());
+        }
+        assert_eq!((again.skipped_replays, again.buffered()), (2, 1));
     }
 
     #[test]

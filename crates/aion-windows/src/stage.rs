@@ -196,7 +196,9 @@ fn measure_backlog(
     stats: &Stats,
 ) {
     let measured = Instant::now();
-    let backlog = match source.backlog(BACKLOG_TIMEOUT) {
+    // Broker round trips: the runtime's other tasks (every stage of `aion up`) move to the other
+    // workers meanwhile.
+    let backlog = match tokio::task::block_in_place(|| source.backlog(BACKLOG_TIMEOUT)) {
         Ok(b) => b,
         Err(error) => {
             // Unmeasured partitions keep holding the watermark: safe, only slower.
