@@ -487,6 +487,15 @@ fn training_batch(rows: &[(TrainingRow, i64)], partition: i32) -> Result<RecordB
 mod tests {
     use super::*;
 
+    /// The training table at `root`, rolling buffers at `max_rows`.
+    fn writer(root: &Path, max_rows: usize) -> ShardWriter<TrainingRow, ()> {
+        let policy = RollPolicy {
+            max_rows,
+            ..RollPolicy::default()
+        };
+        ShardWriter::open(root, policy, None).unwrap()
+    }
+
     fn answer(id: &str, tenant: &str, prompt: &str) -> TrainingRow {
         TrainingRow {
             answer: serde_json::from_value(serde_json::json!({
@@ -502,12 +511,7 @@ mod tests {
     #[test]
     fn rolled_rows_are_never_written_twice_after_a_replay() {
         let dir = tempfile::tempdir().unwrap();
-        let policy = RollPolicy {
-            max_rows: 3,
-            ..RollPolicy::default()
-        };
-        let mut w: ShardWriter<TrainingRow, ()> =
-            ShardWriter::open(dir.path(), policy.clone(), None).unwrap();
+        let mut w = writer(dir.path(), 3);
         for o in 0..5 {
             w.push(0, o, answer(&format!("e{o}"), "acme", "p"), ());
         }
@@ -523,8 +527,7 @@ mod tests {
         );
         assert_eq!(w.buffered(), 0);
         // A crash before the offsets were committed: the replay meets committed offsets.
-        let mut again: ShardWriter<TrainingRow, ()> =
-            ShardWriter::open(dir.path(), policy, None).unwrap();
+        let mut again = writer(dir.path(), 3);
         for o in 0..6 {
             again.push(0, o, answer(&format!("e{o}"), "acme", "p"), ());
         }
@@ -538,12 +541,7 @@ mod tests {
     #[test]
     fn a_torn_last_manifest_line_does_not_swallow_the_next_entry() {
         let dir = tempfile::tempdir().unwrap();
-        let policy = RollPolicy {
-            max_rows: 1,
-            ..RollPolicy::default()
-        };
-        let mut w: ShardWriter<TrainingRow, ()> =
-            ShardWriter::open(dir.path(), policy.clone(), None).unwrap();
+        let mut w = writer(dir.path(), 1);
         w.push(0, 0, answer("e0", "acme", "p"), ());
         w.roll(Instant::now(), true).unwrap();
         drop(w);
@@ -552,8 +550,7 @@ mod tests {
         let mut text = std::fs::read_to_string(&manifest).unwrap();
         text += &text.clone()[..40];
         std::fs::write(&manifest, text).unwrap();
-        let mut w: ShardWriter<TrainingRow, ()> =
-            ShardWriter::open(dir.path(), policy, None).unwrap();
+        let mut w = writer(dir.path(), 1);
         w.push(0, 1, answer("e1", "acme", "p"), ());
         w.roll(Instant::now(), true).unwrap();
         let offsets: Vec<i64> = read_manifest(dir.path())
@@ -567,12 +564,7 @@ mod tests {
     #[test]
     fn a_shard_file_without_its_manifest_entry_is_adopted_not_written_again() {
         let dir = tempfile::tempdir().unwrap();
-        let policy = RollPolicy {
-            max_rows: 2,
-            ..RollPolicy::default()
-        };
-        let mut w: ShardWriter<TrainingRow, ()> =
-            ShardWriter::open(dir.path(), policy.clone(), None).unwrap();
+        let mut w = writer(dir.path(), 2);
         for o in 0..2 {
             w.push(0, o, answer(&format!("e{o}"), "acme", "p"), ());
         }
@@ -585,8 +577,7 @@ mod tests {
             "x",
         )
         .unwrap();
-        let mut again: ShardWriter<TrainingRow, ()> =
-            ShardWriter::open(dir.path(), policy, None).unwrap();
+        let mut again = writer(dir.path(), 2);
         assert_eq!(
             read_manifest(dir.path()).unwrap(),
             entries,

@@ -75,6 +75,17 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// `aion serve ARGS` on a free loopback port, once it answers /healthz.
+fn serve(s: &Stack, args: &[&str]) -> (u16, crate::Running) {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut all = vec!["serve", "--addr", &addr];
+    all.extend_from_slice(args);
+    let server = s.spawn(&all, "serve.log");
+    wait_healthy(port, s);
+    (port, server)
+}
+
 /// Waits until the server answers /healthz.
 pub fn wait_healthy(port: u16, s: &Stack) {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -93,13 +104,7 @@ pub fn wait_healthy(port: u16, s: &Stack) {
 fn the_api_guards_its_routes_and_drives_training() {
     let s = Stack::start();
     s.run(&["topics", "create", "--partitions", "1"]);
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let _server = s.spawn(
-        &["serve", "--addr", &addr, "--token", "secret"],
-        "serve.log",
-    );
-    wait_healthy(port, &s);
+    let (port, _server) = serve(&s, &["--token", "secret"]);
     let token = Some("secret");
 
     let (status, body) = http(port, "GET", "/", None, None);
@@ -312,19 +317,7 @@ fn every_route_checks_role_and_tenant_scope() {
         );
     }
     std::fs::write(&tokens, file).unwrap();
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let _server = s.spawn(
-        &[
-            "serve",
-            "--addr",
-            &addr,
-            "--tokens-file",
-            &tokens.display().to_string(),
-        ],
-        "serve.log",
-    );
-    wait_healthy(port, &s);
+    let (port, _server) = serve(&s, &["--tokens-file", &tokens.display().to_string()]);
 
     let routes: Vec<Route> = ["acme", "globex"]
         .iter()
@@ -490,13 +483,7 @@ fn every_route_checks_role_and_tenant_scope() {
 fn loopback_mode_refuses_foreign_hosts_origins_and_changes_without_the_csrf_secret() {
     let s = Stack::start();
     s.run(&["topics", "create", "--partitions", "1"]);
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let _server = s.spawn(
-        &["serve", "--addr", &addr, "--insecure-loopback"],
-        "serve.log",
-    );
-    wait_healthy(port, &s);
+    let (port, _server) = serve(&s, &["--insecure-loopback"]);
     let host = format!("127.0.0.1:{port}");
     let json = ("Content-Type", "application/json");
     let change = r#"{"tau_fallback": 0.3}"#;
