@@ -525,8 +525,8 @@ async fn train_start(
         request.note,
         chrono::Utc::now(),
     );
-    trigger.shards =
-        aion_gate::shard_snapshot(&app.options.gate_options, &tenant).map_err(internal)?;
+    trigger.manifest_lines =
+        aion_gate::shard_snapshot(&app.options.gate_options).map_err(internal)?;
     let payload = serde_json::to_vec(&trigger).map_err(internal)?;
     app.sink
         .send_confirmed(

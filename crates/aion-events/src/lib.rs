@@ -25,7 +25,7 @@ pub use event::{
     MAX_RELEVANCE,
 };
 pub use label::LabelEvent;
-pub use manifest::{parse_manifest, tenant_shards, ShardEntry, SHARD_MANIFEST};
+pub use manifest::{manifest_lines, parse_manifest, tenant_shards, ShardEntry, SHARD_MANIFEST};
 pub use metrics::WindowMetrics;
 pub use rebuild::{IndexRebuild, RebuildReason};
 pub use status::{ControlAction, JobState, TrainControl, TrainStatus};

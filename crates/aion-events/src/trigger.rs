@@ -69,9 +69,14 @@ pub struct TrainTrigger {
     /// table holds the window (`pipelines/trigger_entities.sql`).
     #[serde(default)]
     pub top_entities: Vec<String>,
-    /// Training shards to use (the shard manifest at trigger time), when shards exist.
+    /// Training shards to use, listed. Triggers of this product leave it empty and set
+    /// `manifest_lines` instead: a list of every shard outgrows any record size within days.
     #[serde(default)]
     pub shards: Vec<String>,
+    /// The shard manifest's line count when the trigger fired: the trainer uses the tenant's
+    /// files among those lines (what was committed then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest_lines: Option<u64>,
     pub recipe: Recipe,
 }
 

@@ -101,6 +101,7 @@ pub fn trigger(
         thresholds: thresholds(settings),
         top_entities: Vec::new(),
         shards: Vec::new(),
+        manifest_lines: None,
         recipe: config.recipe.clone(),
     }
 }
@@ -128,17 +129,21 @@ pub fn manual_trigger(
         thresholds: thresholds(settings),
         top_entities: Vec::new(),
         shards: Vec::new(),
+        manifest_lines: None,
         recipe: config.recipe.clone(),
     }
 }
 
-/// The tenant's committed shards (paths relative to the shard root) at trigger time. A replayed
-/// trigger may list more than its first publication; the trainer keeps the first per id.
-pub fn shard_snapshot(options: &GateOptions, tenant: &str) -> Result<Vec<String>> {
+/// What is committed to the shard table at trigger time: the manifest's line count (the trainer
+/// resolves the tenant's files among those lines). A number, however many shards exist. A
+/// replayed trigger may see more lines than its first publication; the trainer keeps the first
+/// per id.
+pub fn shard_snapshot(options: &GateOptions) -> Result<Option<u64>> {
     let Some(root) = &options.shards_root else {
-        return Ok(Vec::new());
+        return Ok(None);
     };
-    aion_events::tenant_shards(root, tenant)
+    aion_events::manifest_lines(root)
+        .map(Some)
         .map_err(|e| crate::io(&root.join(aion_events::SHARD_MANIFEST), e))
 }
 
@@ -248,7 +253,7 @@ pub async fn run(
         match verdict {
             Verdict::Fire(reason) => {
                 let mut t = trigger(config, &settings, &m, reason);
-                t.shards = shard_snapshot(options, &m.tenant_id)?;
+                t.manifest_lines = shard_snapshot(options)?;
                 t.top_entities = top_entities(config, options, &m).await;
                 debug_assert!(t.validate().is_ok());
                 stats.fired.fetch_add(1, Ordering::Relaxed);

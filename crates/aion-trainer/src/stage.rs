@@ -311,14 +311,17 @@ async fn run_job(
             ..report(JobState::Cancelled)
         }));
     }
-    // A trigger names the shards committed when it fired. A gate trigger can fire before the
-    // tenant's first shard is committed (windows close within seconds, shards roll by age): then
-    // the tenant's manifest is read, waiting a bounded time for rows to land.
+    // A trigger says what was committed when it fired (the manifest's line count, or a list of
+    // files). A gate trigger can fire before the tenant's first shard is committed (windows close
+    // within seconds, shards roll by age): then the tenant's whole manifest is read, waiting a
+    // bounded time for rows to land.
     let deadline = tokio::time::Instant::now() + SHARD_WAIT;
+    let mut through = trigger.manifest_lines;
     let (files, loaded) = loop {
         let files = if trigger.shards.is_empty() {
             // An unreadable manifest is waited on like an empty one.
-            aion_events::tenant_shards(&options.shards_root, &tenant).unwrap_or_default()
+            aion_events::tenant_shards(&options.shards_root, &tenant, through.take())
+                .unwrap_or_default()
         } else {
             trigger.shards.clone()
         };

@@ -201,7 +201,7 @@ pub async fn trigger(args: TriggerArgs, ctx: &Context) -> Result<()> {
         chrono::Utc::now(),
     );
     // The tenant's committed shards now: the job's data set, fixed whatever arrives later.
-    t.shards = aion_gate::shard_snapshot(&options, &args.tenant)?;
+    t.manifest_lines = aion_gate::shard_snapshot(&options)?;
     aion_kafka::partition_count(&ctx.kafka, &config.output_topic)?;
     let sink = Sink::new(&ctx.kafka, "train-trigger")?;
     sink.send_confirmed(
