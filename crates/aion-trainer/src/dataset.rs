@@ -41,6 +41,31 @@ impl Default for DataFilter {
     }
 }
 
+/// The order a trigger's files are read in, so that the cap keeps what fired it: the files of the
+/// days its window covers (`from` to `to`, UTC) first, then the rest newest first. `files` come
+/// in manifest order (oldest first) and hold their day as `date=YYYY-MM-DD`.
+pub fn order_for_window(
+    files: &[String],
+    from: chrono::DateTime<chrono::Utc>,
+    to: chrono::DateTime<chrono::Utc>,
+) -> Vec<String> {
+    let (first, last) = (
+        from.format("%Y-%m-%d").to_string(),
+        to.format("%Y-%m-%d").to_string(),
+    );
+    let in_window = |f: &String| {
+        f.split('/')
+            .find_map(|part| part.strip_prefix("date="))
+            .is_some_and(|day| first.as_str() <= day && day <= last.as_str())
+    };
+    let (window, rest): (Vec<&String>, Vec<&String>) = files.iter().partition(|f| in_window(f));
+    window
+        .into_iter()
+        .chain(rest.into_iter().rev())
+        .cloned()
+        .collect()
+}
+
 /// Reads `files` (relative to `root`) into examples, weighting the rows that mention one of
 /// `worst_entities` (compared without case).
 pub fn load_examples(
@@ -208,6 +233,39 @@ mod tests {
         w.write(&batch).unwrap();
         w.close().unwrap();
         "part.parquet".into()
+    }
+
+    #[test]
+    fn a_triggers_window_is_read_first_then_the_newest_history() {
+        let files: Vec<String> = [
+            "2026-11-01",
+            "2026-11-02",
+            "2026-11-03",
+            "2026-11-04",
+            "2026-11-05",
+        ]
+        .iter()
+        .map(|d| format!("tenant_id=acme/date={d}/part-000-000000000000-000000000001.parquet"))
+        .collect();
+        let at = |t: &str| t.parse::<chrono::DateTime<chrono::Utc>>().unwrap();
+        let days: Vec<String> = order_for_window(
+            &files,
+            at("2026-11-02T13:00:00Z"),
+            at("2026-11-03T13:00:00Z"),
+        )
+        .iter()
+        .map(|f| f[20..30].to_owned())
+        .collect();
+        assert_eq!(
+            days,
+            [
+                "2026-11-02",
+                "2026-11-03",
+                "2026-11-05",
+                "2026-11-04",
+                "2026-11-01"
+            ]
+        );
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //! ([`train`]); and the stage on top ([`stage`]): triggers in, jobs from the shards named in them
 //! ([`dataset`]), status events out.
 
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))] // test code: a panic is the failure report
+
 pub mod adapter;
 pub mod dataset;
 pub mod model;

@@ -325,9 +325,13 @@ async fn run_job(
         } else {
             trigger.shards.clone()
         };
+        // What fired the trigger first, then the newest history, up to the example cap.
+        // (A manual trigger has no window: newest first.)
+        let from = trigger.window_start.unwrap_or(trigger.at);
+        let ordered = crate::dataset::order_for_window(&files, from, trigger.at);
         let loaded = load_examples(
             &options.shards_root,
-            &files,
+            &ordered,
             &options.filter,
             &trigger.top_entities,
         );
