@@ -9,6 +9,7 @@
 mod decode;
 mod enriched;
 mod event;
+mod hash;
 mod label;
 mod manifest;
 mod metrics;
@@ -24,6 +25,7 @@ pub use event::{
     validate_tenant_id, AnswerEvent, Judgment, Relevance, RetrievalEvent, RetrievalResult, Schema,
     MAX_RELEVANCE,
 };
+pub use hash::fnv1a;
 pub use label::LabelEvent;
 pub use manifest::{manifest_lines, parse_manifest, tenant_shards, ShardEntry, SHARD_MANIFEST};
 pub use metrics::WindowMetrics;

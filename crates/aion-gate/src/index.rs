@@ -37,18 +37,12 @@ pub struct IndexWatch {
     tenants: BTreeMap<String, TenantDocs>,
 }
 
-fn fnv1a(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
 impl IndexWatch {
     /// Counts the event's result documents; returns a request when the tenant reached ΔN.
     pub fn observe(&mut self, event: &RetrievalEvent, delta: u64) -> Option<IndexRebuild> {
         let t = self.tenants.entry(event.tenant_id.clone()).or_default();
         for r in &event.results {
-            if t.seen.insert(fnv1a(&r.doc_id)) {
+            if t.seen.insert(aion_events::fnv1a(r.doc_id.as_bytes())) {
                 t.new_since += 1;
             }
         }

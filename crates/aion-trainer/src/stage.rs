@@ -81,9 +81,7 @@ pub fn job_dir(adapters_root: &Path, trigger: &TrainTrigger) -> PathBuf {
             }
         })
         .collect();
-    let hash = id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    });
+    let hash = aion_events::fnv1a(id.as_bytes());
     adapters_root
         .join(&trigger.tenant_id)
         .join(format!("{safe}-{:08x}", hash as u32))

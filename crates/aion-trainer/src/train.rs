@@ -122,16 +122,9 @@ pub struct Outcome {
     pub resumed_from: Option<usize>,
 }
 
-/// FNV-1a: stable across Rust versions and platforms, unlike `DefaultHasher`.
-fn fnv1a(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
-
 /// Whether an example belongs to the held-out split.
 pub fn is_held_out(example: &Example, fraction: f64) -> bool {
-    (fnv1a(&example.instruction) % 10_000) as f64 / 10_000.0 < fraction
+    (aion_events::fnv1a(example.instruction.as_bytes()) % 10_000) as f64 / 10_000.0 < fraction
 }
 
 /// A tokenised example: `ids` = prompt ++ response ++ EOS (truncated), loss on `ids[prompt_len..]`.

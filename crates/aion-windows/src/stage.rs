@@ -374,9 +374,7 @@ fn rdkafka_header<'a>(key: &'a str, value: &'a str) -> aion_kafka::Header<'a, &'
 /// A tenant's results all go to one partition (FNV-1a of the tenant id), so the trigger gate reads
 /// each tenant's windows in the order they closed, while keys stay per window.
 fn tenant_partition(tenant: &str, partitions: usize) -> Option<i32> {
-    let hash = tenant.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
+    let hash = aion_events::fnv1a(tenant.as_bytes());
     i32::try_from(hash % partitions.max(1) as u64).ok()
 }
 

@@ -65,10 +65,7 @@ fn queue_name(rows: &[AnswerRow], tau: f64) -> String {
     let mut ids: Vec<&str> = rows.iter().map(|r| r.event_id.as_str()).collect();
     ids.sort_unstable();
     let text = format!("{tau}\n{}", ids.join("\n"));
-    let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    format!("q-{hash:016x}")
+    format!("q-{:016x}", aion_events::fnv1a(text.as_bytes()))
 }
 
 fn batch(rows: &[AnswerRow], tau: f64, queued_at: DateTime<Utc>) -> Result<RecordBatch> {
