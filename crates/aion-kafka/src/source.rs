@@ -126,10 +126,6 @@ impl ConsumerContext for SourceContext {
         let Rebalance::Revoke(tpl) = rebalance else {
             return;
         };
-        if !self.commit {
-            self.revocations.fetch_add(1, Ordering::Release);
-            return;
-        }
         let keys: Vec<PartitionKey> = tpl
             .elements()
             .iter()
@@ -161,8 +157,13 @@ impl ConsumerContext for SourceContext {
     }
 }
 
+/// Hands acknowledged positions to librdkafka; a read-only source (`commit` off) only drops them.
 fn store<C: Consumer<SourceContext>>(consumer: &C, tracker: &Tracker) {
-    for ((topic, partition), position) in tracker.take_storable() {
+    let storable = tracker.take_storable();
+    if !consumer.context().commit {
+        return;
+    }
+    for ((topic, partition), position) in storable {
         // `store_offset` stores `offset + 1`; the tracker hands out the next offset to read.
         if let Err(error) = consumer.store_offset(&topic, partition, position - 1) {
             // The partition was revoked meanwhile; its new owner replays from the last commit.
@@ -171,8 +172,12 @@ fn store<C: Consumer<SourceContext>>(consumer: &C, tracker: &Tracker) {
     }
 }
 
-/// Commits stored offsets now. Nothing stored since the last commit is not an error.
+/// Commits stored offsets now (never, for a read-only source). Nothing stored since the last
+/// commit is not an error.
 fn commit_sync<C: Consumer<SourceContext>>(consumer: &C) -> Result<()> {
+    if !consumer.context().commit {
+        return Ok(());
+    }
     match consumer.commit_consumer_state(CommitMode::Sync) {
         Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => Ok(()),
         Err(error) => Err(error.into()),
@@ -319,11 +324,7 @@ impl Source {
 
     /// Hands the offsets of acknowledged records to librdkafka and reports counters.
     pub fn store_acked(&mut self) {
-        if self.consumer.context().commit {
-            store(&self.consumer, &self.tracker);
-        } else {
-            drop(self.tracker.take_storable());
-        }
+        store(&self.consumer, &self.tracker);
         metrics::counter!("aion_received_events_total", "stage" => self.stage.clone())
             .increment(self.received);
         self.received = 0;
@@ -434,11 +435,7 @@ impl Source {
             .await
             .unwrap_or(false);
         self.store_acked();
-        let committed = if self.consumer.context().commit {
-            commit_sync(&self.consumer)
-        } else {
-            Ok(())
-        };
+        let committed = commit_sync(&self.consumer);
         if self.consumer.subscription().is_ok_and(|s| s.count() > 0) {
             self.consumer.unsubscribe();
         } else if let Err(error) = self.consumer.unassign() {
