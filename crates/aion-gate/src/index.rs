@@ -128,21 +128,21 @@ pub async fn run_index(
                 unsaved.push(record.ack);
             }
             _ = tick.tick() => {
-                if !unsaved.is_empty() && !options.dry_run {
-                    watch.save(&path)?;
-                    // Saved: these records' offsets may be stored.
-                    unsaved.clear();
+                if !unsaved.is_empty() {
+                    if !options.dry_run {
+                        watch.save(&path)?;
+                    }
+                    // Saved (a dry run's source stores nothing): these records are done.
+                    unsaved.drain(..).for_each(Ack::done);
                 }
             }
             () = stop.cancelled() => break,
         }
     }
-    if options.dry_run {
-        unsaved.into_iter().for_each(Ack::abandon);
-    } else {
+    if !options.dry_run {
         watch.save(&path)?;
-        drop(unsaved);
     }
+    unsaved.into_iter().for_each(Ack::done);
     sink.flush(Duration::from_secs(30))?;
     source.shutdown(Duration::from_secs(30)).await?;
     Ok(())

@@ -233,6 +233,7 @@ pub async fn run(
         };
         let verdict = gate.evaluate(&config.window, &m, &settings);
         if verdict == Verdict::Ignored {
+            record.ack.done();
             continue;
         }
         stats.evaluated.fetch_add(1, Ordering::Relaxed);
@@ -283,7 +284,7 @@ pub async fn run(
             gate.save(&path)?;
         }
         // The record's offset may be stored now: trigger acknowledged, state saved.
-        drop(record);
+        record.ack.done();
     }
     sink.flush(Duration::from_secs(30))?;
     source.shutdown(Duration::from_secs(30)).await?;

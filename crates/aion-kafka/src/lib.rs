@@ -3,9 +3,11 @@
 //! The delivery contract every stage stands on (at-least-once in, idempotent out):
 //! - [`Source`] consumes with `enable.auto.offset.store=false`. Every record carries an [`Ack`];
 //!   a partition's offset is stored only once the record and every record before it on that
-//!   partition have been acknowledged, i.e. their outputs are durable. Stored offsets are committed
-//!   by librdkafka's auto-commit, on partition revoke and synchronously on shutdown.
-//! - [`Sink`] produces with `acks=all` and idempotence; a record's [`Ack`] is released by the
+//!   partition were explicitly done ([`Ack::done`]), i.e. their outputs are durable. An ack dropped
+//!   without an outcome (an error exit, a panic) leaves its record pending: nothing an error exit
+//!   held is ever committed. Stored offsets are committed by librdkafka's auto-commit, on
+//!   partition revoke and synchronously on shutdown.
+//! - [`Sink`] produces with `acks=all` and idempotence; a record's [`Ack`] is done by the
 //!   broker's delivery report, so a source offset is stored only after its output is acknowledged.
 //! - A record that cannot be processed goes to `<topic>.dlq` through [`Sink::dead_letter`] — its
 //!   offset is stored only after the dead-letter record is acknowledged.

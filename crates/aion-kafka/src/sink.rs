@@ -1,4 +1,4 @@
-//! The producing half: idempotent, `acks=all`, and every record's delivery report releases the
+//! The producing half: idempotent, `acks=all`, and every record's delivery report completes the
 //! [`Ack`] of the source record it came from.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -72,15 +72,17 @@ impl ProducerContext for SinkContext {
             use rdkafka::Message;
             error!(topic = message.topic(), %error, "delivery failed");
             self.failed.fetch_add(1, Ordering::Relaxed);
-            if let Some(ack) = pending.ack.as_ref() {
+        }
+        if let Some(ack) = pending.ack {
+            if !delivered {
                 ack.fail();
             }
+            ack.done();
         }
         if let Some(confirm) = pending.confirm {
             // The caller may have given up waiting; nothing to tell then.
             let _ = confirm.send(delivered);
         }
-        // Dropping the token acknowledges the source record (unless failed above).
     }
 }
 
@@ -119,7 +121,7 @@ impl Sink {
         })
     }
 
-    /// Queues one record. `ack` (if any) is released when the broker has acknowledged it; on a
+    /// Queues one record. `ack` (if any) is done when the broker has acknowledged it; on a
     /// failed delivery the ack is failed and the source stops. Waits while the local queue is full.
     pub async fn send(
         &self,

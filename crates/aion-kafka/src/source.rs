@@ -79,7 +79,8 @@ pub struct Backlog {
     pub records: Option<i64>,
 }
 
-/// One consumed record. Its [`Ack`] must be kept until every output made from it is durable.
+/// One consumed record. Its [`Ack`] is done once every output made from it is durable (or done at
+/// once when the record has no output).
 #[derive(Debug)]
 pub struct Record {
     pub topic: Arc<str>,

@@ -9,68 +9,88 @@ pub(crate) type PartitionKey = (Arc<str>, i32);
 
 /// Acknowledgement token of one consumed record.
 ///
-/// Dropping the last clone says "every output of this record is durable"; [`Ack::fail`] says one
-/// never will be. Clone it when a record fans out to several outputs (each holds a clone until
-/// its output is durable), keep it inside window state until the window result is durable, or
-/// drop it right away when the record has no output at all. Never drop it before the output is
-/// durable: that is what lets the offset be stored.
-#[derive(Clone)]
-pub struct Ack(Arc<AckInner>);
+/// A record is done only when every clone of its token said so with [`Ack::done`] (the sink does
+/// it on the broker's delivery report). Clone it when a record fans out to several outputs (each
+/// clone is done when its output is durable), keep it inside window state until the window
+/// result is durable. [`Ack::fail`] says an output never will be. A token dropped without
+/// [`Ack::done`] (an error exit, a panic, state discarded on shutdown or rebalance) leaves its
+/// record pending: its offset is never stored by this run and the next one replays it.
+pub struct Ack {
+    inner: Arc<AckInner>,
+    /// Whether this clone reported its output durable.
+    done: bool,
+}
 
 struct AckInner {
     tracker: Arc<Tracker>,
     key: PartitionKey,
     offset: i64,
     failed: AtomicBool,
-    abandoned: AtomicBool,
+    /// A clone was dropped without an outcome.
+    unfinished: AtomicBool,
+}
+
+impl Clone for Ack {
+    /// A new obligation: the clone must be done as well.
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            done: false,
+        }
+    }
 }
 
 impl std::fmt::Debug for Ack {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "Ack({}/{}@{})",
-            self.0.key.0, self.0.key.1, self.0.offset
-        )
+        let AckInner { key, offset, .. } = &*self.inner;
+        write!(f, "Ack({}/{}@{offset})", key.0, key.1)
     }
 }
 
 impl Ack {
+    /// Says this clone's output is durable. The record is done (its offset may be stored) once
+    /// every clone said so.
+    pub fn done(mut self) {
+        self.done = true;
+    }
+
     /// Marks the record as failed: its offset (and every later one on its partition) will not be
     /// stored, and the source reports [`crate::Error::OutputFailed`] so the stage stops and replays.
     pub fn fail(&self) {
-        self.0.failed.store(true, Ordering::Release);
-    }
-
-    /// Gives the record up without an outcome: it stays pending, so its offset is never stored by
-    /// this run and the next one replays it. For state discarded on shutdown or rebalance
-    /// (an open window), where dropping the ack would wrongly say "durable".
-    pub fn abandon(self) {
-        self.0.abandoned.store(true, Ordering::Release);
+        self.inner.failed.store(true, Ordering::Release);
     }
 
     /// Marks this record as a place a replay may start from (see
     /// [`crate::SourceConfig::explicit_resume_points`]).
     pub fn mark_resume_point(&self) {
-        self.0.tracker.mark_resume_point(&self.0.key, self.0.offset);
+        self.inner
+            .tracker
+            .mark_resume_point(&self.inner.key, self.inner.offset);
     }
 
     pub fn partition(&self) -> i32 {
-        self.0.key.1
+        self.inner.key.1
     }
 
     pub fn offset(&self) -> i64 {
-        self.0.offset
+        self.inner.offset
+    }
+}
+
+impl Drop for Ack {
+    fn drop(&mut self) {
+        if !self.done {
+            self.inner.unfinished.store(true, Ordering::Release);
+        }
     }
 }
 
 impl Drop for AckInner {
     fn drop(&mut self) {
-        if self.abandoned.load(Ordering::Acquire) {
-            return;
-        }
         if self.failed.load(Ordering::Acquire) {
             self.tracker.fail(&self.key, self.offset);
+        } else if self.unfinished.load(Ordering::Acquire) {
+            self.tracker.abandoned(&self.key, self.offset);
         } else {
             self.tracker.done(&self.key, self.offset);
         }
@@ -81,6 +101,9 @@ impl Drop for AckInner {
 struct Pending {
     offset: i64,
     done: bool,
+    /// Every token is gone and one was dropped without an outcome: the record will never be done
+    /// by this run (it blocks its partition's position, but nobody needs to wait for it).
+    abandoned: bool,
     /// A replay may start at this record.
     resume: bool,
 }
@@ -89,6 +112,8 @@ struct Pending {
 struct PartitionState {
     /// Records handed out and not yet behind the stored position, in consumption order.
     pending: VecDeque<Pending>,
+    /// Pending records neither done nor abandoned: what a wait for settling waits for.
+    unsettled: usize,
     /// Position (next offset to read) to hand to librdkafka: every record before it is done and a
     /// replay may start there.
     storable: Option<i64>,
@@ -134,26 +159,36 @@ impl Tracker {
         if p.pending.back().is_some_and(|last| last.offset >= offset) {
             // The consumer was repositioned (seek or re-assignment): earlier bookkeeping is void.
             p.pending.clear();
+            p.unsettled = 0;
             p.storable = None;
             p.position = None;
         }
         p.pending.push_back(Pending {
             offset,
             done: false,
+            abandoned: false,
             resume: !self.explicit_resume_points,
         });
+        p.unsettled += 1;
         drop(state);
-        Ack(Arc::new(AckInner {
-            tracker: self.clone(),
-            key,
-            offset,
-            failed: AtomicBool::new(false),
-            abandoned: AtomicBool::new(false),
-        }))
+        Ack {
+            inner: Arc::new(AckInner {
+                tracker: self.clone(),
+                key,
+                offset,
+                failed: AtomicBool::new(false),
+                unfinished: AtomicBool::new(false),
+            }),
+            done: false,
+        }
     }
 
     fn done(&self, key: &PartitionKey, offset: i64) {
         self.update(key, offset, |e| e.done = true);
+    }
+
+    fn abandoned(&self, key: &PartitionKey, offset: i64) {
+        self.update(key, offset, |e| e.abandoned = true);
     }
 
     fn mark_resume_point(&self, key: &PartitionKey, offset: i64) {
@@ -169,12 +204,17 @@ impl Tracker {
             return;
         };
         if let Ok(i) = p.pending.binary_search_by_key(&offset, |e| e.offset) {
-            change(&mut p.pending[i]);
+            let e = &mut p.pending[i];
+            let was_settled = e.done || e.abandoned;
+            change(e);
+            if !was_settled && (e.done || e.abandoned) {
+                p.unsettled -= 1;
+                if p.unsettled == 0 {
+                    self.settled.notify_all();
+                }
+            }
         }
         self.advance(p);
-        if p.pending.is_empty() {
-            self.settled.notify_all();
-        }
     }
 
     /// Drops the done prefix and moves the storable position to the last place a replay may
@@ -191,6 +231,7 @@ impl Tracker {
             offset,
             done,
             resume,
+            ..
         }) = p.pending.front()
         {
             if resume && p.position.is_some() {
@@ -234,8 +275,8 @@ impl Tracker {
             .collect()
     }
 
-    /// Waits until the given partitions (all, if `None`) have nothing pending, an output failed,
-    /// or `timeout` passed. Returns whether everything settled.
+    /// Waits until every record of the given partitions (all, if `None`) is done or abandoned, an
+    /// output failed, or `timeout` passed. Returns whether everything settled.
     pub(crate) fn wait_settled(&self, keys: Option<&[PartitionKey]>, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         let mut state = self.lock();
@@ -243,8 +284,8 @@ impl Tracker {
             let busy = |s: &State| match keys {
                 Some(keys) => keys
                     .iter()
-                    .any(|k| s.partitions.get(k).is_some_and(|p| !p.pending.is_empty())),
-                None => s.partitions.values().any(|p| !p.pending.is_empty()),
+                    .any(|k| s.partitions.get(k).is_some_and(|p| p.unsettled > 0)),
+                None => s.partitions.values().any(|p| p.unsettled > 0),
             };
             if !busy(&state) {
                 return true;
@@ -290,38 +331,51 @@ mod tests {
     #[test]
     fn stores_only_the_contiguous_done_prefix_per_partition() {
         let t = Arc::new(Tracker::new(false));
-        let a: Vec<Ack> = (10..15).map(|o| t.track(key(0), o)).collect();
+        let mut a: Vec<Option<Ack>> = (10..15).map(|o| Some(t.track(key(0), o))).collect();
         let b = t.track(key(1), 7);
-        let mut a = a.into_iter();
-        let (a10, a11, a12, a13, a14) = (
-            a.next().unwrap(),
-            a.next().unwrap(),
-            a.next().unwrap(),
-            a.next().unwrap(),
-            a.next().unwrap(),
-        );
-        drop(a12);
-        drop(a11);
+        let mut done = |i: usize| a[i].take().unwrap().done();
+        done(2);
+        done(1);
         assert!(t.take_storable().is_empty(), "10 is still pending");
-        drop(a10);
+        done(0);
         assert_eq!(t.take_storable(), vec![(key(0), 13)]);
-        drop(b);
-        drop(a14);
+        b.done();
+        done(4);
         assert_eq!(t.take_storable(), vec![(key(1), 8)]);
-        drop(a13);
+        done(3);
         assert_eq!(t.take_storable(), vec![(key(0), 15)]);
         assert_eq!(t.in_flight(), 0);
     }
 
     #[test]
-    fn a_clone_keeps_the_record_pending() {
+    fn every_clone_must_be_done() {
         let t = Arc::new(Tracker::new(false));
         let ack = t.track(key(0), 1);
         let held_by_window = ack.clone();
-        drop(ack);
+        ack.done();
         assert!(t.take_storable().is_empty());
-        drop(held_by_window);
+        held_by_window.done();
         assert_eq!(t.take_storable(), vec![(key(0), 2)]);
+    }
+
+    #[test]
+    fn a_token_dropped_without_an_outcome_leaves_its_record_pending() {
+        let t = Arc::new(Tracker::new(false));
+        let first = t.track(key(0), 1);
+        let second = t.track(key(0), 2);
+        // An error exit drops what it holds: one clone of the first record, nothing said.
+        drop(first.clone());
+        first.done();
+        second.done();
+        assert!(t.take_storable().is_empty());
+        assert_eq!(t.in_flight(), 2);
+        assert!(t.failure().is_none(), "pending, not failed");
+        let started = Instant::now();
+        assert!(t.wait_settled(None, Duration::from_secs(30)));
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "nobody waits for a record no token can finish"
+        );
     }
 
     #[test]
@@ -330,8 +384,8 @@ mod tests {
         let first = t.track(key(0), 1);
         let second = t.track(key(0), 2);
         first.fail();
-        drop(first);
-        drop(second);
+        first.done();
+        second.done();
         assert!(
             t.take_storable().is_empty(),
             "nothing past a failed record is stored"
@@ -350,17 +404,18 @@ mod tests {
         acks[0].mark_resume_point();
         acks[3].mark_resume_point();
         let mut acks = acks.into_iter();
-        drop(acks.next());
+        let mut done = || acks.next().unwrap().done();
+        done();
         assert_eq!(
             t.take_storable(),
             vec![],
             "0 is a resume point but 1 and 2 are not"
         );
-        drop(acks.next());
-        drop(acks.next());
+        done();
+        done();
         assert_eq!(t.take_storable(), vec![(key(0), 3)]);
-        drop(acks.next());
-        drop(acks.next());
+        done();
+        done();
         assert_eq!(
             t.take_storable(),
             vec![],
@@ -370,23 +425,11 @@ mod tests {
     }
 
     #[test]
-    fn an_abandoned_record_is_never_stored() {
-        let t = Arc::new(Tracker::new(false));
-        let first = t.track(key(0), 1);
-        let second = t.track(key(0), 2);
-        first.clone().abandon();
-        drop(first);
-        drop(second);
-        assert!(t.take_storable().is_empty());
-        assert_eq!(t.in_flight(), 2);
-    }
-
-    #[test]
     fn revoked_partitions_ignore_late_acks() {
         let t = Arc::new(Tracker::new(false));
         let ack = t.track(key(3), 5);
         t.forget(&[key(3)]);
-        drop(ack);
+        ack.done();
         assert!(t.take_storable().is_empty());
     }
 
@@ -396,16 +439,17 @@ mod tests {
         let ack = t.track(key(0), 1);
         let h = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(50));
-            drop(ack);
+            ack.done();
         });
         assert!(t.wait_settled(Some(&[key(0)]), Duration::from_secs(10)));
         h.join().unwrap();
     }
 
-    /// Any order of acks, with some outputs failing: what is stored is always exactly the
-    /// contiguous acked prefix of each partition, never beyond a failed or pending record.
+    /// Any order of outcomes (done, done by every clone, failed, dropped without a word, one clone
+    /// of several dropped): what is stored is always exactly the contiguous prefix of each
+    /// partition's records that were explicitly done, never beyond a failed or pending record.
     #[test]
-    fn stored_offsets_are_the_contiguous_acked_prefix_for_random_ack_orders() {
+    fn stored_offsets_are_the_contiguous_done_prefix_for_random_outcome_orders() {
         use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
         for seed in 0..300 {
             let mut rng = StdRng::seed_from_u64(seed);
@@ -416,21 +460,42 @@ mod tests {
                 let p = rng.random_range(0..3);
                 // Offsets grow per partition, with gaps (compaction, control records).
                 next[p as usize] += rng.random_range(1..3);
-                acks.push((p, next[p as usize], t.track(key(p), next[p as usize])));
-            }
-            let tracked: Vec<(i32, i64)> = acks.iter().map(|(p, o, _)| (*p, *o)).collect();
-            acks.shuffle(&mut rng);
-            let mut done: Vec<(i32, i64)> = Vec::new();
-            let mut failed: Vec<(i32, i64)> = Vec::new();
-            let mut stored: std::collections::HashMap<i32, i64> = Default::default();
-            for (p, o, ack) in acks {
-                if rng.random_bool(0.05) {
-                    ack.fail();
-                    failed.push((p, o));
-                } else {
-                    done.push((p, o));
+                let ack = t.track(key(p), next[p as usize]);
+                // Fan-out: some records go to two outputs, each holding a clone.
+                if rng.random_bool(0.2) {
+                    acks.push((p, next[p as usize], ack.clone()));
                 }
-                drop(ack);
+                acks.push((p, next[p as usize], ack));
+            }
+            let tracked: Vec<(i32, i64)> = {
+                let mut v: Vec<(i32, i64)> = acks.iter().map(|(p, o, _)| (*p, *o)).collect();
+                v.dedup();
+                v
+            };
+            acks.shuffle(&mut rng);
+            // A record counts as done once every clone is done and none failed or was dropped.
+            let mut outstanding: HashMap<(i32, i64), usize> = HashMap::new();
+            for (p, o, _) in &acks {
+                *outstanding.entry((*p, *o)).or_default() += 1;
+            }
+            let mut spoiled: Vec<(i32, i64)> = Vec::new();
+            let mut failed = false;
+            let mut stored: HashMap<i32, i64> = HashMap::new();
+            for (p, o, ack) in acks {
+                match rng.random_range(0..20) {
+                    0 => {
+                        ack.fail();
+                        ack.done();
+                        failed = true;
+                        spoiled.push((p, o));
+                    }
+                    1 => {
+                        drop(ack);
+                        spoiled.push((p, o));
+                    }
+                    _ => ack.done(),
+                }
+                *outstanding.get_mut(&(p, o)).unwrap() -= 1;
                 for ((_, partition), offset) in t.take_storable() {
                     let previous = stored.insert(partition, offset);
                     assert!(
@@ -446,7 +511,9 @@ mod tests {
                         .filter(|(q, _)| *q == p)
                         .map(|(_, o)| *o)
                         .collect();
-                    let prefix = own.iter().take_while(|o| done.contains(&(p, **o))).count();
+                    let is_done =
+                        |o: &i64| outstanding[&(p, *o)] == 0 && !spoiled.contains(&(p, *o));
+                    let prefix = own.iter().take_while(|o| is_done(o)).count();
                     let expected = match (prefix, own.get(prefix)) {
                         (0, _) => None,
                         (_, Some(next)) => Some(*next),
@@ -459,7 +526,7 @@ mod tests {
                     );
                 }
             }
-            assert_eq!(t.failure().is_some(), !failed.is_empty(), "seed {seed}");
+            assert_eq!(t.failure().is_some(), failed, "seed {seed}");
         }
     }
 }

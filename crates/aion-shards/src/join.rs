@@ -176,13 +176,6 @@ impl<A> Joiner<A> {
         self.queues.values().map(VecDeque::len).sum()
     }
 
-    /// The acks of queued rows (on shutdown: abandoned, the rows are replayed).
-    pub fn into_acks(self) -> impl Iterator<Item = A> {
-        self.queues
-            .into_values()
-            .flat_map(|q| q.into_iter().map(|p| p.ack))
-    }
-
     fn release(&mut self, release: impl Fn(&Pending<A>) -> bool, max: usize) -> Vec<Joined<A>> {
         let mut out = Vec::new();
         for (&partition, queue) in &mut self.queues {

@@ -289,14 +289,8 @@ pub async fn run(options: &ShardOptions, stop: CancellationToken, stats: &Stats)
             metrics::counter!("aion_redactions_total", "type" => pii.name()).increment(n);
         }
     };
-    let buffered = answers
-        .into_acks()
-        .chain(joiner.into_acks())
-        .chain(entities.into_iter().flat_map(ShardWriter::into_acks))
-        .chain(labels.into_iter().flat_map(ShardWriter::into_acks));
-    for ack in buffered {
-        ack.abandon();
-    }
+    // Buffered rows are not durable: dropped without an outcome, they are replayed.
+    drop((answers, joiner, entities, labels));
     sink.flush(Duration::from_secs(30))?;
     source.shutdown(Duration::ZERO).await?;
     result
@@ -388,7 +382,7 @@ async fn roll<R: ShardRecord>(
         remote.upload(root, &entries).await?;
     }
     committed(&entries, table, stats);
-    drop(acks);
+    acks.into_iter().for_each(Ack::done);
     Ok(())
 }
 

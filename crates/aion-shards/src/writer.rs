@@ -88,6 +88,8 @@ pub struct ShardWriter<R, A> {
     /// Committed offset ranges per (partition, tenant, day), from the manifest.
     committed: BTreeMap<BufferKey, Vec<(i64, i64)>>,
     manifest: File,
+    /// Acks of replayed rows already in a committed shard: durable, handed back by the next roll.
+    replayed: Vec<A>,
     pub redactions: Counts,
     pub skipped_replays: u64,
 }
@@ -303,13 +305,15 @@ impl<R: ShardRecord, A> ShardWriter<R, A> {
             buffers: BTreeMap::new(),
             committed,
             manifest,
+            replayed: Vec::new(),
             redactions: Counts::new(),
             skipped_replays: 0,
         })
     }
 
-    /// Buffers one record. Returns false (and drops `ack`) when the row is already in a committed
-    /// shard or duplicates an `event_id` of its buffer.
+    /// Buffers one record. Returns false when the row is already in a committed shard (its ack
+    /// comes back from the next roll) or duplicates an `event_id` of its buffer (its ack comes back
+    /// with the buffer's).
     pub fn push(&mut self, partition: i32, offset: i64, mut record: R, ack: A) -> bool {
         let key = (partition, record.tenant_id().to_owned(), record.date());
         if self
@@ -318,6 +322,7 @@ impl<R: ShardRecord, A> ShardWriter<R, A> {
             .is_some_and(|ranges| ranges.iter().any(|&(f, l)| (f..=l).contains(&offset)))
         {
             self.skipped_replays += 1;
+            self.replayed.push(ack);
             return false;
         }
         let buffer = self.buffers.entry(key).or_insert_with(|| Buffer {
@@ -343,7 +348,7 @@ impl<R: ShardRecord, A> ShardWriter<R, A> {
     }
 
     /// Writes every buffer the policy says is due (all of them with `force`), returning the acks
-    /// now durable and the new manifest entries.
+    /// now durable (replays of committed rows included) and the new manifest entries.
     pub fn roll(&mut self, now: Instant, force: bool) -> Result<(Vec<A>, Vec<ShardEntry>)> {
         let due: Vec<BufferKey> = self
             .buffers
@@ -356,7 +361,7 @@ impl<R: ShardRecord, A> ShardWriter<R, A> {
             })
             .map(|(k, _)| k.clone())
             .collect();
-        let (mut acks, mut entries) = (Vec::new(), Vec::new());
+        let (mut acks, mut entries) = (std::mem::take(&mut self.replayed), Vec::new());
         for key in due {
             let Some(buffer) = self.buffers.remove(&key) else {
                 continue;
@@ -415,11 +420,6 @@ impl<R: ShardRecord, A> ShardWriter<R, A> {
     /// Rows buffered, not yet in a file.
     pub fn buffered(&self) -> usize {
         self.buffers.values().map(|b| b.rows.len()).sum()
-    }
-
-    /// Takes every buffered ack (on shutdown: the caller abandons them, the rows are replayed).
-    pub fn into_acks(self) -> impl Iterator<Item = A> {
-        self.buffers.into_values().flat_map(|b| b.acks)
     }
 }
 

@@ -222,7 +222,8 @@ pub async fn run(options: &TrainerOptions, stop: CancellationToken, stats: &Stat
         let dir = job_dir(&options.adapters_root, &trigger);
         if let Some(done) = final_status(&dir) {
             info!(job = %trigger.trigger_id, state = ?done.state, "already done; not run again");
-            continue; // dropping the ack stores the offset
+            record.ack.done();
+            continue;
         }
         stats.jobs.fetch_add(1, Ordering::Relaxed);
         let model = match &base {
@@ -252,12 +253,10 @@ pub async fn run(options: &TrainerOptions, stop: CancellationToken, stats: &Stat
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
                 info!(job = %status.job_id, state = ?status.state, "job finished");
-                drop(record.ack);
+                record.ack.done();
             }
-            None => {
-                record.ack.abandon();
-                break;
-            }
+            // Stopping mid-job: the trigger stays pending and the next run resumes the job.
+            None => break,
         }
     }
     sink.flush(Duration::from_secs(30)).map_err(kafka_error)?;

@@ -173,7 +173,7 @@ pub struct ReleasedPane {
     pub(crate) rows: Vec<Row>,
 }
 
-/// Everything a watermark advance closed, and the acks to drop once its results are durable.
+/// Everything a watermark advance closed, and the acks to complete once its results are durable.
 #[derive(Debug)]
 pub struct Closing<A> {
     pub groups: Vec<ClosedGroup>,
@@ -257,12 +257,13 @@ impl<A> WindowOperator<A> {
             .is_none()
     }
 
-    /// Admits one event; `ack` is held until every window it counts in has closed.
+    /// Admits one event; the ack made by `ack` (only when the event counts in a window) is held
+    /// until every window it counts in has closed.
     pub fn observe(
         &mut self,
         origin: Origin,
         obs: &Observation,
-        ack: A,
+        ack: impl FnOnce() -> A,
         now: Instant,
     ) -> Admission {
         let lateness = self.lateness;
@@ -285,7 +286,7 @@ impl<A> WindowOperator<A> {
             }
         }
         if kept {
-            self.store(origin, obs, arrived_at, ack, now);
+            self.store(origin, obs, arrived_at, ack(), now);
         }
         Admission {
             resume_point: previous.is_none_or(|m| obs.ts >= m),
@@ -472,14 +473,6 @@ impl<A> WindowOperator<A> {
             end,
             windows,
         }
-    }
-
-    /// Takes the acks of every event still in an open window (on shutdown: the caller abandons
-    /// them, so the events are replayed).
-    pub fn into_acks(self) -> impl Iterator<Item = A> {
-        self.panes
-            .into_values()
-            .flat_map(|panes| panes.into_values().flat_map(|p| p.acks))
     }
 
     /// Events held in open panes: what memory grows with.

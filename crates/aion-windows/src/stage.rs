@@ -172,15 +172,13 @@ pub async fn run(
             delays.push_back(delay);
         }
         // Only now, with the results durable, may these events' offsets be stored.
-        drop(closing);
+        closing.release.into_iter().for_each(Ack::done);
         stats
             .stored_events
             .store(operator.stored_rows() as u64, Ordering::Relaxed);
     };
-    // Open windows are not durable: their events stay unacknowledged and are replayed.
-    for ack in operator.into_acks() {
-        ack.abandon();
-    }
+    // Open windows are not durable: dropped without an outcome, their events are replayed.
+    drop(operator);
     outputs.sink.flush(SHUTDOWN_TIMEOUT)?;
     source.shutdown(Duration::ZERO).await?;
     result
@@ -337,7 +335,7 @@ async fn admit(
             return Ok(());
         }
     };
-    let admission = operator.observe(origin, &observation, record.ack.clone(), now);
+    let admission = operator.observe(origin, &observation, || record.ack.clone(), now);
     if admission.resume_point {
         record.ack.mark_resume_point();
     }
@@ -360,6 +358,9 @@ async fn admit(
                 Some(record.ack),
             )
             .await?;
+    } else {
+        // Its only outputs are the windows it counts in: their clones of the ack say when.
+        record.ack.done();
     }
     Ok(())
 }

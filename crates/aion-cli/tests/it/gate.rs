@@ -278,10 +278,8 @@ fn settings_are_validated_persisted_and_a_manual_trigger_is_published() {
 
 /// `gate run --dry-run` logs what would fire, publishes nothing and commits nothing in any group:
 /// the real gate, started after it, still evaluates every window and fires.
-#[test]
-fn a_dry_run_moves_no_offset_and_the_real_gate_still_fires() {
-    let s = Stack::start();
-    s.run(&["topics", "create", "--partitions", "1"]);
+/// One degraded window of `acme` on `metrics.v1`: the gate fires on it.
+fn publish_degraded_window(s: &Stack) {
     let degraded = serde_json::json!({"tenant_id": "acme", "window": "hopping_24h",
         "window_start": "2026-11-24T13:00:00Z", "window_end": "2026-11-25T13:00:00Z",
         "retrieval_events": 120, "judged_events": 80, "ndcg_mean": 0.6, "ndcg_p50": 0.6,
@@ -294,6 +292,64 @@ fn a_dry_run_moves_no_offset_and_the_real_gate_still_fires() {
             "acme".to_owned(),
             serde_json::to_vec(&degraded).unwrap(),
         )]));
+}
+
+/// The triggers published so far.
+fn published_triggers(s: &Stack) -> Vec<aion_kafka::RawRecord> {
+    Reader::new(&s.kafka, &["train.trigger.v1"], true)
+        .unwrap()
+        .drain(Duration::from_secs(2), None)
+        .unwrap()
+}
+
+/// Waits up to a minute for the first trigger.
+fn wait_for_triggers(s: &Stack) -> Vec<aion_kafka::RawRecord> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut fired = Vec::new();
+    while fired.is_empty() && Instant::now() < deadline {
+        fired = published_triggers(s);
+    }
+    fired
+}
+
+/// An error exit under group membership: the shard manifest cannot be read when the trigger is
+/// about to fire, so the gate fails holding the breaching window. The failed run commits nothing;
+/// restarted once the fault is cleared, the gate fires. (When a dropped ack counted as done, the
+/// failed run committed the window and the trigger never fired.)
+#[test]
+fn an_unreadable_manifest_at_fire_time_in_group_mode_delays_the_trigger_and_loses_none() {
+    let s = Stack::start();
+    s.run(&["topics", "create", "--partitions", "1"]);
+    publish_degraded_window(&s);
+    let manifest = s
+        .state
+        .path()
+        .join("shards")
+        .join(aion_events::SHARD_MANIFEST);
+    std::fs::create_dir_all(&manifest).unwrap();
+    let group = [("AION_KAFKA_ASSIGNMENT", "group")];
+    let failing = s.spawn_with(&["gate", "run"], "gate-failing.log", &group);
+    assert!(!failing.wait(), "the gate must fail\n{}", s.logs());
+    let committed = || aion_kafka::committed_offsets(&s.kafka, "aion.gate", "metrics.v1").unwrap();
+    assert!(
+        committed().is_empty(),
+        "the failed run committed {:?}",
+        committed()
+    );
+    assert!(published_triggers(&s).is_empty());
+    std::fs::remove_dir(&manifest).unwrap();
+    let gate = s.spawn_with(&["gate", "run"], "gate.log", &group);
+    let fired = wait_for_triggers(&s);
+    assert!(gate.terminate(), "{}", s.logs());
+    assert_eq!(fired.len(), 1, "{}", s.logs());
+    assert_eq!(committed().get(&0), Some(&1));
+}
+
+#[test]
+fn a_dry_run_moves_no_offset_and_the_real_gate_still_fires() {
+    let s = Stack::start();
+    s.run(&["topics", "create", "--partitions", "1"]);
+    publish_degraded_window(&s);
     let mut dry = s.spawn(&["gate", "run", "--dry-run"], "dry-run.log");
     assert!(dry.wait_for_line("dry run: would fire"), "{}", s.logs());
     assert!(dry.terminate(), "{}", s.logs());
@@ -306,20 +362,13 @@ fn a_dry_run_moves_no_offset_and_the_real_gate_still_fires() {
             committed(group)
         );
     }
-    let triggers = || {
-        Reader::new(&s.kafka, &["train.trigger.v1"], true)
-            .unwrap()
-            .drain(Duration::from_secs(2), None)
-            .unwrap()
-    };
-    assert!(triggers().is_empty(), "a dry run published a trigger");
+    assert!(
+        published_triggers(&s).is_empty(),
+        "a dry run published a trigger"
+    );
 
     let gate = s.spawn(&["gate", "run"], "gate.log");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut fired = Vec::new();
-    while fired.is_empty() && Instant::now() < deadline {
-        fired = triggers();
-    }
+    let fired = wait_for_triggers(&s);
     assert!(gate.terminate(), "{}", s.logs());
     assert_eq!(fired.len(), 1, "{}", s.logs());
     assert_eq!(committed("aion.gate").get(&0), Some(&1));

@@ -358,11 +358,13 @@ fn the_entity_breakdown_ranks_the_degraded_entity_worst() {
         .collect();
     write_shards(s.state.path(), answers);
 
-    let pipeline = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../pipelines/entity_quality.sql"
-    );
-    let out = s.run(&["sql", "--format", "json", &format!("@{pipeline}")]);
+    let pipeline = crate::repo_file("pipelines/entity_quality.sql");
+    let out = s.run(&[
+        "sql",
+        "--format",
+        "json",
+        &format!("@{}", pipeline.display()),
+    ]);
     let rows: Vec<serde_json::Value> = out
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())

@@ -25,6 +25,14 @@ use aion_events::{EnrichedRetrieval, RetrievalEvent, Term};
 use aion_kafka::KafkaConfig;
 use aion_shards::{EntityRow, RollPolicy, ShardWriter};
 
+/// A file of this repository. Asked of cargo at run time, not baked in at compile time: a test
+/// binary reused from a build of another checkout must still read this one's files.
+pub fn repo_file(rel: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo test"))
+        .join("../..")
+        .join(rel)
+}
+
 pub struct Stack {
     /// `None` for commands that need no broker.
     pub broker: Option<Broker>,
@@ -216,11 +224,23 @@ impl Running {
         self.signal_term()
     }
 
-    /// Waits for the process to exit; returns whether it succeeded.
+    /// Waits for the process to exit; returns whether it succeeded. Panics after 5 minutes (a
+    /// process that was expected to end and did not).
     pub fn wait(mut self) -> bool {
-        self.child
-            .take()
-            .is_some_and(|mut c| c.wait().is_ok_and(|s| s.success()))
+        let Some(mut child) = self.child.take() else {
+            return false;
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.success();
+            }
+            if std::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                panic!("process {} did not exit within 5 minutes", child.id());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 }
 

@@ -49,10 +49,7 @@ fn ndcg_agrees_with_trec_eval_and_scikit_learn_for_every_event() {
     }
     for k in ["10", "3"] {
         let out = Command::new(reference_python())
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../../scripts/checks/ndcg_reference.py"
-            ))
+            .arg(crate::repo_file("scripts/checks/ndcg_reference.py"))
             .arg(&events)
             .arg(dir.join(format!("linear-{k}.jsonl")))
             .arg(dir.join(format!("exponential-{k}.jsonl")))

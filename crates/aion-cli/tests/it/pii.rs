@@ -222,10 +222,7 @@ async fn no_planted_pii_in_any_table(enricher: bool) {
         tables.push("entities");
     }
     let out = std::process::Command::new(aion_broker::cache_dir().join("venv/bin/python"))
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../scripts/checks/pii_dump.py"
-        ))
+        .arg(crate::repo_file("scripts/checks/pii_dump.py"))
         .arg(state)
         .args(&tables)
         .output()

@@ -56,15 +56,13 @@ fn shard_rows(root: &std::path::Path) -> Vec<(String, String)> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn every_answer_lands_in_exactly_one_redacted_row_across_ten_kill_9() {
-    let s = Stack::start();
-    s.run(&["topics", "create"]);
+/// Publishes the answers of `count` generated events (two tenants, 2 % invalid); returns the
+/// valid ones' prompts by event id.
+async fn publish_answers(s: &Stack, count: u64) -> BTreeMap<String, String> {
     let traffic: Vec<_> = Generator::new(TrafficConfig {
         seed: 21,
         tenants: vec!["acme".into(), "globex".into()],
-        // The name finder runs on every answer (≈ 15 a second in a debug build): 1,500 answers.
-        count: 3_000,
+        count,
         start: "2026-11-01T00:00:00Z".parse().unwrap(),
         span: chrono::Duration::hours(72),
         scenario: Scenario::Steady,
@@ -88,30 +86,13 @@ async fn every_answer_lands_in_exactly_one_redacted_row_across_ten_kill_9() {
         }
     }
     sink.flush(Duration::from_secs(60)).unwrap();
+    expected
+}
 
-    // No enricher feeds this test: a short join wait keeps rows flowing between kills.
-    let args = [
-        "shards",
-        "run",
-        "--max-rows",
-        "150",
-        "--max-age-secs",
-        "1",
-        "--join-wait-secs",
-        "1",
-    ];
-    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
-    for _ in 0..10 {
-        let mut writer = s.spawn(&args, "shards.log");
-        std::thread::sleep(Duration::from_millis(rng.random_range(300..2500)));
-        writer.kill();
-    }
-    // The killed members hold their partitions until their sessions expire (6 s); the local
-    // broker does not always move them to a member that joined meanwhile, so let them expire.
-    std::thread::sleep(Duration::from_secs(8));
-    let writer = s.spawn(&args, "shards.log");
+/// The shard rows once there are as many as `expected` (or after a bound far above what the
+/// tests take on 2 cores, for a stuck stage); checks each expected answer is in exactly one row.
+fn rows_once_each(s: &Stack, expected: &BTreeMap<String, String>) -> Vec<(String, String)> {
     let root = s.state.path().join("shards");
-    // A bound for a stuck stage, far above the ≈ 2 minutes this takes on 2 cores.
     let deadline = std::time::Instant::now() + Duration::from_secs(900);
     let rows = loop {
         let rows = shard_rows(&root);
@@ -120,8 +101,6 @@ async fn every_answer_lands_in_exactly_one_redacted_row_across_ten_kill_9() {
         }
         std::thread::sleep(Duration::from_millis(500));
     };
-    assert!(writer.terminate(), "clean stop\n{}", s.logs());
-
     let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
     for (id, _) in &rows {
         *seen.entry(id).or_default() += 1;
@@ -142,6 +121,39 @@ async fn every_answer_lands_in_exactly_one_redacted_row_across_ten_kill_9() {
         missing.len(),
         s.logs()
     );
+    rows
+}
+
+/// No enricher feeds these tests: a short join wait keeps rows flowing.
+const SHARD_ARGS: [&str; 8] = [
+    "shards",
+    "run",
+    "--max-rows",
+    "150",
+    "--max-age-secs",
+    "1",
+    "--join-wait-secs",
+    "1",
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_answer_lands_in_exactly_one_redacted_row_across_ten_kill_9() {
+    let s = Stack::start();
+    s.run(&["topics", "create"]);
+    // The name finder runs on every answer (≈ 15 a second in a debug build): 1,500 answers.
+    let expected = publish_answers(&s, 3_000).await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    for _ in 0..10 {
+        let mut writer = s.spawn(&SHARD_ARGS, "shards.log");
+        std::thread::sleep(Duration::from_millis(rng.random_range(300..2500)));
+        writer.kill();
+    }
+    // The killed members hold their partitions until their sessions expire (6 s); the local
+    // broker does not always move them to a member that joined meanwhile, so let them expire.
+    std::thread::sleep(Duration::from_secs(8));
+    let writer = s.spawn(&SHARD_ARGS, "shards.log");
+    let rows = rows_once_each(&s, &expected);
+    assert!(writer.terminate(), "clean stop\n{}", s.logs());
 
     // The generator plants e-mails, CPFs and phone numbers in prompts; none may survive.
     let pii = regex::Regex::new(r"@|\d{3}\.\d{3}\.\d{3}-\d{2}|\(\d{3}\) \d{3}-\d{4}").unwrap();
@@ -154,6 +166,33 @@ async fn every_answer_lands_in_exactly_one_redacted_row_across_ten_kill_9() {
         rows.iter().any(|(_, t)| t.contains("<CPF>"))
             && rows.iter().any(|(_, t)| t.contains("<EMAIL>"))
     );
+}
+
+/// An error exit under group membership (the production default): one tenant's directory for one
+/// day is a dangling link, so the stage fails at the first roll of that day's rows while holding
+/// buffered rows. Once the fault is cleared and the stage restarted, every answer is in exactly
+/// one row. (When a dropped ack counted as done, the failed roll's rows were committed and never
+/// written.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_shard_write_in_group_mode_loses_no_answer() {
+    let s = Stack::start();
+    s.run(&["topics", "create"]);
+    let expected = publish_answers(&s, 400).await;
+    let blocked = s.state.path().join("shards/tenant_id=acme/date=2026-11-02");
+    std::fs::create_dir_all(blocked.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(s.state.path().join("gone"), &blocked).unwrap();
+    let group = [("AION_KAFKA_ASSIGNMENT", "group")];
+    let failing = s.spawn_with(&SHARD_ARGS, "shards-failing.log", &group);
+    assert!(!failing.wait(), "the stage must fail\n{}", s.logs());
+    let log = std::fs::read_to_string(s.state.path().join("shards-failing.log")).unwrap();
+    assert!(
+        log.contains("stage ready") && log.contains("date=2026-11-02"),
+        "it fails writing acme's rows\n{log}"
+    );
+    std::fs::remove_file(&blocked).unwrap();
+    let writer = s.spawn_with(&SHARD_ARGS, "shards.log", &group);
+    rows_once_each(&s, &expected);
+    assert!(writer.terminate(), "clean stop\n{}", s.logs());
 }
 
 /// Enriched retrieval events → the entity-mention table → the heatmap SQL: counts per tenant ×
@@ -207,10 +246,9 @@ async fn enriched_events_feed_the_entity_heatmap_without_names() {
     assert!(stage.terminate(), "clean stop\n{}", s.logs());
     let heatmap = s.run(&[
         "sql",
-        concat!(
-            "@",
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../pipelines/entity_heatmap.sql"
+        &format!(
+            "@{}",
+            crate::repo_file("pipelines/entity_heatmap.sql").display()
         ),
         "--format",
         "json",
@@ -355,10 +393,7 @@ async fn answers_carry_their_retrievals_ndcg_and_entities_and_lose_the_names() {
     let expected_file = s.state.path().join("aion_sql.jsonl");
     std::fs::write(&expected_file, &out).unwrap();
     let check = std::process::Command::new(crate::ndcg::reference_python())
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../scripts/checks/shards_interop.py"
-        ))
+        .arg(crate::repo_file("scripts/checks/shards_interop.py"))
         .arg(&root)
         .arg(&expected_file)
         .output()

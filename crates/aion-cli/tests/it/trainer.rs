@@ -65,10 +65,9 @@ fn state_of<'a>(seen: &'a [Value], job: &str) -> Vec<&'a str> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_trigger_trains_an_adapter_once_and_a_cancel_stops_a_job() {
-    let s = Stack::start();
-    s.run(&["topics", "create", "--partitions", "1"]);
+/// 30 fallback answers of `acme` through the shard stage, then a manual trigger with the tiny
+/// recipe: returns the trigger and the pipeline file it was made with.
+async fn trigger_a_job(s: &Stack) -> (Value, String) {
     let sink = Sink::new(&s.kafka, "test").unwrap();
     let cities = ["Curitiba", "Recife", "Belém", "Natal", "Manaus", "Goiânia"];
     for i in 0..30 {
@@ -103,16 +102,76 @@ async fn a_trigger_trains_an_adapter_once_and_a_cancel_stops_a_job() {
 
     let gate = s.state.path().join("gate.toml");
     std::fs::write(&gate, tiny_recipe()).unwrap();
-    let gate = gate.to_str().unwrap();
-    let trigger: Value =
-        serde_json::from_str(&s.run(&["train", "trigger", "--tenant", "acme", "--pipeline", gate]))
-            .unwrap();
-    let job = trigger["trigger_id"].as_str().unwrap().to_owned();
+    let gate = gate.to_str().unwrap().to_owned();
+    let trigger: Value = serde_json::from_str(&s.run(&[
+        "train",
+        "trigger",
+        "--tenant",
+        "acme",
+        "--pipeline",
+        &gate,
+    ]))
+    .unwrap();
     assert!(
         trigger["shards"].as_array().unwrap().is_empty()
             && trigger["manifest_lines"].as_u64().is_some_and(|n| n > 0),
         "{trigger}"
     );
+    (trigger, gate)
+}
+
+/// An error exit under group membership: the job's final status cannot be written, so the trainer
+/// fails after training. The failed run commits nothing; once the fault is cleared, the restarted
+/// trainer runs the job to `completed` and only then stores the trigger's offset. (When a dropped
+/// ack counted as done, the failed run committed the trigger and the job never finished.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_status_write_in_group_mode_runs_the_job_again() {
+    let s = Stack::start();
+    s.run(&["topics", "create", "--partitions", "1"]);
+    let (trigger, _) = trigger_a_job(&s).await;
+    let job = trigger["trigger_id"].as_str().unwrap().to_owned();
+    let trigger: aion_events::TrainTrigger = serde_json::from_value(trigger).unwrap();
+    let adapters = s.state.path().join("adapters");
+    let status =
+        aion_trainer::stage::job_dir(&adapters, &trigger).join(aion_trainer::stage::STATUS_FILE);
+    // A non-empty directory where the status file goes: renaming onto it fails.
+    std::fs::create_dir_all(status.join("in-the-way")).unwrap();
+    let group = [("AION_KAFKA_ASSIGNMENT", "group")];
+    let args = ["trainer", "run", "--max-steps", "1", "--max-len", "48"];
+    let failing = s.spawn_with(&args, "trainer-failing.log", &group);
+    assert!(!failing.wait(), "the trainer must fail\n{}", s.logs());
+    assert_eq!(
+        committed_offsets(&s.kafka, "aion.trainer", "train.trigger.v1").unwrap(),
+        Default::default(),
+        "the failed run committed the trigger"
+    );
+    std::fs::remove_dir_all(&status).unwrap();
+    let reader = Reader::new(&s.kafka, &["train.status.v1"], true).unwrap();
+    let mut seen = Vec::new();
+    let trainer = s.spawn_with(&args, "trainer.log", &group);
+    statuses(
+        &reader,
+        |seen| state_of(seen, &job).contains(&"completed"),
+        &mut seen,
+        WAIT,
+    );
+    assert_eq!(
+        state_of(&seen, &job).last(),
+        Some(&"completed"),
+        "{seen:?}\n{}",
+        s.logs()
+    );
+    wait_committed(&s, "aion.trainer");
+    assert!(trainer.terminate(), "clean stop\n{}", s.logs());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trigger_trains_an_adapter_once_and_a_cancel_stops_a_job() {
+    let s = Stack::start();
+    s.run(&["topics", "create", "--partitions", "1"]);
+    let (trigger, gate) = trigger_a_job(&s).await;
+    let gate = gate.as_str();
+    let job = trigger["trigger_id"].as_str().unwrap().to_owned();
 
     let reader = Reader::new(&s.kafka, &["train.status.v1"], true).unwrap();
     let mut seen = Vec::new();

@@ -120,10 +120,7 @@ fn the_loop_trains_the_degraded_tenant_and_the_panel_drives_a_job() {
     // The panel in a real browser.
     let shot = s.state.path().join("panel.png");
     let out = std::process::Command::new(aion_broker::cache_dir().join("venv/bin/python"))
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../scripts/checks/panel_browser.py"
-        ))
+        .arg(crate::repo_file("scripts/checks/panel_browser.py"))
         .arg(format!("http://127.0.0.1:{api}"))
         .arg("unused-on-loopback")
         .arg(&shot)

@@ -5,7 +5,8 @@ use crate::Stack;
 #[test]
 fn the_pipelines_validate_and_broken_copies_are_named() {
     let s = Stack::offline();
-    let pipelines = concat!(env!("CARGO_MANIFEST_DIR"), "/../../pipelines");
+    let pipelines = crate::repo_file("pipelines");
+    let pipelines = pipelines.to_str().unwrap();
     let out = s.run(&["validate", pipelines]);
     for file in [
         "windows.toml",

@@ -151,7 +151,7 @@ fn late_records(s: &Stack) -> usize {
 /// stall of a few seconds then outlasts it, as a slow broker or an overloaded stage outlasts 30 s
 /// in production.
 fn pipeline(dir: &Path, output: &str) -> String {
-    let pipelines = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../pipelines");
+    let pipelines = crate::repo_file("pipelines");
     let toml = std::fs::read_to_string(pipelines.join("windows.toml")).unwrap();
     let edited = toml
         .replace("idle_timeout = \"30s\"", "idle_timeout = \"1s\"")

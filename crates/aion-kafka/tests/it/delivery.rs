@@ -33,6 +33,8 @@ async fn offsets_are_committed_only_up_to_the_first_unacknowledged_record() {
         // Records 40 and 70 have outputs still in flight; everything else is durable.
         if r.offset == 40 || r.offset == 70 {
             held.push(r.ack);
+        } else {
+            r.ack.done();
         }
     }
     source.shutdown(Duration::from_millis(500)).await.unwrap();
@@ -45,6 +47,39 @@ async fn offsets_are_committed_only_up_to_the_first_unacknowledged_record() {
         first.offset, 40,
         "resumes at the first record whose output was not durable"
     );
+}
+
+/// An error exit under group membership: the stage returns early (a `?`) holding acks of work it
+/// never wrote. Closing the consumer revokes its partitions, and the revoke commits what is done:
+/// only the records the stage said were done, never what it merely dropped.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_error_exit_in_group_mode_commits_nothing_it_did_not_finish() {
+    let s = Setup::new(&[("in", 1)]).await;
+    s.produce("in", 100).await;
+    // The default revoke wait: records nobody will finish must not hold the close for it (a wait
+    // past the session timeout loses the group membership and with it the final commit).
+    let config = SourceConfig::new("test", vec!["in".into()], "g7");
+    async fn failing_stage(source: &mut Source) -> Result<(), &'static str> {
+        let mut window = Vec::new();
+        loop {
+            let r = source.recv().await.map_err(|_| "recv")?;
+            if r.offset < 30 {
+                r.ack.done();
+            } else {
+                // Held in open state, then the write of that state fails.
+                window.push(r.ack);
+                if window.len() == 50 {
+                    return Err("metrics directory not writable");
+                }
+            }
+        }
+    }
+    let mut source = Source::new(&s.kafka, &config).unwrap();
+    assert!(failing_stage(&mut source).await.is_err());
+    drop(source);
+    assert_eq!(committed(&s.kafka, "g7"), BTreeMap::from([(0, 30)]));
+    let mut again = Source::new(&s.kafka, &config).unwrap();
+    assert_eq!(recv_n(&mut again, 1).await[0].offset, 30);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -111,7 +146,7 @@ async fn revoked_partitions_are_committed_before_they_move() {
     let config = SourceConfig::new("test", vec!["in".into()], "g4");
     let mut a = Source::new(&kafka, &config).unwrap();
     for r in recv_n(&mut a, 400).await {
-        drop(r.ack);
+        r.ack.done();
     }
     let mut b = Source::new(&kafka, &config).unwrap();
     // Both members poll so the rebalance completes; `a` revokes (and commits) in its poll.
@@ -168,6 +203,8 @@ async fn direct_assignment_reads_every_partition_and_resumes_from_committed_offs
     for r in records {
         if last[&r.partition] == r.offset {
             held.push(r.ack);
+        } else {
+            r.ack.done();
         }
     }
     first.shutdown(Duration::from_millis(500)).await.unwrap();

@@ -59,14 +59,14 @@ fn windows_close_when_the_watermark_passes_their_end() {
     let now = Instant::now();
     let released = Arc::new(AtomicUsize::new(0));
     let tok = || Token(released.clone());
-    op.observe(at(0, 0), &retrieval("t", 10 * M, 0.5), tok(), now);
-    op.observe(at(0, 1), &retrieval("t", 50 * M, 0.7), tok(), now);
+    op.observe(at(0, 0), &retrieval("t", 10 * M, 0.5), tok, now);
+    op.observe(at(0, 1), &retrieval("t", 50 * M, 0.7), tok, now);
     assert!(
         op.close(now).groups.is_empty(),
         "watermark 40m: nothing ends"
     );
     // Max 1h15 − 10 min lateness = 1h05: the hour [0,1h) and the hop ending 1h close.
-    op.observe(at(0, 2), &retrieval("t", H + 15 * M, 0.9), tok(), now);
+    op.observe(at(0, 2), &retrieval("t", H + 15 * M, 0.9), tok, now);
     let closing = op.close(now);
     assert_eq!(
         summary(&closing),
@@ -81,7 +81,7 @@ fn windows_close_when_the_watermark_passes_their_end() {
     );
     drop(closing);
     // 1d and every hop covering hour 0 end by 24h; the watermark passes it at max 24h10.
-    op.observe(at(0, 3), &retrieval("t", 24 * H + 20 * M, 0.1), tok(), now);
+    op.observe(at(0, 3), &retrieval("t", 24 * H + 20 * M, 0.1), tok, now);
     let closing = op.close(now);
     let kinds: Vec<_> = summary(&closing).into_iter().map(|s| s.1).collect();
     assert_eq!(kinds.iter().filter(|k| *k == "tumbling_1d").count(), 1);
@@ -109,14 +109,14 @@ fn a_late_event_misses_only_the_windows_already_passed() {
     op.observe(
         at(0, 0),
         &retrieval("t", 2 * H, 0.5),
-        Token(released.clone()),
+        || Token(released.clone()),
         now,
     );
     // Watermark 1h50: hour [0,1h) and the hop ending at 1h have passed; the day has not.
     let a = op.observe(
         at(0, 1),
         &retrieval("t", 30 * M, 0.2),
-        Token(released.clone()),
+        || Token(released.clone()),
         now,
     );
     assert_eq!(
@@ -127,7 +127,7 @@ fn a_late_event_misses_only_the_windows_already_passed() {
     op.observe(
         at(0, 2),
         &retrieval("t", 25 * H, 0.5),
-        Token(released.clone()),
+        || Token(released.clone()),
         now,
     );
     let closing = op.close(now);
@@ -147,7 +147,7 @@ fn a_late_event_misses_only_the_windows_already_passed() {
     let b = op.observe(
         at(0, 3),
         &retrieval("t", 10 * M, 0.2),
-        Token(released.clone()),
+        || Token(released.clone()),
         now,
     );
     assert!(!b.kept);
@@ -186,7 +186,7 @@ fn interleaving_of_partitions_does_not_change_results() {
             op.observe(
                 at(p, i as i64),
                 &per_partition[p as usize][i],
-                Token(released.clone()),
+                || Token(released.clone()),
                 now,
             );
             for g in op.close(now).groups {
@@ -216,13 +216,13 @@ fn a_silent_partition_holds_windows_until_it_is_caught_up_and_idle() {
     op.observe(
         at(0, 0),
         &retrieval("t", 10 * M, 0.5),
-        Token(released.clone()),
+        || Token(released.clone()),
         start,
     );
     op.observe(
         at(0, 1),
         &retrieval("t", 3 * H, 0.5),
-        Token(released.clone()),
+        || Token(released.clone()),
         start,
     );
     assert_eq!(op.watermark(start), None, "input 1 has not spoken");
@@ -243,7 +243,7 @@ fn a_silent_partition_holds_windows_until_it_is_caught_up_and_idle() {
     op.observe(
         at(0, 2),
         &retrieval("t", 3 * H + 1, 0.5),
-        Token(released.clone()),
+        || Token(released.clone()),
         later,
     );
     assert_eq!(
@@ -263,7 +263,7 @@ fn a_partition_with_unread_records_holds_however_long_it_is_silent() {
         op.observe(
             at(partition, offset),
             &retrieval("t", ts, 0.5),
-            Token(released.clone()),
+            || Token(released.clone()),
             now,
         )
     };
@@ -314,7 +314,7 @@ fn resume_points_are_records_at_or_above_their_partition_maximum() {
         op.observe(
             at(0, o),
             &retrieval("t", ts, 0.5),
-            Token(released.clone()),
+            || Token(released.clone()),
             now,
         )
         .resume_point

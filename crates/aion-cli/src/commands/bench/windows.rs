@@ -118,7 +118,7 @@ async fn aggregate(
     let mut windows = 0;
     for i in 0..n {
         let (origin, obs) = next(i)?;
-        op.observe(origin, &obs, Arc::new(i), now);
+        op.observe(origin, &obs, || Arc::new(i), now);
         let closing = op.close(now);
         if !closing.groups.is_empty() {
             for r in aggregator.aggregate(&closing.groups).await? {
