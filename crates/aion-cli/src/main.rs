@@ -169,8 +169,37 @@ async fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", message(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The error and its causes, each said once: error types that already print their cause
+/// (`path: cause`) would otherwise repeat it.
+fn message(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.ends_with(&cause) {
+            text = format!("{text}: {cause}");
+        }
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_cause_its_error_already_prints_is_said_once() {
+        let e = anyhow::Error::from(aion_events::durable::FileError {
+            path: "/state/shards".into(),
+            source: std::io::Error::other("Not a directory"),
+        })
+        .context("shard stage");
+        assert_eq!(
+            super::message(&e),
+            "shard stage: /state/shards: Not a directory"
+        );
     }
 }

@@ -2,11 +2,14 @@
 //! decoder every stage uses: bytes → typed, validated event, or a [`Reject`] naming the field path and
 //! what is wrong with it (the reason a dead-letter record carries).
 //!
-//! This crate owns the wire contract. It knows nothing of Kafka, models or storage.
+//! This crate owns the wire contract. It knows nothing of Kafka or models; of storage, only what
+//! every stage shares: the shard manifest's format and how a file is replaced durably
+//! ([`durable`]).
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 mod decode;
+pub mod durable;
 mod enriched;
 mod event;
 mod hash;

@@ -187,7 +187,10 @@ impl SettingsStore {
             origin: "settings".into(),
             message,
         })?;
-        crate::write_atomically(&self.path, &serde_json::to_vec_pretty(settings)?)
+        Ok(aion_events::durable::replace_bytes(
+            &self.path,
+            &serde_json::to_vec_pretty(settings)?,
+        )?)
     }
 }
 

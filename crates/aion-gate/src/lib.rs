@@ -43,6 +43,12 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+impl From<aion_events::durable::FileError> for Error {
+    fn from(e: aion_events::durable::FileError) -> Self {
+        io(&e.path, e.source)
+    }
+}
+
 fn io(path: &Path, source: std::io::Error) -> Error {
     Error::Io {
         path: path.display().to_string(),
@@ -60,27 +66,8 @@ fn load_json<T: serde::de::DeserializeOwned + Default>(path: &Path) -> Result<T>
 }
 
 fn save_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
-    write_atomically(path, &serde_json::to_vec(value)?)
-}
-
-/// Replaces `path` with `bytes` so that a reader sees the old or the new file, never a torn one.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
-    // Dot-hidden from readers, and unique: concurrent writers never share a temporary file.
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
-    let tmp = dir.join(format!(
-        ".{name}.{}-{}.tmp",
-        std::process::id(),
-        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    ));
-    let mut file = std::fs::File::create(&tmp).map_err(|e| io(&tmp, e))?;
-    file.write_all(bytes).map_err(|e| io(&tmp, e))?;
-    file.sync_all().map_err(|e| io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io(path, e))?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io(dir, e))
+    Ok(aion_events::durable::replace_bytes(
+        path,
+        &serde_json::to_vec(value)?,
+    )?)
 }

@@ -383,27 +383,15 @@ impl<R: ShardRecord, A> ShardWriter<R, A> {
             "tenant_id={tenant}/date={date}/part-{partition:03}-{:012}-{:012}.parquet",
             buffer.first, buffer.last
         );
-        let path = self.root.join(&rel);
-        let dir = path.parent().unwrap_or(&self.root).to_owned();
-        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-        // Hidden from readers (DataFusion, DuckDB and pyarrow skip dot-files) until renamed.
-        let tmp = dir.join(format!(
-            ".{}.tmp",
-            path.file_name().and_then(|n| n.to_str()).unwrap_or("part")
-        ));
-        let file = File::create(&tmp).map_err(io(&tmp))?;
-        let props = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::default()))
-            .set_max_row_group_row_count(Some(128 * 1024))
-            .build();
-        let mut writer = ArrowWriter::try_new(file, R::schema(), Some(props))?;
-        writer.write(&R::batch(&buffer.rows, *partition)?)?;
-        let file = writer.into_inner()?;
-        file.sync_all().map_err(io(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io(&path))?;
-        File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(&dir))?;
+        aion_events::durable::replace_file(&self.root.join(&rel), |file| {
+            let props = WriterProperties::builder()
+                .set_compression(Compression::ZSTD(ZstdLevel::default()))
+                .set_max_row_group_row_count(Some(128 * 1024))
+                .build();
+            let mut writer = ArrowWriter::try_new(file, R::schema(), Some(props))?;
+            writer.write(&R::batch(&buffer.rows, *partition)?)?;
+            Ok::<_, Error>(writer.into_inner()?)
+        })?;
         let entry = ShardEntry {
             path: rel,
             tenant_id: tenant.clone(),

@@ -3,7 +3,7 @@
 //! exact base and adapter we trained.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
@@ -30,8 +30,8 @@ struct PeftConfig {
     inference_mode: bool,
 }
 
-/// Writes `lora` to `dir` (replacing an existing adapter there). Files go to a sibling temp dir
-/// first, renamed into place, so a reader never sees a half-written adapter.
+/// Writes `lora` to `dir` (replacing an existing adapter there) with
+/// [`aion_events::durable::replace_dir`]: a reader never sees a half-written adapter.
 pub fn save_adapter(lora: &Lora, base_model_name_or_path: &str, dir: &Path) -> Result<()> {
     let config = PeftConfig {
         peft_type: "LORA".into(),
@@ -45,7 +45,7 @@ pub fn save_adapter(lora: &Lora, base_model_name_or_path: &str, dir: &Path) -> R
         fan_in_fan_out: false,
         inference_mode: true,
     };
-    write_dir_atomically(dir, |tmp| {
+    aion_events::durable::replace_dir(dir, |tmp| {
         let json =
             serde_json::to_string_pretty(&config).map_err(json_err(tmp.join(CONFIG_FILE)))?;
         std::fs::write(tmp.join(CONFIG_FILE), json).map_err(io_err(tmp.join(CONFIG_FILE)))?;
@@ -107,7 +107,7 @@ pub fn export_dequantised(base: &BaseModel, dir: &Path) -> Result<()> {
         "torch_dtype": "float32",
     });
     let tensors: HashMap<String, _> = base.model.hf_tensors()?;
-    write_dir_atomically(dir, |tmp| {
+    aion_events::durable::replace_dir(dir, |tmp| {
         let path = tmp.join("config.json");
         let json = serde_json::to_string_pretty(&config).map_err(json_err(&path))?;
         std::fs::write(&path, json).map_err(io_err(&path))?;
@@ -117,36 +117,4 @@ pub fn export_dequantised(base: &BaseModel, dir: &Path) -> Result<()> {
             .map_err(|e| Error::Tokenizer(e.to_string()))?;
         Ok(())
     })
-}
-
-/// Fills `<dir>.tmp` with `fill`, then renames it to `dir`, moving any previous `dir` aside
-/// first: `dir` is either absent, the old complete content or the new complete content.
-pub(crate) fn write_dir_atomically(
-    dir: &Path,
-    fill: impl FnOnce(&Path) -> Result<()>,
-) -> Result<()> {
-    let tmp = sibling(dir, "tmp");
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
-    }
-    std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
-    fill(&tmp)?;
-    if dir.exists() {
-        let old = sibling(dir, "old");
-        if old.exists() {
-            std::fs::remove_dir_all(&old).map_err(io_err(&old))?;
-        }
-        std::fs::rename(dir, &old).map_err(io_err(dir))?;
-        std::fs::rename(&tmp, dir).map_err(io_err(dir))?;
-        std::fs::remove_dir_all(&old).map_err(io_err(&old))?;
-    } else {
-        std::fs::rename(&tmp, dir).map_err(io_err(dir))?;
-    }
-    Ok(())
-}
-
-fn sibling(dir: &Path, suffix: &str) -> PathBuf {
-    let mut name = dir.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".{suffix}"));
-    dir.with_file_name(name)
 }

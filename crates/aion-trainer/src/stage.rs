@@ -96,15 +96,8 @@ pub fn final_status(dir: &Path) -> Option<TrainStatus> {
 }
 
 fn write_json(path: &Path, status: &TrainStatus) -> Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(crate::io_err(dir))?;
-    }
-    let tmp = path.with_extension("json.tmp");
     let bytes = serde_json::to_vec_pretty(status).map_err(|e| Error::Invalid(e.to_string()))?;
-    let mut file = std::fs::File::create(&tmp).map_err(crate::io_err(&tmp))?;
-    file.write_all(&bytes).map_err(crate::io_err(&tmp))?;
-    file.sync_all().map_err(crate::io_err(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(crate::io_err(path))
+    Ok(aion_events::durable::replace_bytes(path, &bytes)?)
 }
 
 /// The configuration a trigger's job runs with: the defaults, shaped by its recipe.

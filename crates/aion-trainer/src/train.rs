@@ -12,7 +12,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-use crate::adapter::{save_adapter, write_dir_atomically};
+use crate::adapter::save_adapter;
 use crate::model::{BaseModel, Lora, LoraConfig};
 use crate::{io_err, json_err, Error, Result};
 
@@ -362,7 +362,7 @@ fn save_checkpoint(
         tensors.insert(format!("adam_m.{name}"), adam.m[i].clone());
         tensors.insert(format!("adam_v.{name}"), adam.v[i].clone());
     }
-    write_dir_atomically(&dir, |tmp| {
+    aion_events::durable::replace_dir(&dir, |tmp| {
         candle_core::safetensors::save(&tensors, tmp.join("state.safetensors"))?;
         let path = tmp.join("state.json");
         let json = serde_json::to_string_pretty(state).map_err(json_err(&path))?;

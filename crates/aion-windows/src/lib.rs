@@ -56,3 +56,12 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<aion_events::durable::FileError> for Error {
+    fn from(e: aion_events::durable::FileError) -> Self {
+        Error::Io {
+            path: e.path.display().to_string(),
+            source: e.source,
+        }
+    }
+}

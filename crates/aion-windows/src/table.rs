@@ -12,7 +12,6 @@
 //! ([`Table::write_once`]): a replay re-forms a pane from the records after its resume point
 //! only, a subset of what the first run wrote, and must not replace it.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -25,19 +24,12 @@ use datafusion::parquet::file::properties::WriterProperties;
 
 use crate::aggregate::{timestamp, MeasureColumns};
 use crate::operator::{Micros, ReleasedPane};
-use crate::{Error, Result};
+use crate::Result;
 
 /// A Hive-partitioned Parquet table.
 #[derive(Debug, Clone)]
 pub struct Table {
     root: PathBuf,
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Io {
-        path: path.display().to_string(),
-        source,
-    }
 }
 
 fn stamp(t: Micros) -> String {
@@ -84,31 +76,21 @@ impl Table {
         Ok(true)
     }
 
-    /// Writes `rows` (without `tenant_id`: it is the directory) to a temporary file, fsyncs it,
-    /// renames it to `path` and fsyncs the directory.
+    /// Writes `rows` (without `tenant_id`: it is the directory) to `path`, durably
+    /// ([`aion_events::durable::replace_file`]).
     pub fn write(&self, path: &Path, rows: &RecordBatch) -> Result<()> {
-        let dir = path.parent().unwrap_or(&self.root).to_owned();
-        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         let mut rows = rows.clone();
         if let Ok(i) = rows.schema().index_of("tenant_id") {
             rows.remove_column(i);
         }
-        // Dot-hidden: readers listing the directory skip it until it is renamed into place.
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("part");
-        let tmp = dir.join(format!(".{name}.tmp"));
-        let file = File::create(&tmp).map_err(io(&tmp))?;
-        let props = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::default()))
-            .build();
-        let mut writer = ArrowWriter::try_new(file, rows.schema(), Some(props))?;
-        writer.write(&rows)?;
-        let file = writer.into_inner()?;
-        file.sync_all().map_err(io(&tmp))?;
-        std::fs::rename(&tmp, path).map_err(io(path))?;
-        File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(&dir))?;
-        Ok(())
+        aion_events::durable::replace_file(path, |file| {
+            let props = WriterProperties::builder()
+                .set_compression(Compression::ZSTD(ZstdLevel::default()))
+                .build();
+            let mut writer = ArrowWriter::try_new(file, rows.schema(), Some(props))?;
+            writer.write(&rows)?;
+            Ok(writer.into_inner()?)
+        })
     }
 }
 
@@ -184,12 +166,13 @@ mod tests {
         assert!(!table
             .write_once(&path, &pane_batch(&pane(1)).unwrap())
             .unwrap());
-        let rows: usize = ParquetRecordBatchReaderBuilder::try_new(File::open(&path).unwrap())
-            .unwrap()
-            .build()
-            .unwrap()
-            .map(|b| b.unwrap().num_rows())
-            .sum();
+        let rows: usize =
+            ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path).unwrap())
+                .unwrap()
+                .build()
+                .unwrap()
+                .map(|b| b.unwrap().num_rows())
+                .sum();
         assert_eq!(rows, 3);
         let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
             .unwrap()

@@ -112,23 +112,13 @@ fn batch(rows: &[AnswerRow], tau: f64, queued_at: DateTime<Utc>) -> Result<Recor
     Ok(RecordBatch::try_new(schema, columns)?)
 }
 
-/// Writes `batch` to `path` under a hidden temporary name, fsynced, then renamed into place.
+/// Writes `batch` to `path`, durably ([`aion_events::durable::replace_file`]).
 fn write_parquet(path: &Path, batch: &RecordBatch) -> Result<()> {
-    let dir = path.parent().context("queue file without a directory")?;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("queue");
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let file =
-        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let mut writer = ArrowWriter::try_new(file, batch.schema(), None)?;
-    writer.write(batch)?;
-    writer.into_inner()?.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        // The rename is durable once the directory is.
-        let _ = d.sync_all();
-    }
-    Ok(())
+    aion_events::durable::replace_file(path, |file| {
+        let mut writer = ArrowWriter::try_new(file, batch.schema(), None)?;
+        writer.write(batch)?;
+        Ok(writer.into_inner()?)
+    })
 }
 
 pub async fn run(args: Args, ctx: &Context) -> Result<()> {
