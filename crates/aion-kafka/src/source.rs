@@ -332,6 +332,19 @@ impl Source {
         self.next_store = Instant::now() + STORE_INTERVAL;
     }
 
+    /// Stops fetching from every partition assigned now, while [`Source::recv`] keeps polling:
+    /// a stage busy for longer than `max.poll.interval.ms` with one record (a training job) stays
+    /// a group member and answers rebalances. Partitions assigned later are not paused, so `recv`
+    /// may still hand out their records.
+    pub fn pause(&self) -> Result<()> {
+        Ok(self.consumer.pause(&self.consumer.assignment()?)?)
+    }
+
+    /// Fetches again from every assigned partition, from where the stage stopped reading.
+    pub fn resume(&self) -> Result<()> {
+        Ok(self.consumer.resume(&self.consumer.assignment()?)?)
+    }
+
     /// How many times partitions were taken from this member. Stages holding per-partition state
     /// compare it to rebuild that state when it changes.
     pub fn revocations(&self) -> u64 {

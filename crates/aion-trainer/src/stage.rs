@@ -3,9 +3,11 @@
 //! One job per trigger: its directory `<adapters>/<tenant>/<job>/` holds the checkpoints, the
 //! adapter, the loss curve and `status.json`, the final status. A trigger whose job already has a
 //! final status is acknowledged without running again (redelivery after a crash or rebalance);
-//! one without resumes from the job's last checkpoint. The trigger's offset is stored only after
-//! the final status is written and published. A promoted adapter (held-out loss improved) is
-//! recorded in `<adapters>/<tenant>/current.json`.
+//! one without resumes from the job's last checkpoint. While a job runs the trigger partitions are
+//! paused and the consumer keeps polling (never evicted from its group mid-job), and the job
+//! directory is locked (a second trainer waits instead of running it twice). The final status is
+//! published, then written, then the adapter promoted (held-out loss improved: recorded in
+//! `<adapters>/<tenant>/current.json`); only then is the trigger's offset stored.
 
 use std::collections::HashSet;
 use std::io::{IsTerminal, Write};
@@ -178,8 +180,9 @@ pub async fn run(options: &TrainerOptions, stop: CancellationToken, stats: &Stat
         vec![topics::TRAIN_TRIGGER.to_owned()],
         options.group_id.clone(),
     );
-    // One job at a time: the next trigger is not taken before this one's final state is stored.
-    config.max_in_flight = Some(1);
+    // One job at a time: the partitions are paused while a job runs (`recv` must keep polling, so
+    // no in-flight cap, which would stop it).
+    config.max_in_flight = None;
     config.revoke_wait = Duration::ZERO;
     let mut source = Source::new(&options.kafka, &config).map_err(kafka_error)?;
     for topic in [
@@ -191,11 +194,15 @@ pub async fn run(options: &TrainerOptions, stop: CancellationToken, stats: &Stat
     let sink = Sink::new(&options.kafka, STAGE).map_err(kafka_error)?;
     let cancelled = watch_cancels(&options.kafka, stop.child_token())?;
     let mut base: Option<Arc<BaseModel>> = None;
+    let mut waiting = std::collections::VecDeque::new();
     info!(base = %options.base_model.display(), "trainer started");
     loop {
-        let record = tokio::select! {
-            r = source.recv() => r.map_err(kafka_error)?,
-            () = stop.cancelled() => break,
+        let record = match waiting.pop_front() {
+            Some(r) => r,
+            None => tokio::select! {
+                r = source.recv() => r.map_err(kafka_error)?,
+                () = stop.cancelled() => break,
+            },
         };
         let trigger = match decode::<TrainTrigger>(&record.payload, &options.decode) {
             Ok(t) => t,
@@ -212,48 +219,136 @@ pub async fn run(options: &TrainerOptions, stop: CancellationToken, stats: &Stat
                 continue;
             }
         };
-        let dir = job_dir(&options.adapters_root, &trigger);
-        if let Some(done) = final_status(&dir) {
-            info!(job = %trigger.trigger_id, state = ?done.state, "already done; not run again");
-            record.ack.done();
-            continue;
-        }
-        stats.jobs.fetch_add(1, Ordering::Relaxed);
-        let model = match &base {
-            Some(m) => m.clone(),
-            None => {
-                let path = options.base_model.clone();
-                let loaded = tokio::task::spawn_blocking(move || {
-                    BaseModel::load(&path, Storage::Nf4 { double_quant: true })
-                })
-                .await
-                .map_err(|e| Error::Invalid(e.to_string()))??;
-                base.insert(Arc::new(loaded)).clone()
+        // A job runs for minutes to hours: fetch nothing more meanwhile, but keep polling so the
+        // group never evicts this member (and hands its trigger to another) mid-job.
+        source.pause().map_err(kafka_error)?;
+        let job = take_job(
+            options, &trigger, &mut base, &cancelled, &stop, &sink, stats,
+        );
+        tokio::pin!(job);
+        let finished = loop {
+            tokio::select! {
+                finished = &mut job => break finished?,
+                // Partitions assigned by a rebalance meanwhile are not paused: keep their records.
+                r = source.recv() => waiting.push_back(r.map_err(kafka_error)?),
             }
         };
-        let status = run_job(
-            options, &trigger, &dir, model, &cancelled, &stop, &sink, stats,
-        )
-        .await?;
-        match status {
-            Some(status) => {
-                write_json(&dir.join(STATUS_FILE), &status)?;
-                publish(&sink, &status, true).await?;
-                let counter = match status.state {
-                    JobState::Completed => &stats.completed,
-                    JobState::Cancelled => &stats.cancelled,
-                    _ => &stats.failed,
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
-                info!(job = %status.job_id, state = ?status.state, "job finished");
-                record.ack.done();
-            }
+        source.resume().map_err(kafka_error)?;
+        if finished {
+            record.ack.done();
+        } else {
             // Stopping mid-job: the trigger stays pending and the next run resumes the job.
-            None => break,
+            break;
         }
     }
     sink.flush(Duration::from_secs(30)).map_err(kafka_error)?;
     source.shutdown(Duration::ZERO).await.map_err(kafka_error)?;
+    Ok(())
+}
+
+/// Runs the trigger's job to its final status unless it has one already; false when the stage
+/// is stopping. Holds the job directory's lock throughout, so two trainer processes sharing the
+/// adapters directory never run one job at once (the second waits, then finds it done). The final
+/// status is published first, then recorded (from then on a redelivered trigger is not run
+/// again), then the adapter promoted: a crash in between repeats the publication or the
+/// promotion, never the training.
+#[allow(clippy::too_many_arguments)]
+async fn take_job(
+    options: &TrainerOptions,
+    trigger: &TrainTrigger,
+    base: &mut Option<Arc<BaseModel>>,
+    cancelled: &Arc<Mutex<HashSet<String>>>,
+    stop: &CancellationToken,
+    sink: &Sink,
+    stats: &Stats,
+) -> Result<bool> {
+    let dir = job_dir(&options.adapters_root, trigger);
+    let Some(_lock) = lock_job(&dir, stop).await? else {
+        return Ok(false);
+    };
+    if let Some(done) = final_status(&dir) {
+        info!(job = %trigger.trigger_id, state = ?done.state, "already done; not run again");
+        promote(options, &done, stats)?;
+        return Ok(true);
+    }
+    stats.jobs.fetch_add(1, Ordering::Relaxed);
+    let model = match base {
+        Some(m) => m.clone(),
+        None => {
+            let path = options.base_model.clone();
+            let loaded = tokio::task::spawn_blocking(move || {
+                BaseModel::load(&path, Storage::Nf4 { double_quant: true })
+            })
+            .await
+            .map_err(|e| Error::Invalid(e.to_string()))??;
+            base.insert(Arc::new(loaded)).clone()
+        }
+    };
+    let Some(status) = run_job(options, trigger, &dir, model, cancelled, stop, sink, stats).await?
+    else {
+        return Ok(false);
+    };
+    publish(sink, &status, true).await?;
+    write_json(&dir.join(STATUS_FILE), &status)?;
+    promote(options, &status, stats)?;
+    let counter = match status.state {
+        JobState::Completed => &stats.completed,
+        JobState::Cancelled => &stats.cancelled,
+        _ => &stats.failed,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    info!(job = %status.job_id, state = ?status.state, "job finished");
+    Ok(true)
+}
+
+/// The job directory's lock (`.lock`, an OS file lock: released when the process ends however it
+/// ends), waited for while another process holds it; `None` if the stage stops meanwhile.
+async fn lock_job(dir: &Path, stop: &CancellationToken) -> Result<Option<std::fs::File>> {
+    std::fs::create_dir_all(dir).map_err(crate::io_err(dir))?;
+    let path = dir.join(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(crate::io_err(&path))?;
+    let mut logged = false;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(Some(file)),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                if !logged {
+                    info!(dir = %dir.display(), "another trainer runs this job; waiting for it");
+                    logged = true;
+                }
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(crate::io_err(&path)(e)),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = stop.cancelled() => return Ok(None),
+        }
+    }
+}
+
+/// Makes a completed job's adapter the tenant's current one when its evaluation improved and no
+/// later job's adapter is current already (a redelivered old trigger never demotes a newer one).
+fn promote(options: &TrainerOptions, status: &TrainStatus, stats: &Stats) -> Result<()> {
+    if status.state != JobState::Completed || status.promoted != Some(true) {
+        return Ok(());
+    }
+    let current = options
+        .adapters_root
+        .join(&status.tenant_id)
+        .join(CURRENT_FILE);
+    let newer = std::fs::read(&current)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<TrainStatus>(&b).ok())
+        .is_some_and(|c| c.at >= status.at);
+    if !newer {
+        write_json(&current, status)?;
+        stats.promoted.fetch_add(1, Ordering::Relaxed);
+    }
     Ok(())
 }
 
@@ -450,13 +545,6 @@ async fn run_job(
         promoted: Some(promoted),
         ..base
     };
-    if promoted {
-        write_json(
-            &options.adapters_root.join(&tenant).join(CURRENT_FILE),
-            &status,
-        )?;
-        stats.promoted.fetch_add(1, Ordering::Relaxed);
-    }
     Ok(Some(status))
 }
 

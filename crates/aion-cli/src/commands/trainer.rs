@@ -46,9 +46,10 @@ pub struct RunArgs {
     pub base: BaseArgs,
     /// Training settings as TOML (fields of the trainer's TrainConfig: max_len, held_out_fraction,
     /// checkpoint_every, keep_checkpoints, seed, ...); a trigger's recipe still sets the LoRA
-    /// shape, learning rate, epochs and batch.
+    /// shape, learning rate, epochs and batch. (Not `--config`: that is the global product
+    /// configuration, `AION_CONFIG`.)
     #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
+    pub train_config: Option<PathBuf>,
     /// Stop each job after this many optimiser steps (smoke runs, CPU demos).
     #[arg(long)]
     pub max_steps: Option<usize>,
@@ -76,7 +77,7 @@ impl RunArgs {
     pub fn defaults() -> Self {
         Self {
             base: BaseArgs { base: None },
-            config: None,
+            train_config: None,
             max_steps: None,
             max_len: None,
             max_examples: DataFilter::default().max_examples,
@@ -92,7 +93,7 @@ pub fn adapters_dir(ctx: &Context, explicit: Option<PathBuf>) -> PathBuf {
 }
 
 pub fn options(ctx: &Context, args: RunArgs) -> Result<TrainerOptions> {
-    let mut config: TrainConfig = match &args.config {
+    let mut config: TrainConfig = match &args.train_config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading {}", path.display()))?;

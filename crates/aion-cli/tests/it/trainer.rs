@@ -54,7 +54,8 @@ fn wait_committed(s: &Stack, group: &str) {
     assert_eq!(
         committed().get(&0),
         Some(&1),
-        "offset stored after the final state"
+        "offset stored after the final state\n{}",
+        s.logs()
     );
 }
 
@@ -118,6 +119,68 @@ async fn trigger_a_job(s: &Stack) -> (Value, String) {
         "{trigger}"
     );
     (trigger, gate)
+}
+
+/// A job longer than `max.poll.interval.ms`, with two trainer members in the group: the member
+/// running it pauses its partition and keeps polling, so it is never evicted and the other member
+/// never starts the job. (Without the polling the runner was evicted after the interval and the
+/// trigger handed to the other member, which trained it a second time.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_longer_than_the_poll_interval_runs_once_with_two_members() {
+    let s = Stack::start();
+    s.run(&["topics", "create", "--partitions", "1"]);
+    let (trigger, _) = trigger_a_job(&s).await;
+    let job = trigger["trigger_id"].as_str().unwrap().to_owned();
+    let config = s.state.path().join("aion.toml");
+    // librdkafka's floor for the interval is the session timeout: the stages' 6 s, set for every
+    // client here (the cancel reader's default is 45 s).
+    std::fs::write(
+        &config,
+        "[kafka.properties]\n\"max.poll.interval.ms\" = \"7000\"\n\"session.timeout.ms\" = \"6000\"\n",
+    )
+    .unwrap();
+    let env = [
+        ("AION_KAFKA_ASSIGNMENT", "group"),
+        ("AION_CONFIG", config.to_str().unwrap()),
+    ];
+    let args = ["trainer", "run", "--max-steps", "12", "--max-len", "48"];
+    let reader = Reader::new(&s.kafka, &["train.status.v1"], true).unwrap();
+    let mut seen = Vec::new();
+    let first = s.spawn_with(&args, "trainer-a.log", &env);
+    let second = s.spawn_with(&args, "trainer-b.log", &env);
+    statuses(
+        &reader,
+        |seen| state_of(seen, &job).contains(&"completed"),
+        &mut seen,
+        WAIT,
+    );
+    wait_committed(&s, "aion.trainer");
+    // Anything a second run would publish arrives by now.
+    statuses(&reader, |_| false, &mut seen, Duration::from_secs(5));
+    let states = state_of(&seen, &job);
+    let count = |state: &str| states.iter().filter(|s| **s == state).count();
+    assert_eq!(
+        (count("queued"), count("completed")),
+        (1, 1),
+        "{states:?}\n{}",
+        s.logs()
+    );
+    let at = |state: &str| {
+        let status = seen
+            .iter()
+            .find(|s| s["job_id"] == job.as_str() && s["state"] == state)
+            .unwrap();
+        status["at"]
+            .as_str()
+            .unwrap()
+            .parse::<chrono::DateTime<chrono::Utc>>()
+            .unwrap()
+    };
+    assert!(
+        at("completed") - at("queued") > chrono::Duration::seconds(10),
+        "the job must outlast the poll interval to test anything"
+    );
+    assert!(first.terminate() && second.terminate(), "{}", s.logs());
 }
 
 /// An error exit under group membership: the job's final status cannot be written, so the trainer
