@@ -17,15 +17,15 @@ pub struct Args {
     #[arg(long)]
     pub external_broker: bool,
     /// Synthetic events to publish when the input topics are empty (a re-run resumes instead).
-    /// The default closes the loop in minutes on 2 cores: the broker takes 20,000 and more, but
-    /// the enricher and the shard stage run a NER model on every event and trail behind.
-    #[arg(long, default_value_t = 3_000)]
+    /// Windows, the gate and the trainer keep up with the default; the enricher and the shard
+    /// stage run a NER model on every event and trail behind for a while on 2 cores.
+    #[arg(long, default_value_t = 20_000)]
     pub events: u64,
     /// Synthetic events per second.
     #[arg(long, default_value_t = 1_500)]
     pub rate: u64,
     /// Event-time span of the synthetic traffic, in hours (acme degrades after the first half).
-    #[arg(long, default_value_t = 12)]
+    #[arg(long, default_value_t = 48)]
     pub span_hours: i64,
     /// Seconds between summary lines.
     #[arg(long, default_value_t = 5)]
