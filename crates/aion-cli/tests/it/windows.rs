@@ -14,7 +14,7 @@ use datafusion::arrow::datatypes::{Float64Type, Int64Type, TimestampMicrosecondT
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::{json, Value};
 
-use crate::{Running, Stack};
+use crate::Stack;
 
 const T0: &str = "2026-11-02T00:00:00Z";
 
@@ -181,26 +181,55 @@ fn parquet_rows(root: &Path) -> BTreeMap<String, (i64, Option<f64>, Option<f64>)
     out
 }
 
-fn start_stage(s: &Stack) -> Running {
-    s.spawn(&["windows", "run"], "windows.log")
+/// How a golden run is interrupted.
+#[derive(Clone, Copy, PartialEq)]
+enum Interruption {
+    None,
+    /// SIGKILL once the first window closed, then a restart.
+    Kill9Midway,
+    /// Group mode, the metrics table unwritable: the stage exits with an error at the first
+    /// window close holding every event of the windows still open; the fault is cleared and the
+    /// stage restarted.
+    ErrorExitInGroupMode,
 }
 
-async fn run_pipeline(kill_midway: bool) -> (Stack, BTreeMap<String, Value>) {
+async fn run_pipeline(how: Interruption) -> (Stack, BTreeMap<String, Value>) {
     let s = Stack::start();
     s.run(&["topics", "create", "--partitions", "1"]);
     let (first, second) = input();
     let reader = Reader::new(&s.kafka, &["metrics.v1"], true).unwrap();
     let mut got = BTreeMap::new();
-    publish(&s, &first).await;
-    let mut stage = start_stage(&s);
-    if kill_midway {
-        // Hour 0 closes once both topics are past 01:10: results exist, later windows are open.
-        wait_for(&s, &reader, &mut got, 1);
-        stage.kill();
-        publish(&s, &second).await;
-        stage = start_stage(&s);
+    let group = [("AION_KAFKA_ASSIGNMENT", "group")];
+    let env: &[(&str, &str)] = if how == Interruption::ErrorExitInGroupMode {
+        &group
     } else {
-        publish(&s, &second).await;
+        &[]
+    };
+    // A file where the table's directory goes: every window write fails.
+    let blocked = s.state.path().join("metrics");
+    if how == Interruption::ErrorExitInGroupMode {
+        std::fs::write(&blocked, "in the way").unwrap();
+    }
+    publish(&s, &first).await;
+    let args = ["windows", "run"];
+    let mut stage = s.spawn_with(&args, "windows.log", env);
+    match how {
+        Interruption::None => publish(&s, &second).await,
+        Interruption::Kill9Midway => {
+            // Hour 0 closes once both topics are past 01:10: results exist, later windows are open.
+            wait_for(&s, &reader, &mut got, 1);
+            stage.kill();
+            publish(&s, &second).await;
+            stage = s.spawn_with(&args, "windows-restarted.log", env);
+        }
+        Interruption::ErrorExitInGroupMode => {
+            assert!(!stage.wait(), "the stage must fail\n{}", s.logs());
+            let log = std::fs::read_to_string(s.state.path().join("windows.log")).unwrap();
+            assert!(log.contains("metrics"), "the error names the table\n{log}");
+            std::fs::remove_file(&blocked).unwrap();
+            publish(&s, &second).await;
+            stage = s.spawn_with(&args, "windows-restarted.log", env);
+        }
     }
     let expected_len = std::fs::read_to_string(expected_path())
         .map(|t| t.lines().count())
@@ -365,50 +394,25 @@ fn check_by_hand(got: &BTreeMap<String, Value>) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn windows_golden_results_straight() {
-    let (s, got) = run_pipeline(false).await;
+    let (s, got) = run_pipeline(Interruption::None).await;
     check_by_hand(&got);
     check(&s, &got);
     check_analyst_rerun(&s, &got);
 }
 
-/// An error exit under group membership (the production default): the metrics table cannot be
-/// written when the first window closes, so the stage exits with an error while holding every
-/// event of the windows still open. Once the fault is cleared and the stage restarted, the results
-/// are the golden ones: nothing it held was committed. (When a dropped ack counted as done, the
-/// restart saw none of the first half.)
+/// An error exit under group membership (the production default): once the fault is cleared and
+/// the stage restarted, the results are the golden ones, so nothing the failed run held was
+/// committed. (When a dropped ack counted as done, the restart saw none of the first half.)
 #[tokio::test(flavor = "multi_thread")]
 async fn windows_golden_results_after_an_error_exit_in_group_mode() {
-    let s = Stack::start();
-    s.run(&["topics", "create", "--partitions", "1"]);
-    let (first, second) = input();
-    let reader = Reader::new(&s.kafka, &["metrics.v1"], true).unwrap();
-    let mut got = BTreeMap::new();
-    // A file where the table's directory goes: every window write fails.
-    let blocked = s.state.path().join("metrics");
-    std::fs::write(&blocked, "in the way").unwrap();
-    let group = [("AION_KAFKA_ASSIGNMENT", "group")];
-    publish(&s, &first).await;
-    let failing = s.spawn_with(&["windows", "run"], "windows-failing.log", &group);
-    assert!(!failing.wait(), "the stage must fail\n{}", s.logs());
-    let log = std::fs::read_to_string(s.state.path().join("windows-failing.log")).unwrap();
-    assert!(log.contains("metrics"), "the error names the table\n{log}");
-    std::fs::remove_file(&blocked).unwrap();
-    publish(&s, &second).await;
-    let stage = s.spawn_with(&["windows", "run"], "windows.log", &group);
-    let expected_len = std::fs::read_to_string(expected_path())
-        .map(|t| t.lines().count())
-        .unwrap_or(1);
-    wait_for(&s, &reader, &mut got, expected_len);
-    std::thread::sleep(Duration::from_secs(2));
-    read_metrics(&s, &reader, &mut got);
-    assert!(stage.terminate(), "clean stop\n{}", s.logs());
+    let (s, got) = run_pipeline(Interruption::ErrorExitInGroupMode).await;
     check_by_hand(&got);
     check(&s, &got);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn windows_golden_results_after_kill_9_midway() {
-    let (s, got) = run_pipeline(true).await;
+    let (s, got) = run_pipeline(Interruption::Kill9Midway).await;
     check_by_hand(&got);
     check(&s, &got);
     check_analyst_rerun(&s, &got);
