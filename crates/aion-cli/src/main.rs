@@ -68,11 +68,20 @@ struct Cli {
         value_name = "HOST:PORT"
     )]
     metrics_addr: Option<std::net::SocketAddr>,
-    /// Log filter, e.g. `info` or `aion_kafka=debug,info`.
-    #[arg(long, global = true, env = "AION_LOG", default_value = "info")]
-    log: String,
+    /// Log filter, e.g. `info` or `aion_kafka=debug,info` (default: `RUST_LOG`, else `info`).
+    #[arg(long, global = true, env = "AION_LOG")]
+    log: Option<String>,
+    /// Log line format: `text` for people, `json` (one object per line) for log collectors.
+    #[arg(long, global = true, env = "AION_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: commands::Command,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 /// Settings resolved from defaults, file, environment and flags.
@@ -148,11 +157,25 @@ async fn main() -> ExitCode {
     // the default kill (a service manager may stop a stage while it is still starting).
     let stop = commands::shutdown_signal();
     let cli = Cli::parse();
-    let filter = EnvFilter::try_new(&cli.log).unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let filter = cli
+        .log
+        .clone()
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .unwrap_or_else(|| "info".into());
+    let filter = match EnvFilter::try_new(&filter) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: log filter {filter:?}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
     if let Some(addr) = cli.metrics_addr {
         if let Err(e) = metrics_exporter_prometheus::PrometheusBuilder::new()
             .with_http_listener(addr)
@@ -169,7 +192,11 @@ async fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", message(&e));
+            match cli.log_format {
+                // A log collector gets the reason as one more JSON line.
+                LogFormat::Json => tracing::error!(error = %message(&e), "exiting"),
+                LogFormat::Text => eprintln!("error: {}", message(&e)),
+            }
             ExitCode::FAILURE
         }
     }

@@ -168,17 +168,19 @@ pub async fn run_both(
     stop: CancellationToken,
     stats: &Stats,
 ) -> Result<()> {
-    let index_stop = stop.child_token();
+    // Each stops the other through its own child token: cancelling the process's token would
+    // read as an operator's stop, and a failure would exit as a clean stop.
+    let (gate_stop, index_stop) = (stop.child_token(), stop.child_token());
     let (gate, index) = tokio::join!(
         async {
-            let r = aion_gate::run(config, options, stop.clone(), stats).await;
+            let r = aion_gate::run(config, options, gate_stop.clone(), stats).await;
             index_stop.cancel();
             r
         },
         async {
             let r = aion_gate::run_index(config, options, index_stop.clone()).await;
             if r.is_err() {
-                stop.cancel();
+                gate_stop.cancel();
             }
             r
         }

@@ -6,6 +6,7 @@ mod enrich;
 mod gate;
 mod labels;
 mod lifecycle;
+mod logs;
 mod ndcg;
 mod pii;
 mod relay;
