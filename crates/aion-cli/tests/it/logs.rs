@@ -23,7 +23,9 @@ fn json_logs_are_one_object_per_line_and_rust_log_is_honoured() {
     let level = |l: &serde_json::Value| l["level"].as_str().unwrap().to_owned();
     // Without RUST_LOG the filter is `info` and "stage starting" is logged.
     assert!(
-        lines.iter().all(|l| matches!(level(l).as_str(), "WARN" | "ERROR")),
+        lines
+            .iter()
+            .all(|l| matches!(level(l).as_str(), "WARN" | "ERROR")),
         "{stderr}"
     );
     let last = lines.last().unwrap();
