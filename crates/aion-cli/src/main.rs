@@ -184,6 +184,12 @@ async fn main() -> ExitCode {
             eprintln!("error: serving metrics on {addr}: {e}");
             return ExitCode::FAILURE;
         }
+        // Which build is running, for dashboards that compare versions across processes.
+        metrics::describe_gauge!(
+            "aion_build_info",
+            "Always 1; the labels say which build of aion this process runs"
+        );
+        metrics::gauge!("aion_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     }
     let result = match Context::resolve(&cli) {
         Ok(ctx) => commands::run(cli.command, ctx, stop).await,

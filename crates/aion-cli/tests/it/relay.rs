@@ -357,6 +357,14 @@ async fn each_kind_of_bad_input_is_dead_lettered_with_its_reason_and_nothing_aft
         metrics.contains(&dlq_metric),
         "{dlq_metric} not in\n{metrics}"
     );
+    let build = format!(
+        "aion_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(
+        metrics.contains(&build) && metrics.contains("# HELP aion_build_info"),
+        "{build} not in\n{metrics}"
+    );
     assert!(
         relay.terminate(),
         "relay did not stop cleanly:\n{}",
