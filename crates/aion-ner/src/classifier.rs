@@ -1,83 +1,23 @@
-//! Token classification, mirroring transformers' `*ForTokenClassification` heads: an encoder from
-//! candle-transformers (BERT, DistilBERT or XLM-RoBERTa, by `model_type` in `config.json`), then a
-//! linear layer over every token (dropout is inactive at inference).
+//! Token classification, mirroring transformers' `*ForTokenClassification` heads: the encoder
+//! (BERT, DistilBERT or XLM-RoBERTa, by `model_type` in `config.json`), then a linear layer over
+//! every token (dropout is inactive at inference).
 
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
-use candle_nn::{Linear, Module, VarBuilder};
-use candle_transformers::models::{bert, distilbert, xlm_roberta};
+use candle_core::{Device, Tensor};
+use candle_nn::{Linear, Module};
 use serde::Deserialize;
 use tokenizers::Tokenizer;
 
+use crate::encoder::Encoder;
 use crate::entities::{aggregate, Aggregation, Entity, TokenPrediction};
-use crate::{Error, Result};
+use crate::{kernels, Error, Result};
 
 /// The parts of `config.json` beyond what the encoder reads.
 #[derive(Deserialize)]
 struct Head {
-    #[serde(default)]
-    model_type: String,
     id2label: HashMap<String, String>,
-    max_position_embeddings: usize,
-    /// `dim` in DistilBERT configs.
-    #[serde(alias = "dim")]
-    hidden_size: usize,
-    #[serde(default)]
-    pad_token_id: u32,
-}
-
-/// The encoders a token-classification directory can hold.
-enum Encoder {
-    Bert(bert::BertModel),
-    DistilBert(distilbert::DistilBertModel),
-    XlmRoberta(xlm_roberta::XLMRobertaModel),
-}
-
-impl Encoder {
-    fn load(head: &Head, config: &str, vb: VarBuilder) -> std::result::Result<Self, String> {
-        let parse = |e: serde_json::Error| e.to_string();
-        let load = |e: candle_core::Error| e.to_string();
-        Ok(match head.model_type.as_str() {
-            "bert" | "" => Self::Bert(
-                bert::BertModel::load(vb, &serde_json::from_str(config).map_err(parse)?)
-                    .map_err(load)?,
-            ),
-            "distilbert" => Self::DistilBert(
-                distilbert::DistilBertModel::load(
-                    vb,
-                    &serde_json::from_str(config).map_err(parse)?,
-                )
-                .map_err(load)?,
-            ),
-            "xlm-roberta" | "roberta" => Self::XlmRoberta(
-                xlm_roberta::XLMRobertaModel::new(
-                    &serde_json::from_str(config).map_err(parse)?,
-                    vb.pp("roberta"),
-                )
-                .map_err(load)?,
-            ),
-            other => {
-                return Err(format!(
-                    "model_type {other:?} is not supported (bert, distilbert, xlm-roberta)"
-                ))
-            }
-        })
-    }
-
-    /// Hidden states `[batch, tokens, hidden]`; `mask` is 1 for real tokens, 0 for padding.
-    fn forward(&self, ids: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
-        match self {
-            Self::Bert(m) => m.forward(ids, &ids.zeros_like()?, Some(mask)),
-            // DistilBERT's mask marks the positions to hide, shaped to broadcast over the scores.
-            Self::DistilBert(m) => {
-                let (batch, len) = mask.dims2()?;
-                m.forward(ids, &mask.eq(0u32)?.reshape((batch, 1, 1, len))?)
-            }
-            Self::XlmRoberta(m) => m.forward(ids, mask, &ids.zeros_like()?, None, None, None),
-        }
-    }
 }
 
 /// A loaded token-classification model with its tokenizer.
@@ -89,7 +29,6 @@ pub struct TokenClassifier {
     max_len: usize,
     cls: u32,
     sep: u32,
-    pad: u32,
     /// The unknown token, never a continuation piece (as transformers treats it).
     unk: Option<u32>,
     device: Device,
@@ -125,11 +64,25 @@ impl TokenClassifier {
         let weights = dir.join("model.safetensors");
         let tensors = candle_core::safetensors::load(&weights, device)
             .map_err(|e| load_error(&weights, e))?;
-        let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
-        let encoder =
-            Encoder::load(&head, &text, vb.clone()).map_err(|e| load_error(&weights, e))?;
-        let classifier = candle_nn::linear(head.hidden_size, labels.len(), vb.pp("classifier"))
-            .map_err(|e| load_error(&weights, e))?;
+        let encoder = Encoder::load(&text, &tensors).map_err(|e| load_error(&weights, e))?;
+        let classifier = match (
+            tensors.get("classifier.weight"),
+            tensors.get("classifier.bias"),
+        ) {
+            (Some(w), Some(b)) if w.dims() == [labels.len(), encoder.hidden()] => {
+                Linear::new(w.clone(), Some(b.clone()))
+            }
+            _ => {
+                return Err(load_error(
+                    &weights,
+                    format!(
+                        "no classifier of {} labels over {} features",
+                        labels.len(),
+                        encoder.hidden()
+                    ),
+                ))
+            }
+        };
         let tokenizer_path = dir.join("tokenizer.json");
         let tokenizer =
             Tokenizer::from_file(&tokenizer_path).map_err(|e| load_error(&tokenizer_path, e))?;
@@ -146,13 +99,7 @@ impl TokenClassifier {
                 ))
             }
         };
-        // XLM-RoBERTa's positions start after the padding index.
-        let max_len = match &encoder {
-            Encoder::XlmRoberta(_) => head
-                .max_position_embeddings
-                .saturating_sub(head.pad_token_id as usize + 1),
-            _ => head.max_position_embeddings,
-        };
+        let max_len = encoder.max_len;
         let unk = ["[UNK]", "<unk>"]
             .iter()
             .find_map(|t| tokenizer.token_to_id(t));
@@ -160,7 +107,6 @@ impl TokenClassifier {
             cls,
             sep,
             unk,
-            pad: head.pad_token_id,
             encoder,
             classifier,
             labels,
@@ -187,30 +133,23 @@ impl TokenClassifier {
 
     /// Logits `[tokens, labels]` for one sequence of token ids (special tokens included).
     pub fn logits(&self, ids: &[u32]) -> Result<Tensor> {
-        let input = Tensor::new(ids, &self.device)?.unsqueeze(0)?;
-        let hidden = self.encoder.forward(&input, &input.ones_like()?)?;
-        Ok(self.classifier.forward(&hidden)?.squeeze(0)?)
+        let hidden = self.encoder.forward(ids, &[ids.len()], &self.device)?;
+        Ok(self.classifier.forward(&hidden)?)
     }
 
-    /// Label probabilities `[batch, longest, labels]` for sequences run as one batch: shorter ones
-    /// are padded and masked out, so each row equals its unbatched result.
-    fn probabilities(&self, sequences: &[Vec<u32>]) -> Result<Tensor> {
-        let longest = sequences.iter().map(Vec::len).max().unwrap_or(0);
-        let mut ids = Vec::with_capacity(sequences.len() * longest);
-        let mut mask = Vec::with_capacity(sequences.len() * longest);
-        for s in sequences {
-            ids.extend_from_slice(s);
-            ids.resize(ids.len() + longest - s.len(), self.pad);
-            mask.extend(std::iter::repeat_n(1u32, s.len()));
-            mask.resize(mask.len() + longest - s.len(), 0);
-        }
-        let shape = (sequences.len(), longest);
-        let input = Tensor::from_vec(ids, shape, &self.device)?;
-        let mask = Tensor::from_vec(mask, shape, &self.device)?;
-        let hidden = self.encoder.forward(&input, &mask)?;
-        Ok(candle_nn::ops::softmax_last_dim(
-            &self.classifier.forward(&hidden)?,
-        )?)
+    /// Label probabilities of every token of sequences run as one batch, packed one after
+    /// another: each equals its unbatched result.
+    pub fn probabilities(&self, sequences: &[Vec<u32>]) -> Result<Vec<Vec<Vec<f32>>>> {
+        let ids = sequences.concat();
+        let lengths: Vec<usize> = sequences.iter().map(Vec::len).collect();
+        let hidden = self.encoder.forward(&ids, &lengths, &self.device)?;
+        let mut rows = kernels::softmax_last_dim(&self.classifier.forward(&hidden)?)?
+            .to_vec2::<f32>()?
+            .into_iter();
+        Ok(lengths
+            .iter()
+            .map(|&n| rows.by_ref().take(n).collect())
+            .collect())
     }
 
     /// Token ids of `text` with [CLS]/[SEP] (what [`TokenClassifier::logits`] expects).
@@ -229,7 +168,18 @@ impl TokenClassifier {
 
     /// Entities of each text, inference batched `batch_size` model windows at a time.
     pub fn entities_batch(&self, texts: &[&str], batch_size: usize) -> Result<Vec<Vec<Entity>>> {
-        let tokens = self.token_predictions(texts, batch_size)?;
+        self.entities_batch_with(texts, batch_size, |s| self.probabilities(s))
+    }
+
+    /// [`TokenClassifier::entities_batch`] with the label probabilities of each batch of model
+    /// inputs from `run` (another runtime of the same model, to compare entities with).
+    pub fn entities_batch_with(
+        &self,
+        texts: &[&str],
+        batch_size: usize,
+        run: impl FnMut(&[Vec<u32>]) -> Result<Vec<Vec<Vec<f32>>>>,
+    ) -> Result<Vec<Vec<Entity>>> {
+        let tokens = self.token_predictions_with(texts, batch_size, run)?;
         Ok(texts
             .iter()
             .zip(tokens)
@@ -237,16 +187,78 @@ impl TokenClassifier {
             .collect())
     }
 
+    /// The sequences the model runs on for `texts`: every window of every text (see
+    /// [`TokenClassifier::token_predictions`]), framed with the start and end tokens.
+    pub fn model_inputs(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>> {
+        let plan = self.plan(texts)?;
+        Ok(plan
+            .windows
+            .iter()
+            .map(|w| plan.sequence(w, self))
+            .collect())
+    }
+
     /// The label probabilities of every token of each text (special tokens excluded). Texts
     /// longer than the model's window are split into overlapping windows that begin and end at
     /// word boundaries; each token takes the prediction of the window where it is furthest from
-    /// an edge. Windows of all texts are sorted by length and run `batch_size` at a time, so
-    /// padding stays small.
+    /// an edge. Windows run `batch_size` at a time, packed (no padding).
     pub fn token_predictions(
         &self,
         texts: &[&str],
         batch_size: usize,
     ) -> Result<Vec<Vec<TokenPrediction>>> {
+        self.token_predictions_with(texts, batch_size, |s| self.probabilities(s))
+    }
+
+    fn token_predictions_with(
+        &self,
+        texts: &[&str],
+        batch_size: usize,
+        mut run: impl FnMut(&[Vec<u32>]) -> Result<Vec<Vec<Vec<f32>>>>,
+    ) -> Result<Vec<Vec<TokenPrediction>>> {
+        let plan = self.plan(texts)?;
+        let mut best: Vec<Vec<Option<(usize, TokenPrediction)>>> = plan
+            .encodings
+            .iter()
+            .map(|e| vec![None; e.get_ids().len()])
+            .collect();
+        for chunk in plan.windows.chunks(batch_size.max(1)) {
+            let sequences: Vec<Vec<u32>> = chunk.iter().map(|w| plan.sequence(w, self)).collect();
+            let probs = run(&sequences)?;
+            for (
+                &Window {
+                    text: t,
+                    start,
+                    end,
+                },
+                mut probs,
+            ) in chunk.iter().zip(probs)
+            {
+                let offsets = plan.encodings[t].get_offsets();
+                for i in start..end {
+                    let margin = (i - start).min(end - 1 - i);
+                    if best[t][i].as_ref().is_none_or(|(m, _)| margin > *m) {
+                        best[t][i] = Some((
+                            margin,
+                            TokenPrediction {
+                                probs: std::mem::take(&mut probs[i - start + 1]),
+                                start: offsets[i].0,
+                                end: offsets[i].1,
+                                subword: plan.subwords[t][i],
+                            },
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(best
+            .into_iter()
+            .map(|tokens| tokens.into_iter().flatten().map(|(_, t)| t).collect())
+            .collect())
+    }
+
+    /// Tokenizes texts and cuts them into windows.
+    fn plan(&self, texts: &[&str]) -> Result<Plan> {
         let encodings = texts
             .iter()
             .map(|t| self.tokenizer.encode(*t, false))
@@ -274,7 +286,6 @@ impl TokenClassifier {
             })
             .collect();
         let width = self.max_len.saturating_sub(2).max(WINDOW_OVERLAP * 2);
-        // (text, first token, end token) of every window.
         let mut windows = Vec::new();
         for (t, subword) in subwords.iter().enumerate() {
             let n = subword.len();
@@ -289,51 +300,45 @@ impl TokenClassifier {
             let mut start = 0;
             loop {
                 let end = word_start((start + width).min(n), start);
-                windows.push((t, start, end));
+                windows.push(Window {
+                    text: t,
+                    start,
+                    end,
+                });
                 if end >= n {
                     break;
                 }
                 start = word_start(end.saturating_sub(WINDOW_OVERLAP), start).max(start + 1);
             }
         }
-        windows.sort_by_key(|&(_, start, end)| end - start);
-        let mut best: Vec<Vec<Option<(usize, TokenPrediction)>>> = encodings
-            .iter()
-            .map(|e| vec![None; e.get_ids().len()])
-            .collect();
-        for chunk in windows.chunks(batch_size.max(1)) {
-            let sequences: Vec<Vec<u32>> = chunk
-                .iter()
-                .map(|&(t, start, end)| {
-                    let mut s = Vec::with_capacity(end - start + 2);
-                    s.push(self.cls);
-                    s.extend_from_slice(&encodings[t].get_ids()[start..end]);
-                    s.push(self.sep);
-                    s
-                })
-                .collect();
-            let probs: Vec<Vec<Vec<f32>>> = self.probabilities(&sequences)?.to_vec3()?;
-            for (&(t, start, end), mut probs) in chunk.iter().zip(probs) {
-                let offsets = encodings[t].get_offsets();
-                for i in start..end {
-                    let margin = (i - start).min(end - 1 - i);
-                    if best[t][i].as_ref().is_none_or(|(m, _)| margin > *m) {
-                        best[t][i] = Some((
-                            margin,
-                            TokenPrediction {
-                                probs: std::mem::take(&mut probs[i - start + 1]),
-                                start: offsets[i].0,
-                                end: offsets[i].1,
-                                subword: subwords[t][i],
-                            },
-                        ));
-                    }
-                }
-            }
-        }
-        Ok(best
-            .into_iter()
-            .map(|tokens| tokens.into_iter().flatten().map(|(_, t)| t).collect())
-            .collect())
+        Ok(Plan {
+            encodings,
+            subwords,
+            windows,
+        })
+    }
+}
+
+/// Texts tokenized and cut into model windows.
+struct Plan {
+    encodings: Vec<tokenizers::Encoding>,
+    subwords: Vec<Vec<bool>>,
+    windows: Vec<Window>,
+}
+
+/// Tokens `start..end` of text `text`.
+struct Window {
+    text: usize,
+    start: usize,
+    end: usize,
+}
+
+impl Plan {
+    fn sequence(&self, w: &Window, model: &TokenClassifier) -> Vec<u32> {
+        let mut s = Vec::with_capacity(w.end - w.start + 2);
+        s.push(model.cls);
+        s.extend_from_slice(&self.encodings[w.text].get_ids()[w.start..w.end]);
+        s.push(model.sep);
+        s
     }
 }

@@ -11,8 +11,10 @@
 
 mod cache;
 mod classifier;
+mod encoder;
 mod entities;
 mod hub;
+mod kernels;
 mod keyphrases;
 mod redaction;
 mod stage;

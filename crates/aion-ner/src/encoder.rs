@@ -1,0 +1,481 @@
+//! The transformer encoder of BERT-family token classifiers (BERT, DistilBERT, XLM-RoBERTa: the
+//! same post-norm layers under other weight names), written for inference:
+//! - sequences are packed one after another (no padding, no mask): the dense layers run once over
+//!   all tokens of a batch, attention runs per sequence;
+//! - Q, K and V are one matmul, with the attention scale folded into Q's weights at load;
+//! - weights are transposed once at load, so every matmul reads them in order;
+//! - attention, GELU and softmax are the vectorised kernels of [`crate::kernels`].
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor};
+use serde::Deserialize;
+
+use crate::kernels;
+
+/// What the encoder reads of `config.json`, under the names of each model type.
+#[derive(Deserialize)]
+struct Config {
+    #[serde(default)]
+    model_type: String,
+    #[serde(alias = "dim")]
+    hidden_size: usize,
+    #[serde(alias = "n_heads")]
+    num_attention_heads: usize,
+    #[serde(alias = "n_layers")]
+    num_hidden_layers: usize,
+    #[serde(default = "default_eps")]
+    layer_norm_eps: f64,
+    #[serde(default = "default_act", alias = "activation")]
+    hidden_act: String,
+    #[serde(default)]
+    pad_token_id: usize,
+    max_position_embeddings: usize,
+}
+
+fn default_eps() -> f64 {
+    1e-12
+}
+
+fn default_act() -> String {
+    "gelu".into()
+}
+
+#[derive(Clone, Copy)]
+enum Activation {
+    /// Exact GELU (erf).
+    Gelu,
+    /// GELU's tanh approximation (`gelu_new`, `gelu_pytorch_tanh`).
+    GeluTanh,
+    Relu,
+}
+
+/// `x · W + b`, W stored as `[in, out]`.
+struct Dense {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Dense {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        x.matmul(&self.weight)?.broadcast_add(&self.bias)
+    }
+}
+
+struct Norm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f32,
+}
+
+impl Norm {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps)
+    }
+}
+
+struct Layer {
+    qkv: Dense,
+    attention_out: Dense,
+    attention_norm: Norm,
+    up: Dense,
+    down: Dense,
+    output_norm: Norm,
+}
+
+/// A loaded encoder: token ids in, hidden states out.
+pub(crate) struct Encoder {
+    word: Tensor,
+    position: Tensor,
+    /// Token type 0's embedding (DistilBERT has none).
+    token_type: Option<Tensor>,
+    embedding_norm: Norm,
+    layers: Vec<Layer>,
+    heads: usize,
+    hidden: usize,
+    activation: Activation,
+    /// XLM-RoBERTa counts positions from after the padding index.
+    first_position: usize,
+    /// The longest sequence the position embeddings cover.
+    pub max_len: usize,
+}
+
+/// Weight names of one model type, relative to the model's prefix.
+struct Names {
+    prefixes: &'static [&'static str],
+    word: &'static str,
+    position: &'static str,
+    token_type: Option<&'static str>,
+    embedding_norm: &'static str,
+    layer: &'static str,
+    q: &'static str,
+    k: &'static str,
+    v: &'static str,
+    attention_out: &'static str,
+    attention_norm: &'static str,
+    up: &'static str,
+    down: &'static str,
+    output_norm: &'static str,
+}
+
+const BERT: Names = Names {
+    prefixes: &["bert.", ""],
+    word: "embeddings.word_embeddings",
+    position: "embeddings.position_embeddings",
+    token_type: Some("embeddings.token_type_embeddings"),
+    embedding_norm: "embeddings.LayerNorm",
+    layer: "encoder.layer",
+    q: "attention.self.query",
+    k: "attention.self.key",
+    v: "attention.self.value",
+    attention_out: "attention.output.dense",
+    attention_norm: "attention.output.LayerNorm",
+    up: "intermediate.dense",
+    down: "output.dense",
+    output_norm: "output.LayerNorm",
+};
+
+const DISTILBERT: Names = Names {
+    prefixes: &["distilbert.", ""],
+    word: "embeddings.word_embeddings",
+    position: "embeddings.position_embeddings",
+    token_type: None,
+    embedding_norm: "embeddings.LayerNorm",
+    layer: "transformer.layer",
+    q: "attention.q_lin",
+    k: "attention.k_lin",
+    v: "attention.v_lin",
+    attention_out: "attention.out_lin",
+    attention_norm: "sa_layer_norm",
+    up: "ffn.lin1",
+    down: "ffn.lin2",
+    output_norm: "output_layer_norm",
+};
+
+const XLM_ROBERTA: Names = Names {
+    prefixes: &["roberta.", ""],
+    ..BERT
+};
+
+/// The weights of a safetensors file by name, with the errors a user can act on.
+struct Weights<'a> {
+    tensors: &'a HashMap<String, Tensor>,
+    prefix: &'static str,
+}
+
+impl Weights<'_> {
+    fn get(&self, name: &str) -> Result<Tensor, String> {
+        let full = format!("{}{name}", self.prefix);
+        self.tensors
+            .get(&full)
+            .ok_or_else(|| format!("weight {full:?} is missing"))?
+            .to_dtype(DType::F32)
+            .map_err(|e| format!("{full}: {e}"))
+    }
+
+    fn dense(&self, name: &str) -> Result<Dense, String> {
+        self.dense_of(&[name], 1.0)
+    }
+
+    /// Several linear layers of the same input as one: output features side by side, the first
+    /// layer's weights and bias multiplied by `first_scale`.
+    fn dense_of(&self, names: &[&str], first_scale: f64) -> Result<Dense, String> {
+        let candle = |e: candle_core::Error| format!("{}: {e}", names.join(", "));
+        let mut weights = Vec::new();
+        let mut biases = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            let scale = if i == 0 { first_scale } else { 1.0 };
+            weights.push((self.get(&format!("{name}.weight"))? * scale).map_err(candle)?);
+            biases.push((self.get(&format!("{name}.bias"))? * scale).map_err(candle)?);
+        }
+        Ok(Dense {
+            weight: Tensor::cat(&weights, 0)
+                .and_then(|w| w.t()?.contiguous())
+                .map_err(candle)?,
+            bias: Tensor::cat(&biases, 0).map_err(candle)?,
+        })
+    }
+
+    fn norm(&self, name: &str, eps: f64) -> Result<Norm, String> {
+        // Old checkpoints call them gamma and beta.
+        let either = |a: &str, b: &str| {
+            self.get(&format!("{name}.{a}"))
+                .or_else(|_| self.get(&format!("{name}.{b}")))
+        };
+        Ok(Norm {
+            weight: either("weight", "gamma")?,
+            bias: either("bias", "beta")?,
+            eps: eps as f32,
+        })
+    }
+}
+
+impl Encoder {
+    /// Loads the encoder of a `config.json` and its weights; errors say what is missing.
+    pub fn load(config: &str, tensors: &HashMap<String, Tensor>) -> Result<Self, String> {
+        let c: Config = serde_json::from_str(config).map_err(|e| e.to_string())?;
+        let names = match c.model_type.as_str() {
+            "bert" | "" => &BERT,
+            "distilbert" => &DISTILBERT,
+            "xlm-roberta" | "roberta" => &XLM_ROBERTA,
+            other => {
+                return Err(format!(
+                    "model_type {other:?} is not supported (bert, distilbert, xlm-roberta)"
+                ))
+            }
+        };
+        let activation = match c.hidden_act.as_str() {
+            "gelu" => Activation::Gelu,
+            "gelu_new" | "gelu_pytorch_tanh" => Activation::GeluTanh,
+            "relu" => Activation::Relu,
+            other => return Err(format!("hidden_act {other:?} is not supported")),
+        };
+        if c.num_attention_heads == 0 || c.hidden_size % c.num_attention_heads != 0 {
+            return Err(format!(
+                "hidden size {} is not a multiple of {} heads",
+                c.hidden_size, c.num_attention_heads
+            ));
+        }
+        let prefix = names
+            .prefixes
+            .iter()
+            .find(|p| tensors.contains_key(&format!("{p}{}.weight", names.word)))
+            .ok_or_else(|| format!("weight {:?} is missing", names.word))?;
+        let w = Weights { tensors, prefix };
+        let head_dim = c.hidden_size / c.num_attention_heads;
+        let layers = (0..c.num_hidden_layers)
+            .map(|i| {
+                let at = |name: &str| format!("{}.{i}.{name}", names.layer);
+                Ok(Layer {
+                    qkv: w.dense_of(
+                        &[&at(names.q), &at(names.k), &at(names.v)],
+                        1.0 / (head_dim as f64).sqrt(),
+                    )?,
+                    attention_out: w.dense(&at(names.attention_out))?,
+                    attention_norm: w.norm(&at(names.attention_norm), c.layer_norm_eps)?,
+                    up: w.dense(&at(names.up))?,
+                    down: w.dense(&at(names.down))?,
+                    output_norm: w.norm(&at(names.output_norm), c.layer_norm_eps)?,
+                })
+            })
+            .collect::<Result<_, String>>()?;
+        let token_type = match names.token_type {
+            Some(name) => Some(
+                w.get(&format!("{name}.weight"))?
+                    .get(0)
+                    .map_err(|e| format!("{name}: {e}"))?,
+            ),
+            None => None,
+        };
+        let first_position = match names.prefixes[0] {
+            "roberta." => c.pad_token_id + 1,
+            _ => 0,
+        };
+        Ok(Self {
+            word: w.get(&format!("{}.weight", names.word))?,
+            position: w.get(&format!("{}.weight", names.position))?,
+            token_type,
+            embedding_norm: w.norm(names.embedding_norm, c.layer_norm_eps)?,
+            layers,
+            heads: c.num_attention_heads,
+            hidden: c.hidden_size,
+            activation,
+            first_position,
+            max_len: c.max_position_embeddings.saturating_sub(first_position),
+        })
+    }
+
+    /// The width of a token's hidden state.
+    pub fn hidden(&self) -> usize {
+        self.hidden
+    }
+
+    /// Hidden states `[tokens, hidden]` of sequences packed one after another: `ids` holds them
+    /// all, `lengths` says where each ends. Each row equals the sequence run alone.
+    pub fn forward(
+        &self,
+        ids: &[u32],
+        lengths: &[usize],
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let positions: Vec<u32> = lengths
+            .iter()
+            .flat_map(|&n| (0..n).map(|p| (p + self.first_position) as u32))
+            .collect();
+        let ids = Tensor::new(ids, device)?;
+        let positions = Tensor::new(positions.as_slice(), device)?;
+        let mut x = self
+            .word
+            .index_select(&ids, 0)?
+            .add(&self.position.index_select(&positions, 0)?)?;
+        if let Some(token_type) = &self.token_type {
+            x = x.broadcast_add(token_type)?;
+        }
+        let mut x = self.embedding_norm.forward(&x)?;
+        for layer in &self.layers {
+            let qkv = layer.qkv.forward(&x)?;
+            let context = kernels::attention(&qkv, lengths, self.heads)?;
+            let attended = layer
+                .attention_norm
+                .forward(&layer.attention_out.forward(&context)?.add(&x)?)?;
+            let up = layer.up.forward(&attended)?;
+            let up = match self.activation {
+                Activation::Gelu => kernels::gelu_erf(&up)?,
+                Activation::GeluTanh => up.gelu()?,
+                Activation::Relu => up.relu()?,
+            };
+            x = layer
+                .output_norm
+                .forward(&layer.down.forward(&up)?.add(&attended)?)?;
+        }
+        Ok(x)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_nn::VarBuilder;
+    use candle_transformers::models::{bert, distilbert, xlm_roberta};
+
+    use super::*;
+
+    const HIDDEN: usize = 32;
+    const FFN: usize = 64;
+    const VOCAB: usize = 40;
+    const POSITIONS: usize = 48;
+
+    /// Random weights under the names of a model type, as a Hugging Face checkpoint holds them.
+    fn random_weights(names: &Names) -> HashMap<String, Tensor> {
+        let prefix = names.prefixes[0];
+        let mut weights = HashMap::new();
+        let mut put = |name: String, shape: &[usize]| {
+            let t = Tensor::randn(0f32, 0.5, shape, &Device::Cpu).unwrap();
+            weights.insert(format!("{prefix}{name}"), t);
+        };
+        put(format!("{}.weight", names.word), &[VOCAB, HIDDEN]);
+        put(format!("{}.weight", names.position), &[POSITIONS, HIDDEN]);
+        if let Some(token_type) = names.token_type {
+            put(format!("{token_type}.weight"), &[2, HIDDEN]);
+        }
+        let mut norms = vec![names.embedding_norm.to_string()];
+        for i in 0..2 {
+            let at = |name: &str| format!("{}.{i}.{name}", names.layer);
+            for (name, outputs, inputs) in [
+                (names.q, HIDDEN, HIDDEN),
+                (names.k, HIDDEN, HIDDEN),
+                (names.v, HIDDEN, HIDDEN),
+                (names.attention_out, HIDDEN, HIDDEN),
+                (names.up, FFN, HIDDEN),
+                (names.down, HIDDEN, FFN),
+            ] {
+                put(format!("{}.weight", at(name)), &[outputs, inputs]);
+                put(format!("{}.bias", at(name)), &[outputs]);
+            }
+            norms.extend([at(names.attention_norm), at(names.output_norm)]);
+        }
+        for norm in norms {
+            put(format!("{norm}.weight"), &[HIDDEN]);
+            put(format!("{norm}.bias"), &[HIDDEN]);
+        }
+        weights
+    }
+
+    /// Packed sequences through the encoder equal each sequence alone through candle-transformers'
+    /// model of the same type (the implementation the enricher used before).
+    #[test]
+    fn packed_sequences_equal_candle_transformers_models_run_alone() {
+        let bert_config = r#"{"model_type": "bert", "vocab_size": 40, "hidden_size": 32,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64,
+            "hidden_act": "gelu", "hidden_dropout_prob": 0.1, "max_position_embeddings": 48,
+            "type_vocab_size": 2, "initializer_range": 0.02, "layer_norm_eps": 1e-12,
+            "pad_token_id": 0, "classifier_dropout": null}"#;
+        // candle-transformers' DistilBERT computes "gelu" with the tanh approximation (transformers
+        // uses erf, as the encoder does): compared under ReLU, which both compute exactly.
+        let distilbert_config = r#"{"model_type": "distilbert", "vocab_size": 40, "dim": 32,
+            "n_layers": 2, "n_heads": 4, "hidden_dim": 64, "activation": "relu",
+            "max_position_embeddings": 48, "initializer_range": 0.02, "pad_token_id": 0}"#;
+        let xlm_config = r#"{"model_type": "xlm-roberta", "hidden_size": 32,
+            "layer_norm_eps": 1e-5, "attention_probs_dropout_prob": 0.1,
+            "hidden_dropout_prob": 0.1, "num_attention_heads": 4,
+            "position_embedding_type": "absolute", "intermediate_size": 64, "hidden_act": "gelu",
+            "num_hidden_layers": 2, "vocab_size": 40, "max_position_embeddings": 48,
+            "type_vocab_size": 2, "pad_token_id": 1}"#;
+        let cpu = Device::Cpu;
+        // Ids from 2 up: neither BERT's nor XLM-R's padding id.
+        let sequences: Vec<Vec<u32>> = [5usize, 17, 1, 46]
+            .iter()
+            .enumerate()
+            .map(|(s, &n)| (0..n).map(|i| 2 + ((i * 7 + s * 3) % 38) as u32).collect())
+            .collect();
+        for (config, names) in [
+            (bert_config, &BERT),
+            (distilbert_config, &DISTILBERT),
+            (xlm_config, &XLM_ROBERTA),
+        ] {
+            let weights = random_weights(names);
+            let vb = VarBuilder::from_tensors(weights.clone(), DType::F32, &cpu);
+            let alone = |ids: &[u32]| -> Tensor {
+                let input = Tensor::new(ids, &cpu).unwrap().unsqueeze(0).unwrap();
+                let out = match names.prefixes[0] {
+                    "bert." => {
+                        let model = bert::BertModel::load(
+                            vb.clone(),
+                            &serde_json::from_str(config).unwrap(),
+                        )
+                        .unwrap();
+                        model.forward(&input, &input.zeros_like().unwrap(), None)
+                    }
+                    "distilbert." => {
+                        let model = distilbert::DistilBertModel::load(
+                            vb.clone(),
+                            &serde_json::from_str(config).unwrap(),
+                        )
+                        .unwrap();
+                        let hide = Tensor::zeros((1, 1, 1, ids.len()), DType::U8, &cpu).unwrap();
+                        model.forward(&input, &hide)
+                    }
+                    _ => {
+                        let model = xlm_roberta::XLMRobertaModel::new(
+                            &serde_json::from_str(config).unwrap(),
+                            vb.pp("roberta"),
+                        )
+                        .unwrap();
+                        let zeros = input.zeros_like().unwrap();
+                        model.forward(
+                            &input,
+                            &input.ones_like().unwrap(),
+                            &zeros,
+                            None,
+                            None,
+                            None,
+                        )
+                    }
+                };
+                out.unwrap().squeeze(0).unwrap()
+            };
+            let encoder = Encoder::load(config, &weights).unwrap();
+            let lengths: Vec<usize> = sequences.iter().map(Vec::len).collect();
+            let packed = encoder
+                .forward(&sequences.concat(), &lengths, &cpu)
+                .unwrap();
+            let mut start = 0;
+            for ids in &sequences {
+                let ours = packed.narrow(0, start, ids.len()).unwrap();
+                let diff = (ours - alone(ids))
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap();
+                let diff = diff.to_scalar::<f32>().unwrap();
+                assert!(
+                    diff < 1e-4,
+                    "{}: max |Δ| {diff} at length {}",
+                    names.prefixes[0],
+                    ids.len()
+                );
+                start += ids.len();
+            }
+        }
+    }
+}
