@@ -8,12 +8,14 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+mod corpus;
 mod text;
 
 use aion_events::{topics, AnswerEvent, Judgment, RetrievalEvent, RetrievalResult};
 use chrono::{DateTime, Duration, Utc};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
+pub use corpus::{Corpus, REALISTIC_EXPONENT, REALISTIC_PASSAGES};
 pub use text::{cpf, entities, people};
 
 /// What the generator produces.
@@ -66,6 +68,8 @@ pub struct Generator {
     index: u64,
     /// The answer that follows the last retrieval.
     pending_answer: Option<AnswerEvent>,
+    /// Where result passages come from (else each is written for its query).
+    corpus: Option<Corpus>,
 }
 
 impl Generator {
@@ -76,7 +80,15 @@ impl Generator {
             rng,
             index: 0,
             pending_answer: None,
+            corpus: None,
         }
+    }
+
+    /// Results retrieved from `corpus` (by its popularity law) instead of passages written for
+    /// each query: the traffic repeats passages the way real retrieval does.
+    pub fn with_corpus(mut self, corpus: Corpus) -> Self {
+        self.corpus = Some(corpus);
+        self
     }
 
     fn event_time(&mut self) -> DateTime<Utc> {
@@ -109,6 +121,7 @@ impl Generator {
         let degraded = self.degraded(&tenant, &query);
         // Candidate documents with their grades: a few relevant, most not.
         let n = self.rng.random_range(5..=10usize);
+        let mut drawn = std::collections::HashSet::new();
         let mut docs: Vec<(String, u8, String)> = (0..n + 2)
             .map(|i| {
                 let grade = match i {
@@ -117,6 +130,13 @@ impl Generator {
                     2 | 3 => 1,
                     _ => 0,
                 };
+                if let Some(corpus) = &self.corpus {
+                    // Distinct passages: a result list names a document once.
+                    let id = std::iter::repeat_with(|| corpus.draw(&mut self.rng))
+                        .find(|id| drawn.insert(*id))
+                        .unwrap_or_default();
+                    return (format!("kb-{id}"), grade, corpus.passage(id));
+                }
                 let doc = format!(
                     "kb-{}-{}#{}",
                     topic.slug(),

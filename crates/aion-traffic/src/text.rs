@@ -185,6 +185,26 @@ impl Topic {
         }
     }
 
+    /// A support-case note about this topic's person, with their contact data: what a knowledge
+    /// base built from tickets holds.
+    pub fn note(&self, rng: &mut StdRng) -> String {
+        let (p, c, x) = (self.person, self.company, self.product);
+        let ticket = rng.random_range(10_000..100_000);
+        if self.portuguese {
+            format!(
+                "Chamado {ticket}: {p} (e-mail {}, CPF {}) pediu à {c} a troca do {x}; o atendente confirmou o pedido por telefone.",
+                email(rng, p),
+                cpf(rng)
+            )
+        } else {
+            format!(
+                "Ticket {ticket}: {p} ({}, phone +1 (312) 555-{:04}) asked {c} to replace the {x}; support confirmed the request by phone.",
+                email(rng, p),
+                rng.random_range(0..10000)
+            )
+        }
+    }
+
     pub fn reply(&self, rng: &mut StdRng) -> String {
         let (c, l, x) = (self.company, self.place, self.product);
         let days = rng.random_range(1..8);

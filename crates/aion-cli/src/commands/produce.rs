@@ -1,7 +1,7 @@
 use std::time::{Duration, Instant};
 
 use aion_kafka::Sink;
-use aion_traffic::{Generator, Scenario, TrafficConfig};
+use aion_traffic::{Corpus, Generator, Scenario, TrafficConfig};
 use anyhow::{bail, Context as _, Result};
 use chrono::{DateTime, Utc};
 use clap::ValueEnum;
@@ -64,12 +64,26 @@ pub struct Args {
     /// Fraction of events whose event time lags by up to two hours.
     #[arg(long, default_value_t = 0.01)]
     pub late_fraction: f64,
+    /// Retrieve results from a knowledge base of this many passages of a few sentences each,
+    /// drawn by Zipf's law (exponent 1.0): popular passages recur as in real RAG traffic
+    /// (100000 is the realistic traffic of `aion bench ner`). 0: a short passage written for
+    /// every result.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub corpus_passages: usize,
     /// Write the events to `DIR/<topic>.jsonl` instead of publishing them (fixtures, offline checks).
     #[arg(long, value_name = "DIR")]
     pub to_dir: Option<std::path::PathBuf>,
 }
 
 impl Args {
+    fn generator(&self) -> Result<Generator> {
+        let generator = Generator::new(self.traffic()?);
+        Ok(match self.corpus_passages {
+            0 => generator,
+            n => generator.with_corpus(Corpus::new(self.seed, n, aion_traffic::REALISTIC_EXPONENT)),
+        })
+    }
+
     fn traffic(&self) -> Result<TrafficConfig> {
         for (name, f) in [
             ("--degrade-at", self.degrade_at),
@@ -131,14 +145,14 @@ impl Args {
 
 /// Publishes the configured traffic and fails unless the broker acknowledged every event.
 pub async fn run(args: Args, ctx: &Context, stop: CancellationToken) -> Result<()> {
-    let traffic = args.traffic()?;
+    let traffic = args.generator()?;
     if let Some(dir) = &args.to_dir {
         return write_files(traffic, dir);
     }
     let sink = Sink::new(&ctx.kafka, "produce")?;
     let started = Instant::now();
     let mut sent = 0u64;
-    for payload in Generator::new(traffic) {
+    for payload in traffic {
         if stop.is_cancelled() {
             break;
         }
@@ -181,12 +195,12 @@ pub async fn run(args: Args, ctx: &Context, stop: CancellationToken) -> Result<(
     Ok(())
 }
 
-fn write_files(traffic: TrafficConfig, dir: &std::path::Path) -> Result<()> {
+fn write_files(traffic: Generator, dir: &std::path::Path) -> Result<()> {
     use std::io::Write;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut files = std::collections::HashMap::new();
     let mut written = 0u64;
-    for payload in Generator::new(traffic) {
+    for payload in traffic {
         let file = match files.entry(payload.topic) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {

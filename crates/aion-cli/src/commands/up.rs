@@ -240,6 +240,7 @@ pub async fn run(args: Args, mut ctx: Context, stop: CancellationToken) -> Resul
             start: None,
             invalid_fraction: 0.01,
             late_fraction: 0.01,
+            corpus_passages: 0,
             to_dir: None,
         };
         println!(
