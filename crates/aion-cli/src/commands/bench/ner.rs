@@ -1,12 +1,22 @@
-//! `aion bench ner`: enrichment (NER + keyphrases + top terms) events and tokens per CPU-second
-//! on the CPU, per inference batch size, next to the Python onnxruntime pipeline on the same texts.
+//! `aion bench ner`: the NER model and the enricher on one thread, next to onnxruntime on the same
+//! model inputs and the Python pipeline a user would write, with each runtime's accuracy against
+//! the shipped model.
+//!
+//! Two input sets: the 320 short parity texts, and realistic events (a query and its top-3
+//! passages, up to 7,000 characters) from the Zipf-distributed corpus of `aion produce
+//! --corpus-passages`. Both sides run the exact same windows (aion's, sent to Python as token ids)
+//! and time only the model and its softmax: tokenizing, keyphrases and terms count on neither
+//! side. Then whole events: aion's enricher (tokenize, model, entities, keyphrases, terms, JSON;
+//! with its segment cache) against the Python pipeline (tokenize, model, entities; no cache).
 
 use std::path::PathBuf;
-use std::time::Instant;
 
-use aion_ner::{keyphrases, top_terms, TokenClassifier, EVENT_TERMS};
+use aion_events::RetrievalEvent;
+use aion_ner::{Entity, SegmentCache, TokenClassifier, DEFAULT_CACHE_ENTRIES};
+use aion_traffic::{Corpus, Generator, Scenario, TrafficConfig};
 use anyhow::{bail, Context as _, Result};
 use candle_core::Device;
+use serde_json::{json, Value};
 
 use super::{cpu_seconds, reference_python};
 use crate::commands::enrich::default_model;
@@ -16,101 +26,350 @@ pub struct Args {
     /// Token-classification model directory (default: the offline model).
     #[arg(long, env = "AION_NER_MODEL", value_name = "DIR")]
     pub model: Option<PathBuf>,
-    /// Times the 320-text set is enriched per batch size.
-    #[arg(long, default_value_t = 2)]
-    pub passes: usize,
-    /// Inference batch sizes to measure.
-    #[arg(long, value_delimiter = ',', default_value = "1,4,8,16,32")]
-    pub batch_sizes: Vec<usize>,
+    /// Runs of every measurement; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+    /// Model inputs per inference batch (both sides).
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// Realistic events in the raw-model set and the Python pipeline's run.
+    #[arg(long, default_value_t = 20)]
+    pub events: usize,
+    /// Realistic events through aion's enricher (cold cache first, then steady state).
+    #[arg(long, default_value_t = 600)]
+    pub traffic_events: usize,
+    /// Print one JSON object (`raw_ratio`, `realistic_ratio`, `entity_f1`, every row) instead
+    /// of tables.
+    #[arg(long)]
+    pub json: bool,
     /// Python with onnxruntime and tokenizers for the reference (default: the checks' venv).
     #[arg(long, env = "AION_BENCH_PYTHON")]
     pub python: Option<PathBuf>,
 }
 
+const SCRIPT: &str = include_str!("../../../../../scripts/checks/ner_onnx_bench.py");
+const SHIPPED: &str = "onnxruntime shipped (f32 compute)";
+
+/// One thread on both sides: candle reads this before every matmul, onnxruntime is told.
+fn one_thread() {
+    std::env::set_var("RAYON_NUM_THREADS", "1");
+}
+
 pub async fn run(args: Args) -> Result<()> {
+    one_thread();
     let dir = args.model.unwrap_or_else(default_model);
     let model = TokenClassifier::load(&dir, &Device::Cpu)
         .with_context(|| format!("loading {} (scripts/setup installs it)", dir.display()))?;
-    let set = aion_ner::parity_texts();
-    let texts: Vec<&String> = std::iter::repeat_n(&set, args.passes.max(1))
-        .flatten()
-        .collect();
-    let refs: Vec<&str> = texts.iter().map(|t| t.as_str()).collect();
-    let tokens: usize = refs
-        .iter()
-        .map(|t| model.encode(t).map(|ids| ids.len() - 2))
-        .sum::<Result<_, _>>()?;
+    if args.events == 0 || args.traffic_events < 2 {
+        bail!("--events must be at least 1 and --traffic-events at least 2");
+    }
+    let repeats = args.repeats.max(1);
+    let batch = args.batch_size.max(1);
 
-    let mut ours = Vec::new();
-    for &batch in &args.batch_sizes {
-        let (cpu, wall) = (cpu_seconds(), Instant::now());
-        for chunk in refs.chunks(batch.max(1)) {
-            for (text, entities) in chunk.iter().zip(model.entities_batch(chunk, batch)?) {
-                top_terms(&entities, &keyphrases(text, EVENT_TERMS), EVENT_TERMS);
+    let short = aion_ner::parity_texts();
+    let short: Vec<&str> = short.iter().map(String::as_str).collect();
+    let events = realistic_events(args.events.max(args.traffic_events));
+    let segments: Vec<Vec<&str>> = events.iter().map(aion_ner::segments).collect();
+    let realistic: Vec<&str> = segments[..args.events].iter().flatten().copied().collect();
+    let sets = [
+        ("short texts", model.model_inputs(&short)?),
+        ("realistic events", model.model_inputs(&realistic)?),
+    ];
+
+    // aion, raw model.
+    let mut rows = Vec::new();
+    let mut ours_labels = Vec::new();
+    for (name, sequences) in &sets {
+        let (probs, cpu) = timed(repeats, || {
+            let mut out = Vec::new();
+            for chunk in sequences.chunks(batch) {
+                out.extend(model.probabilities(chunk)?);
             }
-        }
-        let cpu = (cpu_seconds() - cpu).max(0.01);
-        ours.push((
-            batch,
-            texts.len() as f64 / cpu,
-            tokens as f64 / cpu,
-            wall.elapsed(),
-        ));
+            Ok(out)
+        })?;
+        ours_labels.push(labels(&probs));
+        rows.push(Row {
+            runtime: "aion f32 (candle, packed)".into(),
+            set: name,
+            tokens_per_cpu_s: tokens(sequences) as f64 / cpu,
+        });
     }
 
-    let python = reference_python(args.python);
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../scripts/checks/ner_onnx_bench.py");
-    let texts_file =
-        std::env::temp_dir().join(format!("aion-bench-ner-{}.jsonl", std::process::id()));
-    let lines: Vec<String> = set
+    // onnxruntime on the same inputs, and the Python pipeline on whole events.
+    let request = json!({
+        "model_dir": dir,
+        "repeats": repeats,
+        "batch_size": batch,
+        "sets": sets.iter().map(|(n, s)| (n.to_string(), json!(s))).collect::<serde_json::Map<_, _>>(),
+        "probs_for": "short texts",
+        "events": segments[..args.events],
+    });
+    let reference = python_reference(args.python, &request)?;
+
+    let mut accuracy = Vec::new();
+    let shipped_labels: Vec<Vec<Vec<usize>>> = sets
         .iter()
-        .map(serde_json::to_string)
-        .collect::<Result<_, _>>()?;
-    std::fs::write(&texts_file, lines.join("\n"))?;
-    let out = std::process::Command::new(&python)
-        .arg(&script)
-        .arg(&dir)
-        .arg(&texts_file)
-        .arg(args.passes.max(1).to_string())
-        .args(args.batch_sizes.iter().map(usize::to_string))
-        .output()
-        .with_context(|| format!("running {} (scripts/setup installs it)", python.display()))?;
-    std::fs::remove_file(&texts_file).ok();
-    if !out.status.success() {
-        bail!(
-            "onnxruntime reference failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        .map(|(name, _)| reference_labels(&reference, SHIPPED, name))
+        .collect::<Result<_>>()?;
+    let shipped_entities = reference_entities(&model, &short, batch, &reference, SHIPPED)?;
+    let ours_entities = model.entities_batch(&short, batch)?;
+    accuracy.push((
+        "aion f32 (candle, packed)".to_string(),
+        agreement(&ours_labels, &shipped_labels),
+        entity_f1(&ours_entities, &shipped_entities),
+    ));
+    for (runtime, by_set) in reference["runtimes"]
+        .as_object()
+        .context("reference output")?
+    {
+        for (name, _) in &sets {
+            rows.push(Row {
+                runtime: runtime.clone(),
+                set: name,
+                tokens_per_cpu_s: by_set[name]["tokens_per_cpu_s"].as_f64().unwrap_or(0.0),
+            });
+        }
+        if runtime != SHIPPED {
+            let theirs: Vec<Vec<Vec<usize>>> = sets
+                .iter()
+                .map(|(name, _)| reference_labels(&reference, runtime, name))
+                .collect::<Result<_>>()?;
+            let entities = reference_entities(&model, &short, batch, &reference, runtime)?;
+            accuracy.push((
+                runtime.clone(),
+                agreement(&theirs, &shipped_labels),
+                entity_f1(&entities, &shipped_entities),
+            ));
+        }
     }
-    let reference: Vec<(f64, f64)> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| {
-            let f: Vec<f64> = l
-                .split_whitespace()
-                .filter_map(|f| f.parse().ok())
-                .collect();
-            (
-                f.get(1).copied().unwrap_or(0.0),
-                f.get(2).copied().unwrap_or(0.0),
-            )
-        })
-        .collect();
 
+    // Whole events: aion's enricher with its cache, cold then steady.
+    let payloads: Vec<Vec<u8>> = events
+        .iter()
+        .map(serde_json::to_vec)
+        .collect::<Result<_, _>>()?;
+    let pairs: Vec<(&RetrievalEvent, &[u8])> = events
+        .iter()
+        .zip(&payloads)
+        .map(|(e, p)| (e, p.as_slice()))
+        .collect();
+    let mut cache = SegmentCache::new(DEFAULT_CACHE_ENTRIES);
+    let cold_len = (args.traffic_events / 6).max(1);
+    let mut traffic = Vec::new();
+    for (phase, range) in [
+        ("aion enricher, cold cache", 0..cold_len),
+        ("aion enricher, steady state", cold_len..args.traffic_events),
+    ] {
+        let (hits, misses) = (cache.hits, cache.misses);
+        let started = cpu_seconds();
+        for chunk in pairs[range.clone()].chunks(16) {
+            aion_ner::enrich(&model, &mut cache, chunk, batch)?;
+        }
+        let cpu = (cpu_seconds() - started).max(0.01);
+        let hit_rate = (cache.hits - hits) as f64
+            / ((cache.hits - hits) + (cache.misses - misses)).max(1) as f64;
+        traffic.push((phase, range.len() as f64 / cpu, Some(hit_rate)));
+    }
+    let python_events = reference["pipeline"]["events_per_cpu_s"]
+        .as_f64()
+        .unwrap_or(0.0);
+    traffic.push(("Python pipeline (no cache)", python_events, None));
+
+    let rate = |runtime: &str, set: &str| {
+        rows.iter()
+            .find(|r| r.runtime == runtime && r.set == set)
+            .map_or(0.0, |r| r.tokens_per_cpu_s)
+    };
+    let raw_ratio = rate("aion f32 (candle, packed)", "realistic events")
+        / rate(SHIPPED, "realistic events").max(1e-9);
+    let realistic_ratio = traffic[1].1 / python_events.max(1e-9);
+    let entity_f1 = accuracy[0].2;
+
+    if args.json {
+        let out = json!({
+            "raw_ratio": raw_ratio,
+            "realistic_ratio": realistic_ratio,
+            "entity_f1": entity_f1,
+            "token_agreement": accuracy[0].1,
+            "threads": 1,
+            "batch_size": batch,
+            "repeats": repeats,
+            "model": rows.iter().map(|r| json!({"runtime": r.runtime, "set": r.set, "tokens_per_cpu_s": r.tokens_per_cpu_s})).collect::<Vec<_>>(),
+            "accuracy": accuracy.iter().map(|(r, a, f)| json!({"runtime": r, "token_agreement": a, "entity_f1": f})).collect::<Vec<_>>(),
+            "events": traffic.iter().map(|(p, e, h)| json!({"pipeline": p, "events_per_cpu_s": e, "cache_hit_rate": h})).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
     println!();
     println!(
-        "{} texts ({tokens} tokens), model {}, CPU; rates per CPU-second (all threads' time)",
-        texts.len(),
+        "model {}, one thread each side, batches of {batch}, median of {repeats} runs",
         dir.display()
     );
-    println!("| batch | aion events/s | aion tokens/s | aion wall | onnxruntime events/s | onnxruntime tokens/s | aion / onnxruntime | target |");
-    println!("|------:|--------------:|--------------:|----------:|---------------------:|---------------------:|-------------------:|-------:|");
-    for ((batch, events, toks, wall), (r_events, r_tokens)) in ours.iter().zip(&reference) {
+    println!(
+        "sets: {} short texts ({} tokens); {} realistic events ({} windows, {} tokens)",
+        short.len(),
+        tokens(&sets[0].1),
+        args.events,
+        sets[1].1.len(),
+        tokens(&sets[1].1)
+    );
+    println!();
+    println!("| runtime | set | tokens per CPU-s | × onnxruntime shipped |");
+    println!("|---|---|---:|---:|");
+    for r in &rows {
         println!(
-            "| {batch:>5} | {events:>13.1} | {toks:>13.0} | {:>8.2}s | {r_events:>20.1} | {r_tokens:>20.0} | {:>17.2}x | >= 3x |",
-            wall.as_secs_f64(),
-            events / r_events.max(1e-9)
+            "| {} | {} | {:.0} | {:.2}× |",
+            r.runtime,
+            r.set,
+            r.tokens_per_cpu_s,
+            r.tokens_per_cpu_s / rate(SHIPPED, r.set).max(1e-9)
         );
     }
+    println!();
+    println!(
+        "| runtime | token label agreement with the shipped model | entity F1 (short texts) |"
+    );
+    println!("|---|---:|---:|");
+    for (runtime, agree, f1) in &accuracy {
+        println!("| {runtime} | {:.4}% | {f1:.4} |", agree * 100.0);
+    }
+    println!();
+    println!("| whole events (Zipf corpus of 100,000 passages, 3 per query) | events per CPU-s | segment cache hits | × Python |");
+    println!("|---|---:|---:|---:|");
+    for (phase, events, hits) in &traffic {
+        println!(
+            "| {phase} | {events:.1} | {} | {:.2}× |",
+            hits.map_or("-".to_string(), |h| format!("{:.0}%", h * 100.0)),
+            events / python_events.max(1e-9)
+        );
+    }
+    println!();
+    println!("raw_ratio {raw_ratio:.2} (target ≥ 1.5 in f32), realistic_ratio {realistic_ratio:.2} (target ≥ 10), entity_f1 {entity_f1:.4}");
     Ok(())
+}
+
+struct Row<'a> {
+    runtime: String,
+    set: &'a str,
+    tokens_per_cpu_s: f64,
+}
+
+/// The retrievals of the realistic traffic: results from the Zipf corpus.
+fn realistic_events(n: usize) -> Vec<RetrievalEvent> {
+    let corpus = Corpus::new(
+        7,
+        aion_traffic::REALISTIC_PASSAGES,
+        aion_traffic::REALISTIC_EXPONENT,
+    );
+    Generator::new(TrafficConfig {
+        seed: 7,
+        tenants: vec!["acme".into()],
+        count: 2 * n as u64,
+        start: chrono::Utc::now(),
+        span: chrono::Duration::hours(1),
+        scenario: Scenario::Steady,
+        invalid_fraction: 0.0,
+        late_fraction: 0.0,
+    })
+    .with_corpus(corpus)
+    .filter(|p| p.topic == aion_events::topics::RETRIEVAL)
+    .filter_map(|p| serde_json::from_slice(&p.bytes).ok())
+    .collect()
+}
+
+/// `f`'s result and its median CPU seconds over `repeats` runs.
+fn timed<T>(repeats: usize, mut f: impl FnMut() -> Result<T>) -> Result<(T, f64)> {
+    let mut times = Vec::new();
+    let mut result = None;
+    for _ in 0..repeats {
+        let started = cpu_seconds();
+        result = Some(f()?);
+        times.push(cpu_seconds() - started);
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2].max(0.01);
+    Ok((result.context("no run")?, median))
+}
+
+fn tokens(sequences: &[Vec<u32>]) -> usize {
+    sequences.iter().map(Vec::len).sum()
+}
+
+fn labels(probs: &[Vec<Vec<f32>>]) -> Vec<Vec<usize>> {
+    probs
+        .iter()
+        .map(|rows| rows.iter().map(|p| aion_ner::argmax(p).0).collect())
+        .collect()
+}
+
+fn python_reference(python: Option<PathBuf>, request: &Value) -> Result<Value> {
+    use std::io::Write;
+    let python = reference_python(python);
+    let mut child = std::process::Command::new(&python)
+        .arg("-c")
+        .arg(SCRIPT)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {} (scripts/setup installs it)", python.display()))?;
+    let mut stdin = child.stdin.take().context("python stdin")?;
+    let body = serde_json::to_vec(request)?;
+    let writer = std::thread::spawn(move || stdin.write_all(&body));
+    let out = child.wait_with_output()?;
+    writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("writing to python"))??;
+    if !out.status.success() {
+        bail!("the onnxruntime reference failed ({})", out.status);
+    }
+    serde_json::from_slice(&out.stdout).context("the onnxruntime reference's output")
+}
+
+fn reference_labels(reference: &Value, runtime: &str, set: &str) -> Result<Vec<Vec<usize>>> {
+    serde_json::from_value(reference["runtimes"][runtime][set]["labels"].clone())
+        .with_context(|| format!("{runtime}: labels of {set}"))
+}
+
+/// Entities of the short texts from a reference runtime's probabilities, aggregated by aion's
+/// own code (the same windows were sent, in the same order).
+fn reference_entities(
+    model: &TokenClassifier,
+    texts: &[&str],
+    batch: usize,
+    reference: &Value,
+    runtime: &str,
+) -> Result<Vec<Vec<Entity>>> {
+    let probs: Vec<Vec<Vec<f32>>> = serde_json::from_value(reference["probs"][runtime].clone())
+        .with_context(|| format!("{runtime}: probabilities"))?;
+    let mut probs = probs.into_iter();
+    Ok(model.entities_batch_with(texts, batch, |sequences| {
+        Ok(probs.by_ref().take(sequences.len()).collect())
+    })?)
+}
+
+/// Share of tokens whose best label is the same.
+fn agreement(ours: &[Vec<Vec<usize>>], theirs: &[Vec<Vec<usize>>]) -> f64 {
+    let (mut same, mut all) = (0usize, 0usize);
+    for (a, b) in ours.iter().flatten().zip(theirs.iter().flatten()) {
+        for (x, y) in a.iter().zip(b) {
+            same += usize::from(x == y);
+            all += 1;
+        }
+    }
+    same as f64 / all.max(1) as f64
+}
+
+/// F1 of entity spans (label, start, end) against the reference's.
+fn entity_f1(ours: &[Vec<Entity>], theirs: &[Vec<Entity>]) -> f64 {
+    use std::collections::HashSet;
+    let (mut both, mut a, mut b) = (0usize, 0usize, 0usize);
+    for (x, y) in ours.iter().zip(theirs) {
+        let x: HashSet<_> = x.iter().map(|e| (&e.label, e.start, e.end)).collect();
+        let y: HashSet<_> = y.iter().map(|e| (&e.label, e.start, e.end)).collect();
+        both += x.intersection(&y).count();
+        a += x.len();
+        b += y.len();
+    }
+    2.0 * both as f64 / (a + b).max(1) as f64
 }
