@@ -7,6 +7,7 @@
 //! - attention, GELU and softmax are the vectorised kernels of [`crate::kernels`].
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
@@ -51,14 +52,41 @@ enum Activation {
 }
 
 /// `x · W + b`, W stored as `[in, out]`.
+/// On the CPU the weights are also packed for [`kernels::dense`].
 struct Dense {
     weight: Tensor,
     bias: Tensor,
+    packed: Option<Arc<kernels::Packed>>,
 }
 
 impl Dense {
+    fn new(weight: Tensor, bias: Tensor) -> candle_core::Result<Self> {
+        let packed = match weight.device() {
+            Device::Cpu => Some(Arc::new(kernels::Packed::new(&weight, &bias)?)),
+            _ => None,
+        };
+        Ok(Self {
+            weight,
+            bias,
+            packed,
+        })
+    }
+
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        x.matmul(&self.weight)?.broadcast_add(&self.bias)
+        match &self.packed {
+            Some(packed) => kernels::dense(x, packed, false),
+            None => x.matmul(&self.weight)?.broadcast_add(&self.bias),
+        }
+    }
+
+    /// `activation(x · W + b)`, exact GELU fused into the CPU kernel.
+    fn forward_activated(&self, x: &Tensor, activation: Activation) -> candle_core::Result<Tensor> {
+        match (&self.packed, activation) {
+            (Some(packed), Activation::Gelu) => kernels::dense(x, packed, true),
+            (_, Activation::Gelu) => self.forward(x)?.gelu_erf(),
+            (_, Activation::GeluTanh) => self.forward(x)?.gelu(),
+            (_, Activation::Relu) => self.forward(x)?.relu(),
+        }
     }
 }
 
@@ -188,12 +216,10 @@ impl Weights<'_> {
             weights.push((self.get(&format!("{name}.weight"))? * scale).map_err(candle)?);
             biases.push((self.get(&format!("{name}.bias"))? * scale).map_err(candle)?);
         }
-        Ok(Dense {
-            weight: Tensor::cat(&weights, 0)
-                .and_then(|w| w.t()?.contiguous())
-                .map_err(candle)?,
-            bias: Tensor::cat(&biases, 0).map_err(candle)?,
-        })
+        let weight = Tensor::cat(&weights, 0)
+            .and_then(|w| w.t()?.contiguous())
+            .map_err(candle)?;
+        Dense::new(weight, Tensor::cat(&biases, 0).map_err(candle)?).map_err(candle)
     }
 
     fn norm(&self, name: &str, eps: f64) -> Result<Norm, String> {
@@ -318,12 +344,7 @@ impl Encoder {
             let attended = layer
                 .attention_norm
                 .forward(&layer.attention_out.forward(&context)?.add(&x)?)?;
-            let up = layer.up.forward(&attended)?;
-            let up = match self.activation {
-                Activation::Gelu => kernels::gelu_erf(&up)?,
-                Activation::GeluTanh => up.gelu()?,
-                Activation::Relu => up.relu()?,
-            };
+            let up = layer.up.forward_activated(&attended, self.activation)?;
             x = layer
                 .output_norm
                 .forward(&layer.down.forward(&up)?.add(&attended)?)?;

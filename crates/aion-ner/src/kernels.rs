@@ -6,15 +6,6 @@
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 
-/// `x · Φ(x)` with the exact (erf) Gaussian CDF, as BERT's `gelu`.
-pub fn gelu_erf(xs: &Tensor) -> candle_core::Result<Tensor> {
-    if xs.device().is_cpu() {
-        xs.apply_op1_no_bwd(&GeluErf)
-    } else {
-        xs.gelu_erf()
-    }
-}
-
 /// Softmax over the last dimension.
 pub fn softmax_last_dim(xs: &Tensor) -> candle_core::Result<Tensor> {
     if xs.device().is_cpu() {
@@ -111,52 +102,263 @@ impl pulp::WithSimd for PackedAttention<'_> {
     type Output = ();
 
     #[inline(always)]
-    fn with_simd<S: pulp::Simd>(self, _: S) {
+    fn with_simd<S: pulp::Simd>(self, simd: S) {
+        let lanes = S::F32_LANES;
+        let block = 4 * lanes;
         let (hidden, dim) = (self.hidden, self.hidden / self.heads);
+        let padded_dim = dim.next_multiple_of(lanes);
         let row = |t: usize| &self.qkv[t * 3 * hidden..(t + 1) * 3 * hidden];
-        // One head's keys transposed, `[dim, n]`: a query's scores are then `dim` vector
-        // multiply-adds across the keys, with no horizontal sum per key.
+        let zero = simd.splat_f32s(0.0);
+        // One head's keys transposed, `[dim][n rounded up to a block]`: a query's scores are then
+        // multiply-adds of whole vectors across the keys, four vectors at a time in registers.
         let mut keys = Vec::new();
+        // One head's values by vector of the head's width, `[dim / lanes][n rounded up][lanes]`:
+        // each output vector is then a sum over the keys in four independent registers.
+        let mut values = Vec::new();
         let mut scores = Vec::new();
+        let mut context = vec![zero; padded_dim / lanes];
+        let mut scratch = vec![0f32; padded_dim];
         let mut start = 0;
         for &n in self.lengths {
             let tokens = start..start + n;
-            scores.resize(n, 0f32);
-            keys.resize(dim * n, 0f32);
+            let padded_n = n.next_multiple_of(block);
+            keys.clear();
+            keys.resize(dim * padded_n, 0f32);
+            values.clear();
+            values.resize(padded_n * padded_dim, 0f32);
+            scores.resize(padded_n, 0f32);
             for head in 0..self.heads {
                 let at = head * dim;
                 for (j, t) in tokens.clone().enumerate() {
-                    for (c, &k) in row(t)[hidden + at..hidden + at + dim].iter().enumerate() {
-                        keys[c * n + j] = k;
+                    let r = row(t);
+                    for (c, &k) in r[hidden + at..hidden + at + dim].iter().enumerate() {
+                        keys[c * padded_n + j] = k;
+                    }
+                    for (c, &v) in r[2 * hidden + at..2 * hidden + at + dim].iter().enumerate() {
+                        values[((c / lanes) * padded_n + j) * lanes + c % lanes] = v;
                     }
                 }
                 for i in tokens.clone() {
-                    scores.fill(0.0);
-                    for (&q, keys) in row(i)[at..at + dim].iter().zip(keys.chunks_exact(n)) {
-                        for (s, &k) in scores.iter_mut().zip(keys) {
-                            *s = k.mul_add(q, *s);
+                    let q = &row(i)[at..at + dim];
+                    for first in (0..padded_n).step_by(block) {
+                        let mut acc = [zero; 4];
+                        for (c, &qc) in q.iter().enumerate() {
+                            let qc = simd.splat_f32s(qc);
+                            let at = c * padded_n + first;
+                            let (k, _) = S::as_simd_f32s(&keys[at..at + block]);
+                            for (acc, &k) in acc.iter_mut().zip(k) {
+                                *acc = simd.mul_add_e_f32s(qc, k, *acc);
+                            }
                         }
+                        let (out, _) = S::as_mut_simd_f32s(&mut scores[first..first + block]);
+                        out.copy_from_slice(&acc);
                     }
-                    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    for score in scores.iter_mut() {
+                    let (live, padding) = scores.split_at_mut(n);
+                    let max = live.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    for score in live.iter_mut() {
                         *score = exp(*score - max);
                     }
-                    let scale = 1.0 / sum(&scores);
-                    let out = &mut self.out[i * hidden + at..i * hidden + at + dim];
-                    for (t, &p) in tokens.clone().zip(&scores) {
-                        let v = &row(t)[2 * hidden + at..2 * hidden + at + dim];
-                        for (o, &v) in out.iter_mut().zip(v) {
-                            *o = v.mul_add(p, *o);
+                    let scale = simd.splat_f32s(1.0 / sum(live));
+                    padding.fill(0.0);
+                    let (by_vector, _) = S::as_simd_f32s(&values);
+                    for (out, values) in context.iter_mut().zip(by_vector.chunks_exact(padded_n)) {
+                        let mut acc = [zero; 4];
+                        for (p, v) in scores.chunks_exact(4).zip(values.chunks_exact(4)) {
+                            for ((acc, &p), &v) in acc.iter_mut().zip(p).zip(v) {
+                                *acc = simd.mul_add_e_f32s(simd.splat_f32s(p), v, *acc);
+                            }
                         }
+                        let sum = simd
+                            .add_f32s(simd.add_f32s(acc[0], acc[1]), simd.add_f32s(acc[2], acc[3]));
+                        *out = simd.mul_f32s(sum, scale);
                     }
-                    for o in out.iter_mut() {
-                        *o *= scale;
-                    }
+                    S::as_mut_simd_f32s(&mut scratch)
+                        .0
+                        .copy_from_slice(&context);
+                    self.out[i * hidden + at..i * hidden + at + dim]
+                        .copy_from_slice(&scratch[..dim]);
                 }
             }
             start += n;
         }
     }
+}
+
+/// A linear layer's weights packed once for [`dense`]: column panels of two SIMD vectors' width,
+/// each `[inputs][width]` contiguous, so the inner loop reads them in order and nothing is
+/// packed again per call (candle's matmul packs its right-hand side every time).
+#[derive(Debug)]
+pub struct Packed {
+    panels: Vec<f32>,
+    bias: Vec<f32>,
+    inputs: usize,
+    outputs: usize,
+    /// Columns per panel: two vectors of the instruction set chosen at load.
+    width: usize,
+}
+
+impl Packed {
+    /// Packs `weight` `[inputs, outputs]` and `bias` `[outputs]`.
+    pub fn new(weight: &Tensor, bias: &Tensor) -> candle_core::Result<Self> {
+        let (inputs, outputs) = weight.dims2()?;
+        let rows: Vec<Vec<f32>> = weight.to_vec2()?;
+        let width = 2 * pulp::Arch::new().dispatch(Lanes);
+        let panels_n = outputs.div_ceil(width);
+        let mut panels = vec![0f32; panels_n * inputs * width];
+        for (k, row) in rows.iter().enumerate() {
+            for (n, &w) in row.iter().enumerate() {
+                panels[(n / width * inputs + k) * width + n % width] = w;
+            }
+        }
+        Ok(Self {
+            panels,
+            bias: bias.to_vec1()?,
+            inputs,
+            outputs,
+            width,
+        })
+    }
+}
+
+struct Lanes;
+
+impl pulp::WithSimd for Lanes {
+    type Output = usize;
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) -> usize {
+        S::F32_LANES
+    }
+}
+
+/// `x · W + b` for `x` `[rows, inputs]` on the CPU, then exact GELU if `gelu`: one pass over the
+/// output, each 6 × 2-vector tile accumulated in registers from the bias on.
+pub fn dense(
+    x: &Tensor,
+    packed: &std::sync::Arc<Packed>,
+    gelu: bool,
+) -> candle_core::Result<Tensor> {
+    x.apply_op1_no_bwd(&Dense {
+        packed: packed.clone(),
+        gelu,
+    })
+}
+
+struct Dense {
+    packed: std::sync::Arc<Packed>,
+    gelu: bool,
+}
+
+impl CustomOp1 for Dense {
+    fn name(&self) -> &'static str {
+        "aion-dense"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous(self.name(), s, l)?;
+        let (rows, inputs) = l.shape().dims2()?;
+        let p = &*self.packed;
+        if inputs != p.inputs {
+            candle_core::bail!(
+                "dense: {inputs} input features, the weights take {}",
+                p.inputs
+            );
+        }
+        let mut out = vec![0f32; rows * p.outputs];
+        pulp::Arch::new().dispatch(DenseKernel {
+            x,
+            out: &mut out,
+            p,
+            gelu: self.gelu,
+        });
+        Ok((CpuStorage::F32(out), Shape::from((rows, p.outputs))))
+    }
+}
+
+/// Rows of a tile.
+const TILE_ROWS: usize = 6;
+/// Input bytes of the rows one pass of the panels covers: a quarter of a typical 1 MiB L2.
+const CHUNK_BYTES: usize = 256 * 1024;
+
+struct DenseKernel<'a> {
+    x: &'a [f32],
+    out: &'a mut [f32],
+    p: &'a Packed,
+    gelu: bool,
+}
+
+impl pulp::WithSimd for DenseKernel<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, simd: S) {
+        let p = self.p;
+        let (inputs, outputs, width) = (p.inputs, p.outputs, p.width);
+        let rows = self.x.len() / inputs;
+        if width != 2 * S::F32_LANES {
+            // Packed for another instruction set than this call runs: cannot happen in one
+            // process (the choice is the CPU's), and is refused rather than misread.
+            return;
+        }
+        let mut tile = [0f32; TILE_ROWS * 64];
+        // Rows in chunks whose inputs stay in the core's L2 cache while every panel passes over
+        // them (all of a long batch's rows would be read again from L3 for each panel).
+        let chunk = (CHUNK_BYTES / (4 * inputs))
+            .max(1)
+            .next_multiple_of(TILE_ROWS);
+        for chunk_start in (0..rows).step_by(chunk) {
+            let chunk_rows = chunk_start..rows.min(chunk_start + chunk);
+            for (panel_index, panel) in p.panels.chunks_exact(inputs * width).enumerate() {
+                let (panel, _) = S::as_simd_f32s(panel);
+                let col = panel_index * width;
+                let cols = width.min(outputs - col);
+                let mut bias = [0f32; 64];
+                bias[..cols].copy_from_slice(&p.bias[col..col + cols]);
+                let (bias, _) = S::as_simd_f32s(&bias[..width]);
+                let (b0, b1) = (bias[0], bias[1]);
+                for first in chunk_rows.clone().step_by(TILE_ROWS) {
+                    let n = TILE_ROWS.min(chunk_rows.end - first);
+                    let mut acc = [[b0, b1]; TILE_ROWS];
+                    // Every row slice and the panel exactly `inputs` long: the loop's index checks
+                    // then fold away.
+                    let x: [&[f32]; TILE_ROWS] = std::array::from_fn(|r| {
+                        let row = first + r.min(n - 1);
+                        &self.x[row * inputs..][..inputs]
+                    });
+                    let panel = &panel[..2 * inputs];
+                    for k in 0..inputs {
+                        let (w0, w1) = (panel[2 * k], panel[2 * k + 1]);
+                        for (acc, x) in acc.iter_mut().zip(&x) {
+                            let a = simd.splat_f32s(x[k]);
+                            acc[0] = simd.mul_add_e_f32s(a, w0, acc[0]);
+                            acc[1] = simd.mul_add_e_f32s(a, w1, acc[1]);
+                        }
+                    }
+                    for (r, acc) in acc.iter().take(n).enumerate() {
+                        let t = &mut tile[r * width..(r + 1) * width];
+                        let (t, _) = S::as_mut_simd_f32s(t);
+                        t[0] = acc[0];
+                        t[1] = acc[1];
+                    }
+                    for r in 0..n {
+                        let t = &mut tile[r * width..r * width + cols];
+                        if self.gelu {
+                            for v in t.iter_mut() {
+                                *v = gelu_erf_scalar(*v);
+                            }
+                        }
+                        let at = (first + r) * outputs + col;
+                        self.out[at..at + cols].copy_from_slice(t);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn gelu_erf_scalar(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
 /// The f32 values of a contiguous tensor.
@@ -169,45 +371,6 @@ fn contiguous<'a>(
     match layout.contiguous_offsets() {
         Some((start, end)) => Ok(&all[start..end]),
         None => candle_core::bail!("{op}: the input must be contiguous"),
-    }
-}
-
-struct GeluErf;
-
-impl CustomOp1 for GeluErf {
-    fn name(&self) -> &'static str {
-        "aion-gelu-erf"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let src = contiguous(self.name(), s, l)?;
-        let mut dst = vec![0f32; src.len()];
-        pulp::Arch::new().dispatch(Map {
-            src,
-            dst: &mut dst,
-            f: |x: f32| 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2)),
-        });
-        Ok((CpuStorage::F32(dst), l.shape().clone()))
-    }
-}
-
-/// `dst[i] = f(src[i])`, compiled for the instruction set `pulp` picks: `with_simd` and `f` are
-/// inlined into its target-feature function (a plain closure there would not be, and its
-/// `mul_add` would become a libm call).
-struct Map<'a, F> {
-    src: &'a [f32],
-    dst: &'a mut [f32],
-    f: F,
-}
-
-impl<F: Fn(f32) -> f32> pulp::WithSimd for Map<'_, F> {
-    type Output = ();
-
-    #[inline(always)]
-    fn with_simd<S: pulp::Simd>(self, _: S) {
-        for (d, &x) in self.dst.iter_mut().zip(self.src) {
-            *d = (self.f)(x);
-        }
     }
 }
 
@@ -231,7 +394,9 @@ impl CustomOp1 for Softmax {
     }
 }
 
-/// Softmax of rows of `width`, inlined into `pulp`'s target-feature function like [`Map`].
+/// Softmax of rows of `width`, inlined into `pulp`'s target-feature function: `with_simd` is
+/// `inline(always)` (a plain closure there would not be inlined, and its `mul_add` would become a
+/// libm call).
 struct Rows<'a> {
     src: &'a [f32],
     dst: &'a mut [f32],
@@ -320,7 +485,9 @@ pub(crate) fn exp(x: f32) -> f32 {
         p = p.mul_add(r, c);
     }
     let p = p * r * r + r + 1.0;
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // Wrapping: n is within [-126, 127] after the clamp, and a checked add would keep the loop
+    // from vectorising in builds with overflow checks.
+    p * f32::from_bits(((n as i32).wrapping_add(127) as u32) << 23)
 }
 
 #[cfg(test)]
@@ -372,12 +539,40 @@ mod tests {
             let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
             d.to_scalar::<f32>().unwrap()
         };
-        assert!(close(gelu_erf(&xs).unwrap(), xs.gelu_erf().unwrap()) < 1e-5);
         let ours = softmax_last_dim(&xs).unwrap();
         assert!(close(ours, candle_nn::ops::softmax_last_dim(&xs).unwrap()) < 1e-6);
-        let qkv = Tensor::randn(0f32, 1.0, (40, 3 * 24), &candle_core::Device::Cpu).unwrap();
-        let lengths = [1, 13, 26];
-        let ours = attention(&qkv, &lengths, 4).unwrap();
-        assert!(close(ours, attention_by_matmuls(&qkv, &lengths, 4).unwrap()) < 1e-5);
+        // Head widths of 6 (a partial vector) and 32 (the shipped model's).
+        for (heads, dim) in [(4, 6), (12, 32)] {
+            let width = 3 * dim * heads;
+            let qkv = Tensor::randn(0f32, 1.0, (120, width), &candle_core::Device::Cpu).unwrap();
+            let lengths = [1, 13, 26, 80];
+            let ours = attention(&qkv, &lengths, heads).unwrap();
+            assert!(close(ours, attention_by_matmuls(&qkv, &lengths, heads).unwrap()) < 1e-5);
+        }
+    }
+
+    /// The packed dense layer against candle's matmul, at shapes that leave partial tiles and
+    /// partial panels, with and without the fused GELU.
+    #[test]
+    fn dense_equals_matmul_plus_bias() {
+        let cpu = candle_core::Device::Cpu;
+        for (rows, inputs, outputs) in [(1, 8, 35), (13, 37, 64), (40, 384, 70)] {
+            let x = Tensor::randn(0f32, 1.0, (rows, inputs), &cpu).unwrap();
+            let w = Tensor::randn(0f32, 0.3, (inputs, outputs), &cpu).unwrap();
+            let b = Tensor::randn(0f32, 1.0, outputs, &cpu).unwrap();
+            let packed = std::sync::Arc::new(Packed::new(&w, &b).unwrap());
+            let want = x.matmul(&w).unwrap().broadcast_add(&b).unwrap();
+            let close = |a: &Tensor, b: &Tensor| {
+                let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+                d.to_scalar::<f32>().unwrap()
+            };
+            let plain = dense(&x, &packed, false).unwrap();
+            assert!(close(&plain, &want) < 1e-4, "{rows}x{inputs}x{outputs}");
+            let gelu = dense(&x, &packed, true).unwrap();
+            assert!(
+                close(&gelu, &want.gelu_erf().unwrap()) < 1e-4,
+                "{rows}x{inputs}x{outputs}"
+            );
+        }
     }
 }
