@@ -232,7 +232,7 @@ impl pulp::WithSimd for Lanes {
 }
 
 /// `x · W + b` for `x` `[rows, inputs]` on the CPU, then exact GELU if `gelu`: one pass over the
-/// output, each 6 × 2-vector tile accumulated in registers from the bias on.
+/// output, each tile (12 or 6 rows × 2 vectors) accumulated in registers from the bias on.
 pub fn dense(
     x: &Tensor,
     packed: &std::sync::Arc<Packed>,
@@ -275,8 +275,8 @@ impl CustomOp1 for Dense {
     }
 }
 
-/// Rows of a tile.
-const TILE_ROWS: usize = 6;
+/// Rows of the largest tile.
+const MAX_TILE_ROWS: usize = 12;
 /// Input bytes of the rows one pass of the panels covers: a quarter of a typical 1 MiB L2.
 const CHUNK_BYTES: usize = 256 * 1024;
 
@@ -292,6 +292,20 @@ impl pulp::WithSimd for DenseKernel<'_> {
 
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, simd: S) {
+        // As many rows as leave the accumulators in registers: 32 vector registers with
+        // AVX-512, 16 with AVX2.
+        if S::F32_LANES >= 16 {
+            self.tiles::<S, 12>(simd);
+        } else {
+            self.tiles::<S, 6>(simd);
+        }
+    }
+}
+
+impl DenseKernel<'_> {
+    /// Tiles of `ROWS` rows × 2 vectors.
+    #[inline(always)]
+    fn tiles<S: pulp::Simd, const ROWS: usize>(self, simd: S) {
         let p = self.p;
         let (inputs, outputs, width) = (p.inputs, p.outputs, p.width);
         let rows = self.x.len() / inputs;
@@ -300,12 +314,10 @@ impl pulp::WithSimd for DenseKernel<'_> {
             // process (the choice is the CPU's), and is refused rather than misread.
             return;
         }
-        let mut tile = [0f32; TILE_ROWS * 64];
+        let mut tile = [0f32; MAX_TILE_ROWS * 64];
         // Rows in chunks whose inputs stay in the core's L2 cache while every panel passes over
         // them (all of a long batch's rows would be read again from L3 for each panel).
-        let chunk = (CHUNK_BYTES / (4 * inputs))
-            .max(1)
-            .next_multiple_of(TILE_ROWS);
+        let chunk = (CHUNK_BYTES / (4 * inputs)).max(1).next_multiple_of(ROWS);
         for chunk_start in (0..rows).step_by(chunk) {
             let chunk_rows = chunk_start..rows.min(chunk_start + chunk);
             for (panel_index, panel) in p.panels.chunks_exact(inputs * width).enumerate() {
@@ -316,12 +328,12 @@ impl pulp::WithSimd for DenseKernel<'_> {
                 bias[..cols].copy_from_slice(&p.bias[col..col + cols]);
                 let (bias, _) = S::as_simd_f32s(&bias[..width]);
                 let (b0, b1) = (bias[0], bias[1]);
-                for first in chunk_rows.clone().step_by(TILE_ROWS) {
-                    let n = TILE_ROWS.min(chunk_rows.end - first);
-                    let mut acc = [[b0, b1]; TILE_ROWS];
+                for first in chunk_rows.clone().step_by(ROWS) {
+                    let n = ROWS.min(chunk_rows.end - first);
+                    let mut acc = [[b0, b1]; ROWS];
                     // Every row slice and the panel exactly `inputs` long: the loop's index checks
                     // then fold away.
-                    let x: [&[f32]; TILE_ROWS] = std::array::from_fn(|r| {
+                    let x: [&[f32]; ROWS] = std::array::from_fn(|r| {
                         let row = first + r.min(n - 1);
                         &self.x[row * inputs..][..inputs]
                     });
