@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::{Linear, Module};
 use serde::Deserialize;
 use tokenizers::Tokenizer;
@@ -70,7 +70,11 @@ impl TokenClassifier {
             tensors.get("classifier.bias"),
         ) {
             (Some(w), Some(b)) if w.dims() == [labels.len(), encoder.hidden()] => {
-                Linear::new(w.clone(), Some(b.clone()))
+                let f32 = |t: &Tensor| t.to_dtype(DType::F32);
+                Linear::new(
+                    f32(w).map_err(|e| load_error(&weights, e))?,
+                    Some(f32(b).map_err(|e| load_error(&weights, e))?),
+                )
             }
             _ => {
                 return Err(load_error(

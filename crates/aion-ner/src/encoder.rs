@@ -3,11 +3,10 @@
 //! - sequences are packed one after another (no padding, no mask): the dense layers run once over
 //!   all tokens of a batch, attention runs per sequence;
 //! - Q, K and V are one matmul, with the attention scale folded into Q's weights at load;
-//! - weights are transposed once at load, so every matmul reads them in order;
-//! - attention, GELU and softmax are the vectorised kernels of [`crate::kernels`].
+//! - on the CPU, weights are packed once at load for the dense kernel, which fuses bias and GELU;
+//!   attention and softmax are vectorised kernels too ([`crate::kernels`]).
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
@@ -51,38 +50,31 @@ enum Activation {
     Relu,
 }
 
-/// `x · W + b`, W stored as `[in, out]`.
-/// On the CPU the weights are also packed for [`kernels::dense`].
-struct Dense {
-    weight: Tensor,
-    bias: Tensor,
-    packed: Option<Arc<kernels::Packed>>,
+/// `x · W + b`: on the CPU the weights packed for [`kernels::dense`], elsewhere W as `[in, out]`.
+enum Dense {
+    Packed(kernels::Packed),
+    Tensors { weight: Tensor, bias: Tensor },
 }
 
 impl Dense {
     fn new(weight: Tensor, bias: Tensor) -> candle_core::Result<Self> {
-        let packed = match weight.device() {
-            Device::Cpu => Some(Arc::new(kernels::Packed::new(&weight, &bias)?)),
-            _ => None,
-        };
-        Ok(Self {
-            weight,
-            bias,
-            packed,
+        Ok(match weight.device() {
+            Device::Cpu => Self::Packed(kernels::Packed::new(&weight, &bias)?),
+            _ => Self::Tensors { weight, bias },
         })
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        match &self.packed {
-            Some(packed) => kernels::dense(x, packed, false),
-            None => x.matmul(&self.weight)?.broadcast_add(&self.bias),
+        match self {
+            Self::Packed(packed) => kernels::dense(x, packed, false),
+            Self::Tensors { weight, bias } => x.matmul(weight)?.broadcast_add(bias),
         }
     }
 
     /// `activation(x · W + b)`, exact GELU fused into the CPU kernel.
     fn forward_activated(&self, x: &Tensor, activation: Activation) -> candle_core::Result<Tensor> {
-        match (&self.packed, activation) {
-            (Some(packed), Activation::Gelu) => kernels::dense(x, packed, true),
+        match (self, activation) {
+            (Self::Packed(packed), Activation::Gelu) => kernels::dense(x, packed, true),
             (_, Activation::Gelu) => self.forward(x)?.gelu_erf(),
             (_, Activation::GeluTanh) => self.forward(x)?.gelu(),
             (_, Activation::Relu) => self.forward(x)?.relu(),

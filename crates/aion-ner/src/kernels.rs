@@ -1,8 +1,10 @@
-//! The encoder's element-wise work on the CPU, vectorised: candle runs GELU's `erf` and softmax's
-//! `exp` one scalar libm call at a time, which cost as much as all the matmuls of this model. Here
-//! both are branch-free polynomials inside a `pulp` dispatch, so the compiler vectorises the
-//! loops for the widest instruction set the CPU has at run time (AVX-512, AVX2 + FMA, or SSE2)
-//! without unsafe code or a `target-cpu` baked into the binary. Other devices use candle's ops.
+//! The encoder's CPU kernels: the dense layer on weights packed once (bias and GELU fused),
+//! attention over packed sequences, and softmax. candle runs GELU's `erf` and softmax's `exp` one
+//! scalar libm call at a time and packs a matmul's weights on every call; here `erf` and `exp` are
+//! branch-free polynomials, and every loop runs inside a `pulp` dispatch, so the compiler
+//! vectorises it for the widest instruction set the CPU has at run time (AVX-512, AVX2 + FMA, or
+//! SSE2) without unsafe code or a `target-cpu` baked into the binary. Other devices use candle's
+//! ops.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 
@@ -22,10 +24,7 @@ pub fn softmax_last_dim(xs: &Tensor) -> candle_core::Result<Tensor> {
 /// small for a GEMM to amortise its packing.
 pub fn attention(qkv: &Tensor, lengths: &[usize], heads: usize) -> candle_core::Result<Tensor> {
     if qkv.device().is_cpu() {
-        qkv.apply_op1_no_bwd(&Attention {
-            lengths: lengths.to_vec(),
-            heads,
-        })
+        qkv.apply_op1_no_bwd(&Attention { lengths, heads })
     } else {
         attention_by_matmuls(qkv, lengths, heads)
     }
@@ -55,12 +54,12 @@ fn attention_by_matmuls(
     Tensor::cat(&contexts, 0)
 }
 
-struct Attention {
-    lengths: Vec<usize>,
+struct Attention<'a> {
+    lengths: &'a [usize],
     heads: usize,
 }
 
-impl CustomOp1 for Attention {
+impl CustomOp1 for Attention<'_> {
     fn name(&self) -> &'static str {
         "aion-packed-attention"
     }
@@ -82,7 +81,7 @@ impl CustomOp1 for Attention {
         pulp::Arch::new().dispatch(PackedAttention {
             qkv: src,
             out: &mut dst,
-            lengths: &self.lengths,
+            lengths: self.lengths,
             heads: self.heads,
             hidden,
         });
@@ -154,11 +153,7 @@ impl pulp::WithSimd for PackedAttention<'_> {
                         out.copy_from_slice(&acc);
                     }
                     let (live, padding) = scores.split_at_mut(n);
-                    let max = live.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    for score in live.iter_mut() {
-                        *score = exp(*score - max);
-                    }
-                    let scale = simd.splat_f32s(1.0 / sum(live));
+                    let scale = simd.splat_f32s(exp_shifted(live));
                     padding.fill(0.0);
                     let (by_vector, _) = S::as_simd_f32s(&values);
                     for (out, values) in context.iter_mut().zip(by_vector.chunks_exact(padded_n)) {
@@ -233,23 +228,16 @@ impl pulp::WithSimd for Lanes {
 
 /// `x · W + b` for `x` `[rows, inputs]` on the CPU, then exact GELU if `gelu`: one pass over the
 /// output, each tile (12 or 6 rows × 2 vectors) accumulated in registers from the bias on.
-pub fn dense(
-    x: &Tensor,
-    packed: &std::sync::Arc<Packed>,
-    gelu: bool,
-) -> candle_core::Result<Tensor> {
-    x.apply_op1_no_bwd(&Dense {
-        packed: packed.clone(),
-        gelu,
-    })
+pub fn dense(x: &Tensor, packed: &Packed, gelu: bool) -> candle_core::Result<Tensor> {
+    x.apply_op1_no_bwd(&Dense { packed, gelu })
 }
 
-struct Dense {
-    packed: std::sync::Arc<Packed>,
+struct Dense<'a> {
+    packed: &'a Packed,
     gelu: bool,
 }
 
-impl CustomOp1 for Dense {
+impl CustomOp1 for Dense<'_> {
     fn name(&self) -> &'static str {
         "aion-dense"
     }
@@ -257,15 +245,20 @@ impl CustomOp1 for Dense {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = contiguous(self.name(), s, l)?;
         let (rows, inputs) = l.shape().dims2()?;
-        let p = &*self.packed;
+        let p = self.packed;
         if inputs != p.inputs {
             candle_core::bail!(
                 "dense: {inputs} input features, the weights take {}",
                 p.inputs
             );
         }
+        let arch = pulp::Arch::new();
+        // The kernel reads panels of two vectors of the instruction set it runs with.
+        if p.width != 2 * arch.dispatch(Lanes) {
+            candle_core::bail!("dense: weights packed for another instruction set");
+        }
         let mut out = vec![0f32; rows * p.outputs];
-        pulp::Arch::new().dispatch(DenseKernel {
+        arch.dispatch(DenseKernel {
             x,
             out: &mut out,
             p,
@@ -309,11 +302,6 @@ impl DenseKernel<'_> {
         let p = self.p;
         let (inputs, outputs, width) = (p.inputs, p.outputs, p.width);
         let rows = self.x.len() / inputs;
-        if width != 2 * S::F32_LANES {
-            // Packed for another instruction set than this call runs: cannot happen in one
-            // process (the choice is the CPU's), and is refused rather than misread.
-            return;
-        }
         let mut tile = [0f32; MAX_TILE_ROWS * 64];
         // Rows in chunks whose inputs stay in the core's L2 cache while every panel passes over
         // them (all of a long batch's rows would be read again from L3 for each panel).
@@ -422,16 +410,24 @@ impl pulp::WithSimd for Rows<'_> {
     fn with_simd<S: pulp::Simd>(self, _: S) {
         let rows = self.src.chunks_exact(self.width);
         for (s, d) in rows.zip(self.dst.chunks_exact_mut(self.width)) {
-            let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            for (d, &x) in d.iter_mut().zip(s) {
-                *d = exp(x - max);
-            }
-            let scale = 1.0 / sum(d);
+            d.copy_from_slice(s);
+            let scale = exp_shifted(d);
             for d in d.iter_mut() {
                 *d *= scale;
             }
         }
     }
+}
+
+/// Replaces each x by e^(x − max) and returns the reciprocal of their sum: a softmax but for the
+/// last scaling, which callers fuse into what they do next.
+#[inline(always)]
+fn exp_shifted(xs: &mut [f32]) -> f32 {
+    let max = xs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    for x in xs.iter_mut() {
+        *x = exp(*x - max);
+    }
+    1.0 / sum(xs)
 }
 
 /// A sum in 16 independent lanes, so that it vectorises (a plain fold is one serial chain).
@@ -572,7 +568,7 @@ mod tests {
             let x = Tensor::randn(0f32, 1.0, (rows, inputs), &cpu).unwrap();
             let w = Tensor::randn(0f32, 0.3, (inputs, outputs), &cpu).unwrap();
             let b = Tensor::randn(0f32, 1.0, outputs, &cpu).unwrap();
-            let packed = std::sync::Arc::new(Packed::new(&w, &b).unwrap());
+            let packed = Packed::new(&w, &b).unwrap();
             let want = x.matmul(&w).unwrap().broadcast_add(&b).unwrap();
             let close = |a: &Tensor, b: &Tensor| {
                 let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
