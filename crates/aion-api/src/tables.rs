@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use aion_windows::{HISTORY_TABLE, METRICS_TABLE, WINDOW_EVENTS_VIEW};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::error::Result;
-use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
 
 /// The shard table, under the data dir.
@@ -83,12 +82,9 @@ impl Cached {
 /// A session with every table that has data registered (`tenant_id` and `date` from the Hive
 /// directory names; `label_queue` has `tenant_id` only), and the view `window_events` when the history exists.
 pub async fn session(data_dir: &Path) -> Result<SessionContext> {
-    // No cache of file listings (DataFusion keeps them forever by default): a session kept
-    // between requests must see the files written since.
-    let runtime = RuntimeEnvBuilder::new()
-        .with_object_list_cache_limit(0)
-        .build_arc()?;
-    let ctx = SessionContext::new_with_config_rt(SessionConfig::new(), runtime);
+    // Shard tables are read through their manifests: a compaction in progress or a file not yet
+    // committed never shows.
+    let ctx = SessionContext::new_with_config_rt(SessionConfig::new(), aion_tables::runtime()?);
     let partitions = vec![
         ("tenant_id".to_owned(), DataType::Utf8),
         ("date".to_owned(), DataType::Utf8),

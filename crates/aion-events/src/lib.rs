@@ -30,7 +30,9 @@ pub use event::{
 };
 pub use hash::fnv1a;
 pub use label::LabelEvent;
-pub use manifest::{manifest_lines, parse_manifest, tenant_shards, ShardEntry, SHARD_MANIFEST};
+pub use manifest::{
+    committed_files, manifest_lines, parse_manifest, tenant_shards, ShardEntry, SHARD_MANIFEST,
+};
 pub use metrics::WindowMetrics;
 pub use rebuild::{IndexRebuild, RebuildReason};
 pub use status::{ControlAction, JobState, TrainControl, TrainStatus};

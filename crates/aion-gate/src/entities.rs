@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use datafusion::arrow::array::AsArray;
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
-use datafusion::prelude::{ParquetReadOptions, SessionContext};
+use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
 use datafusion::scalar::ScalarValue;
 use serde::Deserialize;
 
@@ -46,7 +46,8 @@ pub async fn worst_entities(
     if rule.limit == 0 || !entities_root.join(format!("tenant_id={tenant}")).is_dir() {
         return Ok(Vec::new());
     }
-    let ctx = SessionContext::new();
+    // Through the manifest, as every reader of a shard table (compactions applied).
+    let ctx = SessionContext::new_with_config_rt(SessionConfig::new(), aion_tables::runtime()?);
     let options = ParquetReadOptions::default().table_partition_cols(vec![
         ("tenant_id".to_owned(), DataType::Utf8),
         ("date".to_owned(), DataType::Utf8),

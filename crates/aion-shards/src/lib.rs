@@ -6,6 +6,7 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+mod compact;
 mod entities;
 mod join;
 mod labels;
@@ -15,6 +16,7 @@ mod stage;
 mod writer;
 
 pub use aion_events::ShardEntry;
+pub use compact::{compact, CompactPolicy, Compacted};
 pub use entities::EntityRow;
 pub use join::{Joined, Joiner, RetrievalSignals, TrainingRow};
 pub use labels::LabelRow;

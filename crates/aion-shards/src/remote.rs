@@ -59,16 +59,34 @@ impl Remote {
         if entries.is_empty() {
             return Ok(());
         }
+        self.upload_files(root, entries).await?;
+        self.upload_manifest(root).await
+    }
+
+    /// Uploads the files of `entries` (before the manifest line that commits them is).
+    pub async fn upload_files(&self, root: &Path, entries: &[ShardEntry]) -> Result<()> {
         for e in entries {
             self.put(root, &e.path).await?;
         }
+        Ok(())
+    }
+
+    /// Uploads the table's manifest as it is now.
+    pub async fn upload_manifest(&self, root: &Path) -> Result<()> {
         self.put(root, MANIFEST).await
     }
 
-    /// Uploads every committed file of the table at `root` the remote copy lacks.
+    /// Uploads every file the table at `root` consists of (compactions applied) that the remote
+    /// copy lacks.
     pub async fn catch_up(&self, root: &Path) -> Result<usize> {
+        let entries = read_manifest(root)?;
+        let live = aion_events::committed_files(&entries);
         let mut missing = Vec::new();
-        for e in read_manifest(root)? {
+        for e in entries
+            .iter()
+            .filter(|e| live.contains(e.path.as_str()))
+            .cloned()
+        {
             let location = self.location(&e.path)?;
             match self.store.head(&location).await {
                 Ok(_) => {}
@@ -131,6 +149,7 @@ mod tests {
             first_offset: 0,
             last_offset: 1,
             rows: 2,
+            replaces: Vec::new(),
         };
         let line = serde_json::to_string(&entry).unwrap() + "\n";
         std::fs::write(local.path().join(MANIFEST), line).unwrap();

@@ -96,7 +96,7 @@ pub struct ShardWriter<R, A> {
 
 pub use aion_events::SHARD_MANIFEST as MANIFEST;
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::Io {
         path: path.display().to_string(),
         source,
@@ -104,7 +104,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
 }
 
 /// Appends one entry to the manifest and syncs it: the commit point of a shard file.
-fn append_entry(manifest: &mut File, path: &Path, entry: &ShardEntry) -> Result<()> {
+pub(crate) fn append_entry(manifest: &mut File, path: &Path, entry: &ShardEntry) -> Result<()> {
     let mut line = serde_json::to_vec(entry).map_err(|e| Error::Manifest(e.to_string()))?;
     line.push(b'\n');
     manifest.write_all(&line).map_err(io(path))?;
@@ -157,6 +157,7 @@ fn orphans(root: &Path, named: &HashSet<&str>) -> Result<Vec<ShardEntry>> {
                     last_offset: last,
                     rows: usize::try_from(reader.metadata().file_metadata().num_rows())
                         .unwrap_or(0),
+                    replaces: Vec::new(),
                 });
             }
         }
@@ -400,6 +401,7 @@ impl<R: ShardRecord, A> ShardWriter<R, A> {
             first_offset: buffer.first,
             last_offset: buffer.last,
             rows: buffer.rows.len(),
+            replaces: Vec::new(),
         };
         append_entry(&mut self.manifest, &self.root.join(MANIFEST), &entry)?;
         Ok(entry)

@@ -107,6 +107,10 @@ pub enum ShardsAction {
     /// Consume `answer.v1` and write Hive-partitioned, zstd Parquet shards with a manifest;
     /// offsets are stored only once a row's file is renamed into place.
     Run(shards::RunArgs),
+    /// Merge each tenant-day's small files (one per roll) into large ones, exactly once: readers
+    /// switch to a compacted file with one manifest line, replaced files are deleted after a
+    /// grace period. Safe while `shards run` writes; one compaction per table at a time.
+    Compact(shards::CompactArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -206,6 +210,7 @@ async fn dispatch(command: Command, ctx: Context, stop: CancellationToken) -> Re
         Command::Enrich(EnrichAction::Run(args)) => enrich::run(args, &ctx, stop).await,
         Command::Models(action) => models::run(action).await,
         Command::Shards(ShardsAction::Run(args)) => shards::run(args, &ctx, stop).await,
+        Command::Shards(ShardsAction::Compact(args)) => shards::compact(args, &ctx, stop).await,
         Command::Gate(action) => gate::run(action, &ctx, stop).await,
         Command::Train(TrainAction::Trigger(args)) => gate::trigger(args, &ctx).await,
         Command::Train(TrainAction::Cancel(args)) => trainer::cancel(args, &ctx).await,

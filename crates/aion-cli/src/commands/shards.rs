@@ -6,7 +6,7 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use aion_shards::redact::{EntityFinder, Span};
-use aion_shards::{JoinOptions, Remote, RollPolicy, ShardOptions, Stats};
+use aion_shards::{CompactPolicy, JoinOptions, Remote, RollPolicy, ShardOptions, Stats};
 use anyhow::Result;
 use tokio_util::sync::CancellationToken;
 
@@ -142,4 +142,75 @@ impl EntityFinder for NerFinder {
 
 pub async fn run(args: RunArgs, ctx: &Context, stop: CancellationToken) -> Result<()> {
     Ok(aion_shards::run(&options(ctx, args)?, stop, &Stats::default()).await?)
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CompactArgs {
+    /// Root of a table to compact; repeat for several (default: `shards`, `entities` and
+    /// `labels` under the state dir).
+    #[arg(long = "dir", value_name = "DIR")]
+    pub dirs: Vec<PathBuf>,
+    /// Rows a compacted file holds at most; files this large are left as they are.
+    #[arg(long, default_value_t = CompactPolicy::default().target_rows)]
+    pub target_rows: usize,
+    /// Merge a (partition, tenant, day)'s files only when at least this many are in a run.
+    #[arg(long, default_value_t = CompactPolicy::default().min_files)]
+    pub min_files: usize,
+    /// Seconds replaced files stay after their replacement is committed, for queries and
+    /// training jobs that listed them before.
+    #[arg(long, default_value_t = CompactPolicy::default().grace.as_secs())]
+    pub grace_secs: u64,
+    /// Run a pass every this many seconds until stopped (0: one pass, then exit).
+    #[arg(long, default_value_t = 0)]
+    pub every_secs: u64,
+    /// The tables' copy on object storage (as `shards run --remote`): a compacted file is
+    /// uploaded before the manifest line that commits it.
+    #[arg(long, env = "AION_SHARDS_REMOTE", value_name = "URL")]
+    pub remote: Option<String>,
+}
+
+pub async fn compact(args: CompactArgs, ctx: &Context, stop: CancellationToken) -> Result<()> {
+    let dirs = if args.dirs.is_empty() {
+        [
+            "shards",
+            aion_api::tables::ENTITIES_TABLE,
+            aion_api::tables::LABELS_TABLE,
+        ]
+        .iter()
+        .map(|t| ctx.state_dir.join(t))
+        .collect()
+    } else {
+        args.dirs
+    };
+    let policy = CompactPolicy {
+        target_rows: args.target_rows.max(1),
+        min_files: args.min_files,
+        grace: Duration::from_secs(args.grace_secs),
+    };
+    let remote = args.remote.as_deref().map(Remote::parse).transpose()?;
+    loop {
+        for dir in &dirs {
+            // Each table's copy sits under its local directory's name, as `shards run` puts it.
+            let copy = remote
+                .as_ref()
+                .zip(dir.file_name())
+                .map(|(r, name)| r.table(&name.to_string_lossy()));
+            let done = aion_shards::compact(dir, &policy, copy.as_ref()).await?;
+            println!(
+                "{}: {} files merged into {} ({} rows), {} deleted",
+                dir.display(),
+                done.replaced,
+                done.written,
+                done.rows,
+                done.deleted
+            );
+        }
+        if args.every_secs == 0 {
+            return Ok(());
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(args.every_secs)) => {}
+            () = stop.cancelled() => return Ok(()),
+        }
+    }
 }

@@ -16,7 +16,8 @@ use crate::Stack;
 /// (event_id → instruction) of every row of every shard file; panics on a visible temp file.
 fn shard_rows(root: &std::path::Path) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    let mut dirs = vec![root.to_owned()];
+    // None before the writer has opened the table.
+    let mut dirs: Vec<_> = root.exists().then(|| root.to_owned()).into_iter().collect();
     while let Some(dir) = dirs.pop() {
         for entry in std::fs::read_dir(&dir).unwrap().flatten() {
             let path = entry.path();
@@ -56,10 +57,9 @@ fn shard_rows(root: &std::path::Path) -> Vec<(String, String)> {
     out
 }
 
-/// Publishes the answers of `count` generated events (two tenants, 2 % invalid); returns the
-/// valid ones' prompts by event id.
-async fn publish_answers(s: &Stack, count: u64) -> BTreeMap<String, String> {
-    let traffic: Vec<_> = Generator::new(TrafficConfig {
+/// The answers of `count` generated events (two tenants, 2 % invalid).
+fn answer_traffic(count: u64) -> Vec<aion_traffic::Payload> {
+    Generator::new(TrafficConfig {
         seed: 21,
         tenants: vec!["acme".into(), "globex".into()],
         count,
@@ -70,10 +70,14 @@ async fn publish_answers(s: &Stack, count: u64) -> BTreeMap<String, String> {
         late_fraction: 0.0,
     })
     .filter(|p| p.topic == aion_events::topics::ANSWER)
-    .collect();
+    .collect()
+}
+
+/// Publishes `traffic`; returns the valid answers' prompts by event id.
+async fn publish(s: &Stack, traffic: &[aion_traffic::Payload]) -> BTreeMap<String, String> {
     let mut expected = BTreeMap::new();
     let sink = aion_kafka::Sink::new(&s.kafka, "test").unwrap();
-    for p in &traffic {
+    for p in traffic {
         sink.send(p.topic, Some(p.key.as_bytes()), &p.bytes, None, None)
             .await
             .unwrap();
@@ -87,6 +91,11 @@ async fn publish_answers(s: &Stack, count: u64) -> BTreeMap<String, String> {
     }
     sink.flush(Duration::from_secs(60)).unwrap();
     expected
+}
+
+/// Publishes the answers of `count` generated events; returns the valid ones' prompts by id.
+async fn publish_answers(s: &Stack, count: u64) -> BTreeMap<String, String> {
+    publish(s, &answer_traffic(count)).await
 }
 
 /// The shard rows once there are as many as `expected` (or after a bound far above what the
@@ -405,4 +414,182 @@ async fn answers_carry_their_retrievals_ndcg_and_entities_and_lose_the_names() {
     );
     assert!(check.status.success(), "interop check failed:\n{report}");
     assert!(report.contains("ok: 3 rows identical"), "{report}");
+}
+
+/// `count(*)` and `count(distinct event_id)` of the shard table, as `aion sql` answers them.
+fn sql_counts(s: &Stack) -> (u64, u64) {
+    let out = s.run(&[
+        "sql",
+        "--format",
+        "csv",
+        "select count(*) as n, count(distinct event_id) as d from shards",
+    ]);
+    let row = out.lines().nth(1).unwrap_or_default();
+    let (n, d) = row.split_once(',').unwrap();
+    (n.parse().unwrap(), d.parse().unwrap())
+}
+
+fn parquet_files(root: &std::path::Path) -> usize {
+    let mut n = 0;
+    let mut dirs = vec![root.to_owned()];
+    while let Some(dir) = dirs.pop() {
+        for path in std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.path()) {
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|x| x == "parquet") {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+/// Compaction while the writer keeps writing: SQL readers running throughout count every answer
+/// exactly once (never the small files and the compacted one together, never neither), a trigger's
+/// snapshot from before resolves to files that exist and hold its rows, and after the grace the
+/// small files are gone. (Read by directory listing, as before the manifest-driven readers, the
+/// table counted the compacted rows twice.)
+#[tokio::test(flavor = "multi_thread")]
+async fn compaction_under_a_running_writer_keeps_every_answer_once_for_every_reader() {
+    let s = Stack::start();
+    s.run(&["topics", "create"]);
+    let traffic = answer_traffic(1_200);
+    let chunks: Vec<&[aion_traffic::Payload]> = traffic.chunks(traffic.len() / 4 + 1).collect();
+    let writer = s.spawn(&SHARD_ARGS, "shards.log");
+    let root = s.state.path().join("shards");
+    // Each chunk written before the next is published: several files per (partition, tenant,
+    // day), as a day of one-minute rolls makes.
+    let mut all = BTreeMap::new();
+    for chunk in &chunks[..2] {
+        all.extend(publish(&s, chunk).await);
+        rows_with_committed(&s, all.len());
+    }
+    let n = all.len() as u64;
+    assert_eq!(sql_counts(&s), (n, n));
+    let small = parquet_files(&root);
+    let snapshot = aion_events::manifest_lines(&root).unwrap();
+
+    // Readers query throughout; the other chunks arrive while the table is compacted.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (done, brokers, state) = (
+            done.clone(),
+            s.kafka.brokers.clone(),
+            s.state.path().to_owned(),
+        );
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let out = std::process::Command::new(env!("CARGO_BIN_EXE_aion"))
+                    .env("AION_BROKERS", &brokers)
+                    .env("AION_STATE_DIR", &state)
+                    .args(["sql", "--format", "csv"])
+                    .arg("select count(distinct event_id) as d, count(*) as n from shards")
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                let text = String::from_utf8(out.stdout).unwrap();
+                let row = text.lines().nth(1).unwrap_or_default().to_owned();
+                let (d, n) = row.split_once(',').unwrap();
+                seen.push((d.parse::<u64>().unwrap(), n.parse::<u64>().unwrap()));
+            }
+            seen
+        })
+    };
+    let mut merged = 0;
+    for chunk in &chunks[2..] {
+        let out = s.run(&["shards", "compact", "--grace-secs", "3600"]);
+        merged += out
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse::<usize>()
+            .unwrap();
+        all.extend(publish(&s, chunk).await);
+    }
+    rows_with_committed(&s, all.len());
+    let out = s.run(&["shards", "compact", "--grace-secs", "3600"]);
+    merged += out
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<usize>()
+        .unwrap();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen = reader.join().unwrap();
+    assert!(
+        merged >= small,
+        "{merged} files merged, {small} small ones at first"
+    );
+    assert!(
+        seen.len() >= 3,
+        "the reader ran during compaction: {seen:?}"
+    );
+    for (distinct, count) in &seen {
+        assert_eq!(
+            distinct,
+            count,
+            "a row counted twice ({} queries)",
+            seen.len()
+        );
+        assert!(*count >= n, "rows went missing: {seen:?}");
+    }
+    let everything = all.len() as u64;
+    assert_eq!(sql_counts(&s), (everything, everything));
+
+    // A trigger from before the compaction resolves to files that exist and hold its rows.
+    let acme = aion_events::tenant_shards(&root, "acme", Some(snapshot)).unwrap();
+    assert!(acme.iter().any(|p| p.contains("/compact-")), "{acme:?}");
+    assert!(acme.iter().all(|p| root.join(p).is_file()));
+
+    // Past the grace the replaced files are deleted; nothing is lost, and each (partition,
+    // tenant, day) is one file.
+    assert!(writer.terminate(), "clean stop\n{}", s.logs());
+    let within_grace = parquet_files(&root);
+    let out = s.run(&["shards", "compact", "--grace-secs", "0"]);
+    assert!(out.contains("deleted"), "{out}");
+    assert_eq!(sql_counts(&s), (everything, everything));
+    let entries = aion_shards::read_manifest(&root).unwrap();
+    let live = aion_events::committed_files(&entries);
+    assert_eq!(
+        parquet_files(&root),
+        live.len(),
+        "only committed files remain"
+    );
+    assert!(live.len() < within_grace);
+    let groups: std::collections::HashSet<_> = entries
+        .iter()
+        .filter(|e| live.contains(e.path.as_str()))
+        .map(|e| (e.source_partition, &e.tenant_id, &e.date))
+        .collect();
+    assert_eq!(groups.len(), live.len());
+}
+
+/// Waits until the committed files (compactions applied) hold `expected` rows.
+fn rows_with_committed(s: &Stack, expected: usize) {
+    let root = s.state.path().join("shards");
+    let deadline = std::time::Instant::now() + Duration::from_secs(900);
+    loop {
+        let entries = aion_shards::read_manifest(&root).unwrap();
+        let live = aion_events::committed_files(&entries);
+        let rows: usize = entries
+            .iter()
+            .filter(|e| live.contains(e.path.as_str()))
+            .map(|e| e.rows)
+            .sum();
+        if rows >= expected {
+            assert_eq!(rows, expected, "rows written twice");
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{rows} of {expected}\n{}",
+            s.logs()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
