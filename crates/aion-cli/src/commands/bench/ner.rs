@@ -312,7 +312,12 @@ fn python_reference(python: Option<PathBuf>, request: &Value) -> Result<Value> {
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
-        .with_context(|| format!("running {} (scripts/setup installs it)", python.display()))?;
+        .with_context(|| {
+            format!(
+                "running {} (scripts/setup --tests installs it)",
+                python.display()
+            )
+        })?;
     let mut stdin = child.stdin.take().context("python stdin")?;
     let body = serde_json::to_vec(request)?;
     let writer = std::thread::spawn(move || stdin.write_all(&body));
