@@ -1,5 +1,6 @@
 //! Runs the pipeline's SQL (DataFusion) over the events of closed windows.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use aion_events::{Schema as _, WindowMetrics};
@@ -93,16 +94,21 @@ impl Aggregator {
     pub async fn aggregate(&self, groups: &[ClosedGroup]) -> Result<Vec<GroupResult>> {
         let output = self.query(input_batch(groups)?).await?;
         let metrics = metrics_of(&output)?;
+        // The result rows of each (tenant, window end), indexed once: matching every group
+        // against every row was quadratic in the tenants closing together.
+        let mut rows_of: HashMap<(&str, i64), Vec<u32>> = HashMap::new();
+        for (i, m) in metrics.iter().enumerate() {
+            rows_of
+                .entry((m.tenant_id.as_str(), m.window_end.timestamp_micros()))
+                .or_default()
+                .push(i as u32);
+        }
         let mut results: Vec<GroupResult> = Vec::with_capacity(groups.len());
         for group in groups {
-            let indices: Vec<u32> = metrics
-                .iter()
-                .enumerate()
-                .filter(|(_, m)| {
-                    *m.tenant_id == *group.tenant && m.window_end.timestamp_micros() == group.end
-                })
-                .map(|(i, _)| i as u32)
-                .collect();
+            let indices = rows_of
+                .get(&(&*group.tenant, group.end))
+                .cloned()
+                .unwrap_or_default();
             let rows = take_record_batch(&output, &UInt32Array::from(indices.clone()))?;
             results.push(GroupResult {
                 tenant: group.tenant.clone(),

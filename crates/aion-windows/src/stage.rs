@@ -379,48 +379,52 @@ fn tenant_partition(tenant: &str, partitions: usize) -> Option<i32> {
     i32::try_from(hash % partitions.max(1) as u64).ok()
 }
 
+/// Closed (tenant, window end) groups aggregated and made durable together.
+const GROUPS_PER_BATCH: usize = 4096;
+
 /// Aggregates the closed groups and makes each durable: metrics records acknowledged, then the
 /// Parquet file. A group whose file exists was made durable by an earlier run and is skipped.
 async fn publish(outputs: &Outputs, closing: &Closing<Ack>, stats: &Stats) -> Result<()> {
-    let results = if closing.groups.is_empty() {
-        Vec::new()
-    } else {
-        outputs.aggregator.aggregate(&closing.groups).await?
-    };
-    let mut deliveries = Vec::new();
-    let mut todo = Vec::new();
-    for result in results {
-        if outputs
-            .metrics
-            .window_file(&result.tenant, result.end)
-            .exists()
-        {
-            continue;
+    // In bounded batches: one watermark step can close every tenant's windows at once (50,000
+    // tenants close 1.2 million groups), and aggregating them all before writing any held every
+    // result and delivery in memory together.
+    for groups in closing.groups.chunks(GROUPS_PER_BATCH) {
+        let results = outputs.aggregator.aggregate(groups).await?;
+        let mut deliveries = Vec::new();
+        let mut todo = Vec::new();
+        for result in results {
+            if outputs
+                .metrics
+                .window_file(&result.tenant, result.end)
+                .exists()
+            {
+                continue;
+            }
+            for m in &result.metrics {
+                let payload = serde_json::to_vec(m).map_err(|e| Error::Sql(e.to_string()))?;
+                let key = m.key();
+                let partition = tenant_partition(&m.tenant_id, outputs.topic_partitions);
+                deliveries.push(
+                    outputs
+                        .sink
+                        .send_confirmed(&outputs.topic, partition, Some(key.as_bytes()), &payload)
+                        .await?,
+                );
+            }
+            todo.push(result);
         }
-        for m in &result.metrics {
-            let payload = serde_json::to_vec(m).map_err(|e| Error::Sql(e.to_string()))?;
-            let key = m.key();
-            let partition = tenant_partition(&m.tenant_id, outputs.topic_partitions);
-            deliveries.push(
-                outputs
-                    .sink
-                    .send_confirmed(&outputs.topic, partition, Some(key.as_bytes()), &payload)
-                    .await?,
-            );
+        for delivery in deliveries {
+            delivery.wait(&outputs.topic).await?;
         }
-        todo.push(result);
-    }
-    for delivery in deliveries {
-        delivery.wait(&outputs.topic).await?;
-    }
-    for result in todo {
-        let path = outputs.metrics.window_file(&result.tenant, result.end);
-        outputs.metrics.write(&path, &result.rows)?;
-        stats
-            .windows_closed
-            .fetch_add(result.metrics.len() as u64, Ordering::Relaxed);
-        metrics::counter!("aion_sent_events_total", "stage" => STAGE)
-            .increment(result.metrics.len() as u64);
+        for result in todo {
+            let path = outputs.metrics.window_file(&result.tenant, result.end);
+            outputs.metrics.write(&path, &result.rows)?;
+            stats
+                .windows_closed
+                .fetch_add(result.metrics.len() as u64, Ordering::Relaxed);
+            metrics::counter!("aion_sent_events_total", "stage" => STAGE)
+                .increment(result.metrics.len() as u64);
+        }
     }
     for pane in &closing.released {
         let path = outputs.history.pane_file(&pane.tenant, pane.start);

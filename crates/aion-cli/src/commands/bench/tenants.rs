@@ -65,7 +65,11 @@ struct Run {
     tenants: u64,
     publish_secs: f64,
     windows_secs: Option<f64>,
+    /// Window results published by the end of the run.
+    windows_done: i64,
     shards_secs: Option<f64>,
+    /// Shard rows committed by the end of the run.
+    shards_done: usize,
     peaks: Vec<(&'static str, Peak)>,
 }
 
@@ -88,10 +92,14 @@ pub async fn run(args: Args, ctx: &Context) -> Result<()> {
                 "shards" => r.shards_secs,
                 _ => None,
             };
+            let (got, want) = match *name {
+                "windows" => (r.windows_done as u64, WINDOWS_PER_TENANT * r.tenants),
+                _ => (r.shards_done as u64, r.tenants),
+            };
             let done = match (name, done) {
                 (&"gate", _) => "-".to_owned(),
                 (_, Some(s)) => format!("{s:.1} s"),
-                (_, None) => "not within the timeout".to_owned(),
+                (_, None) => format!("{got} of {want} in {} s", args.timeout_secs),
             };
             println!(
                 "| {:>7} | {name:<7} | {:>5.0} MB | {:>15} | {done:>33} |",
@@ -207,6 +215,7 @@ async fn one(tenants: u64, args: &Args, ctx: &Context) -> Result<Run> {
     let shards_root = state.join("shards");
     let deadline = published + Duration::from_secs(args.timeout_secs);
     let (mut windows_secs, mut shards_secs) = (None, None);
+    let (mut windows_done, mut shards_done) = (0, 0);
     while (windows_secs.is_none() || shards_secs.is_none()) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(500)).await;
         sample(&mut stages);
@@ -217,15 +226,13 @@ async fn one(tenants: u64, args: &Args, ctx: &Context) -> Result<Run> {
                 bail!("the {} stage exited ({status}):\n{log}", stage.name);
             }
         }
-        if windows_secs.is_none()
-            && aion_kafka::topic_records(&ctx.kafka, aion_events::topics::METRICS)?
-                >= i64::try_from(WINDOWS_PER_TENANT * tenants)?
-        {
+        windows_done = aion_kafka::topic_records(&ctx.kafka, aion_events::topics::METRICS)?;
+        if windows_secs.is_none() && windows_done >= i64::try_from(WINDOWS_PER_TENANT * tenants)? {
             windows_secs = Some(published.elapsed().as_secs_f64());
         }
-        let rows: usize =
+        shards_done =
             aion_shards::read_manifest(&shards_root).map_or(0, |m| m.iter().map(|e| e.rows).sum());
-        if shards_secs.is_none() && rows as u64 >= tenants {
+        if shards_secs.is_none() && shards_done as u64 >= tenants {
             shards_secs = Some(published.elapsed().as_secs_f64());
         }
     }
@@ -236,7 +243,9 @@ async fn one(tenants: u64, args: &Args, ctx: &Context) -> Result<Run> {
         tenants,
         publish_secs,
         windows_secs,
+        windows_done,
         shards_secs,
+        shards_done,
         peaks,
     })
 }
