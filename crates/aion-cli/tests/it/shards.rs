@@ -416,17 +416,21 @@ async fn answers_carry_their_retrievals_ndcg_and_entities_and_lose_the_names() {
     assert!(report.contains("ok: 3 rows identical"), "{report}");
 }
 
-/// `count(*)` and `count(distinct event_id)` of the shard table, as `aion sql` answers them.
-fn sql_counts(s: &Stack) -> (u64, u64) {
-    let out = s.run(&[
-        "sql",
-        "--format",
-        "csv",
-        "select count(*) as n, count(distinct event_id) as d from shards",
-    ]);
-    let row = out.lines().nth(1).unwrap_or_default();
-    let (n, d) = row.split_once(',').unwrap();
-    (n.parse().unwrap(), d.parse().unwrap())
+/// `count(*)` and `count(distinct event_id)` of the shard table under `state`, as `aion sql`
+/// answers them (it needs no broker).
+fn sql_counts(state: &std::path::Path) -> (u64, u64) {
+    let query = "select count(*) as n, count(distinct event_id) as d from shards";
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_aion"))
+        .env("AION_STATE_DIR", state)
+        .args(["sql", "--format", "csv", query])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let parsed = text.lines().nth(1).and_then(|row| {
+        let (n, d) = row.split_once(',')?;
+        Some((n.parse().ok()?, d.parse().ok()?))
+    });
+    parsed.unwrap_or_else(|| panic!("aion sql: {text}{}", String::from_utf8_lossy(&out.stderr)))
 }
 
 fn parquet_files(root: &std::path::Path) -> usize {
@@ -465,60 +469,36 @@ async fn compaction_under_a_running_writer_keeps_every_answer_once_for_every_rea
         rows_with_committed(&s, all.len());
     }
     let n = all.len() as u64;
-    assert_eq!(sql_counts(&s), (n, n));
+    assert_eq!(sql_counts(s.state.path()), (n, n));
     let small = parquet_files(&root);
     let snapshot = aion_events::manifest_lines(&root).unwrap();
 
     // Readers query throughout; the other chunks arrive while the table is compacted.
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let reader = {
-        let (done, brokers, state) = (
-            done.clone(),
-            s.kafka.brokers.clone(),
-            s.state.path().to_owned(),
-        );
+        let (done, state) = (done.clone(), s.state.path().to_owned());
         std::thread::spawn(move || {
             let mut seen = Vec::new();
             while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                let out = std::process::Command::new(env!("CARGO_BIN_EXE_aion"))
-                    .env("AION_BROKERS", &brokers)
-                    .env("AION_STATE_DIR", &state)
-                    .args(["sql", "--format", "csv"])
-                    .arg("select count(distinct event_id) as d, count(*) as n from shards")
-                    .output()
-                    .unwrap();
-                assert!(
-                    out.status.success(),
-                    "{}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                let text = String::from_utf8(out.stdout).unwrap();
-                let row = text.lines().nth(1).unwrap_or_default().to_owned();
-                let (d, n) = row.split_once(',').unwrap();
-                seen.push((d.parse::<u64>().unwrap(), n.parse::<u64>().unwrap()));
+                seen.push(sql_counts(&state));
             }
             seen
         })
     };
+    // `aion shards compact` prints "<table>: <N> files merged into ..." per table.
+    let compact = || -> usize {
+        let out = s.run(&["shards", "compact", "--grace-secs", "3600"]);
+        out.lines()
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<usize>().ok())
+            .sum()
+    };
     let mut merged = 0;
     for chunk in &chunks[2..] {
-        let out = s.run(&["shards", "compact", "--grace-secs", "3600"]);
-        merged += out
-            .split_whitespace()
-            .nth(1)
-            .unwrap()
-            .parse::<usize>()
-            .unwrap();
+        merged += compact();
         all.extend(publish(&s, chunk).await);
     }
     rows_with_committed(&s, all.len());
-    let out = s.run(&["shards", "compact", "--grace-secs", "3600"]);
-    merged += out
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse::<usize>()
-        .unwrap();
+    merged += compact();
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     let seen = reader.join().unwrap();
     assert!(
@@ -529,7 +509,7 @@ async fn compaction_under_a_running_writer_keeps_every_answer_once_for_every_rea
         seen.len() >= 3,
         "the reader ran during compaction: {seen:?}"
     );
-    for (distinct, count) in &seen {
+    for (count, distinct) in &seen {
         assert_eq!(
             distinct,
             count,
@@ -539,7 +519,7 @@ async fn compaction_under_a_running_writer_keeps_every_answer_once_for_every_rea
         assert!(*count >= n, "rows went missing: {seen:?}");
     }
     let everything = all.len() as u64;
-    assert_eq!(sql_counts(&s), (everything, everything));
+    assert_eq!(sql_counts(s.state.path()), (everything, everything));
 
     // A trigger from before the compaction resolves to files that exist and hold its rows.
     let acme = aion_events::tenant_shards(&root, "acme", Some(snapshot)).unwrap();
@@ -552,7 +532,7 @@ async fn compaction_under_a_running_writer_keeps_every_answer_once_for_every_rea
     let within_grace = parquet_files(&root);
     let out = s.run(&["shards", "compact", "--grace-secs", "0"]);
     assert!(out.contains("deleted"), "{out}");
-    assert_eq!(sql_counts(&s), (everything, everything));
+    assert_eq!(sql_counts(s.state.path()), (everything, everything));
     let entries = aion_shards::read_manifest(&root).unwrap();
     let live = aion_events::committed_files(&entries);
     assert_eq!(
