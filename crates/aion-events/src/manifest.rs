@@ -76,30 +76,30 @@ pub fn tenant_shards(
     through: Option<u64>,
 ) -> std::io::Result<Vec<String>> {
     let text = read(root)?;
-    let lines = text.split_inclusive('\n');
-    let taken: String = match through {
-        Some(n) => lines
-            .take(usize::try_from(n).unwrap_or(usize::MAX))
-            .collect(),
-        None => lines.collect(),
-    };
-    let all = parse_manifest(&text);
+    // Each line parsed once, with its line number: a torn line in the middle still counts as a
+    // line of the snapshot.
+    let through = through.map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
+    let all: Vec<(usize, ShardEntry)> = text
+        .lines()
+        .enumerate()
+        .filter_map(|(i, l)| Some((i, serde_json::from_str(l).ok()?)))
+        .collect();
     let replaced_by: HashMap<&str, &str> = all
         .iter()
-        .flat_map(|e| e.replaces.iter().map(|r| (r.as_str(), e.path.as_str())))
+        .flat_map(|(_, e)| e.replaces.iter().map(|r| (r.as_str(), e.path.as_str())))
         .collect();
     let mut seen = HashSet::new();
     let mut out = Vec::new();
-    for e in parse_manifest(&taken)
+    for (_, e) in all
         .iter()
-        .filter(|e| e.tenant_id == tenant)
+        .filter(|(i, e)| *i < through && e.tenant_id == tenant)
     {
         let mut path = e.path.as_str();
         // Compactions only replace files named before them, so the chain ends.
         while let Some(next) = replaced_by.get(path) {
             path = next;
         }
-        if seen.insert(path.to_owned()) {
+        if seen.insert(path) {
             out.push(path.to_owned());
         }
     }

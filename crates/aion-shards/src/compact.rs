@@ -19,11 +19,9 @@ use std::time::{Duration, SystemTime};
 use aion_events::ShardEntry;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::parquet::arrow::ArrowWriter;
-use datafusion::parquet::basic::{Compression, ZstdLevel};
-use datafusion::parquet::file::properties::WriterProperties;
 use tracing::{info, warn};
 
-use crate::writer::{append_entry, io};
+use crate::writer::{append_entry, file_properties, io, table_files};
 use crate::{read_manifest, Error, Remote, Result, MANIFEST};
 
 /// Lock file of a table's compaction: one compactor per table at a time.
@@ -194,11 +192,7 @@ fn merge(root: &Path, run: &[&ShardEntry]) -> Result<Option<ShardEntry>> {
     let expected: usize = run.iter().map(|e| e.rows).sum();
     let mut rows = 0;
     aion_events::durable::replace_file(&root.join(&rel), |file| {
-        let props = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::default()))
-            .set_max_row_group_row_count(Some(128 * 1024))
-            .build();
-        let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(props))?;
+        let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(file_properties()))?;
         for reader in readers {
             for batch in reader.build()? {
                 let batch = batch?;
@@ -252,42 +246,13 @@ fn vacuum(root: &Path, entries: &[ShardEntry], grace: Duration) -> Result<usize>
             }
         }
     }
-    for dir in table_dirs(root)? {
-        for file in std::fs::read_dir(&dir).map_err(io(&dir))?.flatten() {
-            let name = file.file_name().to_string_lossy().into_owned();
-            let rel = file
-                .path()
-                .strip_prefix(root)
-                .map(|p| p.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            if name.starts_with(PREFIX) && !named.contains(rel.as_str()) {
-                warn!(path = %rel, "removing a compacted file that was never committed");
-                remove(&rel)?;
-            }
+    for file in table_files(root)? {
+        if file.name.starts_with(PREFIX) && !named.contains(file.rel.as_str()) {
+            warn!(path = %file.rel, "removing a compacted file that was never committed");
+            remove(&file.rel)?;
         }
     }
     Ok(deleted)
-}
-
-/// The `tenant_id=*/date=*` directories of a table.
-fn table_dirs(root: &Path) -> Result<Vec<std::path::PathBuf>> {
-    let mut out = Vec::new();
-    for tenant in std::fs::read_dir(root).map_err(io(root))?.flatten() {
-        if !tenant
-            .file_name()
-            .to_string_lossy()
-            .starts_with("tenant_id=")
-        {
-            continue;
-        }
-        let tenant = tenant.path();
-        for day in std::fs::read_dir(&tenant).map_err(io(&tenant))?.flatten() {
-            if day.file_name().to_string_lossy().starts_with("date=") {
-                out.push(day.path());
-            }
-        }
-    }
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -345,11 +310,10 @@ mod tests {
     }
 
     fn parquet_files(root: &Path) -> usize {
-        table_dirs(root)
+        table_files(root)
             .unwrap()
             .iter()
-            .flat_map(|d| std::fs::read_dir(d).unwrap().flatten())
-            .filter(|f| f.file_name().to_string_lossy().ends_with(".parquet"))
+            .filter(|f| f.name.ends_with(".parquet"))
             .count()
     }
 

@@ -118,6 +118,43 @@ pub(crate) fn append_entry(manifest: &mut File, path: &Path, entry: &ShardEntry)
 /// Only names this writer gives (`tenant_id=T/date=D/part-P-FIRST-LAST.parquet`) are adopted.
 fn orphans(root: &Path, named: &HashSet<&str>) -> Result<Vec<ShardEntry>> {
     let mut found = Vec::new();
+    for file in table_files(root)? {
+        let Some((partition, first, last)) = shard_name(&file.name) else {
+            continue;
+        };
+        if named.contains(file.rel.as_str()) {
+            continue;
+        }
+        let path = root.join(&file.rel);
+        let reader = File::open(&path)
+            .map_err(io(&path))
+            .and_then(|f| Ok(SerializedFileReader::new(f)?))?;
+        found.push(ShardEntry {
+            path: file.rel,
+            tenant_id: file.tenant,
+            date: file.date,
+            source_partition: partition,
+            first_offset: first,
+            last_offset: last,
+            rows: usize::try_from(reader.metadata().file_metadata().num_rows()).unwrap_or(0),
+            replaces: Vec::new(),
+        });
+    }
+    found.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(found)
+}
+
+/// A file in a table's `tenant_id=<t>/date=<d>/` directories.
+pub(crate) struct TableFile {
+    pub tenant: String,
+    pub date: String,
+    pub name: String,
+    /// Relative to the table's root, as the manifest names it.
+    pub rel: String,
+}
+
+/// Every file in the table's partition directories (none when the table does not exist yet).
+pub(crate) fn table_files(root: &Path) -> Result<Vec<TableFile>> {
     let list = |dir: &Path| -> Result<Vec<std::fs::DirEntry>> {
         match std::fs::read_dir(dir) {
             Ok(entries) => Ok(entries.flatten().collect()),
@@ -125,6 +162,7 @@ fn orphans(root: &Path, named: &HashSet<&str>) -> Result<Vec<ShardEntry>> {
             Err(e) => Err(io(dir)(e)),
         }
     };
+    let mut out = Vec::new();
     for tenant_dir in list(root)? {
         let tenant_name = tenant_dir.file_name().to_string_lossy().into_owned();
         let Some(tenant) = tenant_name.strip_prefix("tenant_id=") else {
@@ -137,33 +175,16 @@ fn orphans(root: &Path, named: &HashSet<&str>) -> Result<Vec<ShardEntry>> {
             };
             for file in list(&date_dir.path())? {
                 let name = file.file_name().to_string_lossy().into_owned();
-                let rel = format!("{tenant_name}/{date_name}/{name}");
-                let Some((partition, first, last)) = shard_name(&name) else {
-                    continue;
-                };
-                if named.contains(rel.as_str()) {
-                    continue;
-                }
-                let path = file.path();
-                let reader = File::open(&path)
-                    .map_err(io(&path))
-                    .and_then(|f| Ok(SerializedFileReader::new(f)?))?;
-                found.push(ShardEntry {
-                    path: rel,
-                    tenant_id: tenant.to_owned(),
+                out.push(TableFile {
+                    tenant: tenant.to_owned(),
                     date: date.to_owned(),
-                    source_partition: partition,
-                    first_offset: first,
-                    last_offset: last,
-                    rows: usize::try_from(reader.metadata().file_metadata().num_rows())
-                        .unwrap_or(0),
-                    replaces: Vec::new(),
+                    rel: format!("{tenant_name}/{date_name}/{name}"),
+                    name,
                 });
             }
         }
     }
-    found.sort_by(|a, b| a.path.cmp(&b.path));
-    Ok(found)
+    Ok(out)
 }
 
 /// (source partition, first offset, last offset) of a shard file name `part-P-FIRST-LAST.parquet`.
@@ -385,11 +406,7 @@ impl<R: ShardRecord, A> ShardWriter<R, A> {
             buffer.first, buffer.last
         );
         aion_events::durable::replace_file(&self.root.join(&rel), |file| {
-            let props = WriterProperties::builder()
-                .set_compression(Compression::ZSTD(ZstdLevel::default()))
-                .set_max_row_group_row_count(Some(128 * 1024))
-                .build();
-            let mut writer = ArrowWriter::try_new(file, R::schema(), Some(props))?;
+            let mut writer = ArrowWriter::try_new(file, R::schema(), Some(file_properties()))?;
             writer.write(&R::batch(&buffer.rows, *partition)?)?;
             Ok::<_, Error>(writer.into_inner()?)
         })?;
@@ -411,6 +428,15 @@ impl<R: ShardRecord, A> ShardWriter<R, A> {
     pub fn buffered(&self) -> usize {
         self.buffers.values().map(|b| b.rows.len()).sum()
     }
+}
+
+/// How every file of a shard table is written (compacted ones too): zstd, row groups of up to
+/// 128k rows.
+pub(crate) fn file_properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .set_max_row_group_row_count(Some(128 * 1024))
+        .build()
 }
 
 fn training_batch(rows: &[(TrainingRow, i64)], partition: i32) -> Result<RecordBatch> {

@@ -10,7 +10,7 @@ mod windows;
 
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use clap::Subcommand;
 
 use crate::Context;
@@ -69,6 +69,18 @@ fn bench_context(
 /// The Python of the reference checks: `explicit`, else the venv `scripts/setup` makes.
 fn reference_python(explicit: Option<std::path::PathBuf>) -> std::path::PathBuf {
     explicit.unwrap_or_else(|| aion_broker::cache_dir().join("venv/bin/python"))
+}
+
+/// `VmRSS`, `VmHWM`, ... of a process (`self` or a pid) in bytes.
+fn proc_status_bytes(process: &str, field: &str) -> Result<u64> {
+    let path = format!("/proc/{process}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .with_context(|| format!("no {field} in {path}"))
 }
 
 /// CPU seconds this process has used (user + system), from /proc.

@@ -35,13 +35,9 @@ struct Peak {
 
 impl Peak {
     fn sample(&mut self, pid: u32) {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let rss = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-            .unwrap_or(0.0)
-            / 1024.0;
+        // An exited process reads as 0; the caller reports the exit.
+        let rss = super::proc_status_bytes(&pid.to_string(), "VmRSS").unwrap_or(0) as f64
+            / (1024.0 * 1024.0);
         let files = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
         self.rss_mb = self.rss_mb.max(rss);
         self.files = self.files.max(files);

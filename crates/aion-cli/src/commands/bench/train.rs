@@ -473,8 +473,8 @@ fn child(args: &Args, which: StorageArg) -> Result<Measured> {
     let work = args.work_dir.clone().context("--child needs --work-dir")?;
     let base = BaseModel::load(&base_path, which.storage())
         .with_context(|| format!("loading {}", base_path.display()))?;
-    let rss_after_load = proc_status_bytes("VmRSS")?;
-    let load_peak = proc_status_bytes("VmHWM")?;
+    let rss_after_load = super::proc_status_bytes("self", "VmRSS")?;
+    let load_peak = super::proc_status_bytes("self", "VmHWM")?;
     let reset = reset_peak_rss();
 
     let (examples, encoded) = dataset(&base, args.seq_len as usize, examples_needed(args))?;
@@ -492,7 +492,7 @@ fn child(args: &Args, which: StorageArg) -> Result<Measured> {
         ControlFlow::Continue(())
     })?;
     std::fs::remove_dir_all(&job_dir).ok();
-    let train_peak = proc_status_bytes("VmHWM")?;
+    let train_peak = super::proc_status_bytes("self", "VmHWM")?;
     let (Some(first), Some(last)) = (marks.first(), marks.last()) else {
         bail!("the trainer ran no steps");
     };
@@ -506,18 +506,6 @@ fn child(args: &Args, which: StorageArg) -> Result<Measured> {
         peak_train: reset.then_some(train_peak),
         peak_process: load_peak.max(train_peak),
     })
-}
-
-/// `VmRSS`, `VmHWM`, ... of this process in bytes.
-fn proc_status_bytes(field: &str) -> Result<u64> {
-    let status =
-        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-        .with_context(|| format!("no {field} in /proc/self/status"))
 }
 
 /// Resets VmHWM to the current RSS (Linux ≥ 4.0), so the next reading is the peak from now on.

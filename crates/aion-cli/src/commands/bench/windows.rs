@@ -87,13 +87,7 @@ impl Synthetic {
 }
 
 fn rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
+    super::proc_status_bytes("self", "VmRSS").unwrap_or(0) as f64 / (1024.0 * 1024.0)
 }
 
 struct Throughput {
