@@ -32,18 +32,15 @@ fn has_parquet(dir: &Path) -> bool {
 }
 
 /// The tables with `tenant_id` and `date` partitions.
-const DATED_TABLES: [&str; 5] = [
-    METRICS_TABLE,
-    HISTORY_TABLE,
-    SHARDS_TABLE,
-    ENTITIES_TABLE,
-    LABELS_TABLE,
-];
+const TENANT_DAY_TABLES: [&str; 3] = [SHARDS_TABLE, ENTITIES_TABLE, LABELS_TABLE];
+/// The tables with `date` partitions holding many tenants per file (column `tenant_id`).
+const DAY_TABLES: [&str; 2] = [METRICS_TABLE, HISTORY_TABLE];
 
 /// Which tables hold data (what a session registers).
 fn present(data_dir: &Path) -> Vec<bool> {
-    DATED_TABLES
+    TENANT_DAY_TABLES
         .iter()
+        .chain(&DAY_TABLES)
         .chain([&LABEL_QUEUE_TABLE])
         .map(|name| has_parquet(&data_dir.join(name)))
         .collect()
@@ -80,28 +77,25 @@ impl Cached {
 }
 
 /// A session with every table that has data registered (`tenant_id` and `date` from the Hive
-/// directory names; `label_queue` has `tenant_id` only), and the view `window_events` when the history exists.
+/// directory names where they are directories; `label_queue` has `tenant_id` only), and the view `window_events` when the history exists.
 pub async fn session(data_dir: &Path) -> Result<SessionContext> {
     // Shard tables are read through their manifests: a compaction in progress or a file not yet
     // committed never shows.
     let ctx = SessionContext::new_with_config_rt(SessionConfig::new(), aion_tables::runtime()?);
-    let partitions = vec![
-        ("tenant_id".to_owned(), DataType::Utf8),
-        ("date".to_owned(), DataType::Utf8),
-    ];
-    for name in DATED_TABLES {
+    let tenant = ("tenant_id".to_owned(), DataType::Utf8);
+    let day = ("date".to_owned(), DataType::Utf8);
+    let tables = TENANT_DAY_TABLES
+        .map(|name| (name, vec![tenant.clone(), day.clone()]))
+        .into_iter()
+        .chain(DAY_TABLES.map(|name| (name, vec![day.clone()])))
+        .chain([(LABEL_QUEUE_TABLE, vec![tenant.clone()])]);
+    for (name, partitions) in tables {
         let dir = data_dir.join(name);
         if !has_parquet(&dir) {
             continue;
         }
-        let options = ParquetReadOptions::default().table_partition_cols(partitions.clone());
+        let options = ParquetReadOptions::default().table_partition_cols(partitions);
         ctx.register_parquet(name, format!("{}/", dir.display()), options)
-            .await?;
-    }
-    let queue = data_dir.join(LABEL_QUEUE_TABLE);
-    if has_parquet(&queue) {
-        let options = ParquetReadOptions::default().table_partition_cols(partitions[..1].to_vec());
-        ctx.register_parquet(LABEL_QUEUE_TABLE, format!("{}/", queue.display()), options)
             .await?;
     }
     if ctx.table_exist(HISTORY_TABLE)? {

@@ -92,7 +92,7 @@ pub async fn compact(
         Err(std::fs::TryLockError::Error(e)) => return Err(io(&lock_path)(e)),
     }
     let entries = read_manifest(root)?;
-    done.deleted += vacuum(root, &entries, policy.grace)?;
+    done.deleted += vacuum(root, &entries, policy.grace, remote).await?;
 
     let live = aion_events::committed_files(&entries);
     let mut groups: BTreeMap<(i32, &str, &str), Vec<&ShardEntry>> = BTreeMap::new();
@@ -128,7 +128,7 @@ pub async fn compact(
         remote.upload_manifest(root).await?;
     }
     if policy.grace.is_zero() && done.written > 0 {
-        done.deleted += vacuum(root, &read_manifest(root)?, Duration::ZERO)?;
+        done.deleted += vacuum(root, &read_manifest(root)?, Duration::ZERO, remote).await?;
     }
     Ok(done)
 }
@@ -220,36 +220,49 @@ fn merge(root: &Path, run: &[&ShardEntry]) -> Result<Option<ShardEntry>> {
 }
 
 /// Deletes files replaced at least `grace` ago (by the compacted file's modification time) and
-/// compacted files no manifest line names (a pass stopped before committing them).
-fn vacuum(root: &Path, entries: &[ShardEntry], grace: Duration) -> Result<usize> {
+/// compacted files no manifest line names (a pass stopped before committing them); from `remote`
+/// first, so the copy never keeps a file the local table dropped (its readers would count the
+/// rows twice).
+async fn vacuum(
+    root: &Path,
+    entries: &[ShardEntry],
+    grace: Duration,
+    remote: Option<&Remote>,
+) -> Result<usize> {
     let named: HashSet<&str> = entries.iter().map(|e| e.path.as_str()).collect();
     let live = aion_events::committed_files(entries);
     let now = SystemTime::now();
-    let mut deleted = 0;
-    let mut remove = |rel: &str| -> Result<()> {
-        let path = root.join(rel);
-        match std::fs::remove_file(&path) {
-            Ok(()) => deleted += 1,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io(&path)(e)),
-        }
-        Ok(())
-    };
+    let mut doomed = Vec::new();
     for e in entries.iter().filter(|e| !e.replaces.is_empty()) {
         let path = root.join(&e.path);
         let age = std::fs::metadata(&path)
             .and_then(|m| m.modified())
             .map_err(io(&path))?;
         if now.duration_since(age).unwrap_or_default() >= grace {
-            for old in e.replaces.iter().filter(|r| !live.contains(r.as_str())) {
-                remove(old)?;
-            }
+            doomed.extend(
+                e.replaces
+                    .iter()
+                    .filter(|r| !live.contains(r.as_str()) && root.join(r).exists())
+                    .cloned(),
+            );
         }
     }
     for file in table_files(root)? {
         if file.name.starts_with(PREFIX) && !named.contains(file.rel.as_str()) {
             warn!(path = %file.rel, "removing a compacted file that was never committed");
-            remove(&file.rel)?;
+            doomed.push(file.rel);
+        }
+    }
+    if let Some(remote) = remote {
+        remote.delete_files(&doomed).await?;
+    }
+    let mut deleted = 0;
+    for rel in &doomed {
+        let path = root.join(rel);
+        match std::fs::remove_file(&path) {
+            Ok(()) => deleted += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&path)(e)),
         }
     }
     Ok(deleted)
@@ -397,6 +410,36 @@ mod tests {
             .unwrap();
         assert_eq!((done.deleted, done.written), (2, 2));
         assert_eq!(rows(dir.path()).0.len(), 6);
+    }
+
+    #[tokio::test]
+    async fn the_remote_copy_drops_what_the_local_table_drops() {
+        let (dir, bucket) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        drop(table(dir.path(), 10));
+        let remote = Remote::parse(&format!("file://{}", bucket.path().display())).unwrap();
+        assert_eq!(remote.catch_up(dir.path()).await.unwrap(), 10);
+        let now = CompactPolicy {
+            grace: Duration::ZERO,
+            ..CompactPolicy::default()
+        };
+        let done = compact(dir.path(), &now, Some(&remote)).await.unwrap();
+        assert_eq!((done.replaced, done.deleted), (10, 10));
+        let files = |root: &Path| {
+            let mut names: Vec<String> = table_files(root)
+                .unwrap()
+                .into_iter()
+                .map(|f| f.rel)
+                .filter(|r| r.ends_with(".parquet"))
+                .collect();
+            names.sort();
+            names
+        };
+        assert_eq!(files(bucket.path()), files(dir.path()));
+        assert_eq!(files(bucket.path()).len(), 4);
+        assert_eq!(
+            std::fs::read(bucket.path().join(MANIFEST)).unwrap(),
+            std::fs::read(dir.path().join(MANIFEST)).unwrap()
+        );
     }
 
     #[test]

@@ -76,6 +76,18 @@ impl Remote {
         self.put(root, MANIFEST).await
     }
 
+    /// Deletes files (relative paths) from the copy; one already gone is fine.
+    pub async fn delete_files(&self, rels: &[String]) -> Result<()> {
+        for rel in rels {
+            let location = self.location(rel)?;
+            match self.store.delete(&location).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(Error::Remote(format!("{location}: {e}"))),
+            }
+        }
+        Ok(())
+    }
+
     /// Uploads every file the table at `root` consists of (compactions applied) that the remote
     /// copy lacks.
     pub async fn catch_up(&self, root: &Path) -> Result<usize> {

@@ -29,7 +29,6 @@ pub use stage::{
     observation, observation_with, run, StageOptions, Stats, HISTORY_TABLE, LATE_WINDOWS_HEADER,
     METRICS_TABLE,
 };
-pub use table::Table;
 
 /// Errors of the windows stage.
 #[derive(Debug, thiserror::Error)]

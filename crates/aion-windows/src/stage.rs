@@ -22,11 +22,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use aion_labels::JudgmentMap;
+use datafusion::arrow::compute::concat_batches;
 
 use crate::aggregate::Aggregator;
 use crate::labels::{LabelledJudgments, LABELS_TABLE};
-use crate::operator::{Closing, Measure, Observation, Origin, WindowOperator};
-use crate::table::{pane_batch, Table};
+use crate::operator::{
+    ClosedGroup, Closing, Measure, Observation, Origin, ReleasedPane, WindowOperator,
+};
+use crate::table::{panes_batch, Table};
 use crate::{Error, Result, WindowsConfig};
 
 /// Table of closed windows' aggregates, under [`StageOptions::data_dir`].
@@ -120,11 +123,17 @@ pub async fn run(
     let outputs = Outputs {
         sink: Sink::new(&options.kafka, STAGE)?,
         aggregator: Aggregator::new(&config.sql_text).await?,
-        metrics: Table::new(options.data_dir.join(METRICS_TABLE)),
-        history: Table::new(options.data_dir.join(HISTORY_TABLE)),
+        metrics: Table::metrics(options.data_dir.join(METRICS_TABLE)),
+        history: Table::history(options.data_dir.join(HISTORY_TABLE)),
         topic: config.output_topic.clone(),
         topic_partitions,
     };
+    for table in [&outputs.metrics, &outputs.history] {
+        let moved = table.migrate_tenant_directories()?;
+        if moved > 0 {
+            info!(moved, table = %table.root().display(), "moved files of the per-tenant layout into the per-day one");
+        }
+    }
     let mut labelled = LabelledJudgments::new(options.data_dir.join(LABELS_TABLE));
     labelled.refresh(Instant::now());
     let revocations = source.revocations();
@@ -160,9 +169,13 @@ pub async fn run(
             .await?;
         }
         let advanced = Instant::now();
-        let closing = operator.close(advanced);
-        if !closing.groups.is_empty() || !closing.released.is_empty() {
-            publish(&outputs, &closing, stats).await?;
+        let Closing {
+            groups,
+            released,
+            release,
+        } = operator.close(advanced);
+        if !groups.is_empty() || !released.is_empty() {
+            publish(&outputs, groups, &released, stats).await?;
             let delay = advanced.elapsed().as_secs_f64();
             metrics::histogram!("aion_window_close_delay_seconds").record(delay);
             let mut delays = stats.close_delays.lock().unwrap_or_else(|p| p.into_inner());
@@ -172,7 +185,7 @@ pub async fn run(
             delays.push_back(delay);
         }
         // Only now, with the results durable, may these events' offsets be stored.
-        closing.release.into_iter().for_each(Ack::done);
+        release.into_iter().for_each(Ack::done);
         stats
             .stored_events
             .store(operator.stored_rows() as u64, Ordering::Relaxed);
@@ -382,53 +395,61 @@ fn tenant_partition(tenant: &str, partitions: usize) -> Option<i32> {
 /// Closed (tenant, window end) groups aggregated and made durable together.
 const GROUPS_PER_BATCH: usize = 4096;
 
-/// Aggregates the closed groups and makes each durable: metrics records acknowledged, then the
-/// Parquet file. A group whose file exists was made durable by an earlier run and is skipped.
-async fn publish(outputs: &Outputs, closing: &Closing<Ack>, stats: &Stats) -> Result<()> {
+/// Aggregates the closed groups and makes their results durable: metrics records acknowledged,
+/// then one Parquet file per window end and batch; then the released panes' history. Results and
+/// panes an earlier run wrote (a replay closes them again) are skipped.
+async fn publish(
+    outputs: &Outputs,
+    groups: Vec<ClosedGroup>,
+    released: &[ReleasedPane],
+    stats: &Stats,
+) -> Result<()> {
+    let groups = outputs.metrics.unwritten(groups, |g| (g.end, &*g.tenant))?;
     // In bounded batches: one watermark step can close every tenant's windows at once (50,000
     // tenants close 1.2 million groups), and aggregating them all before writing any held every
     // result and delivery in memory together.
-    for groups in closing.groups.chunks(GROUPS_PER_BATCH) {
+    for groups in groups.chunks(GROUPS_PER_BATCH) {
         let results = outputs.aggregator.aggregate(groups).await?;
         let mut deliveries = Vec::new();
-        let mut todo = Vec::new();
-        for result in results {
-            if outputs
-                .metrics
-                .window_file(&result.tenant, result.end)
-                .exists()
-            {
-                continue;
-            }
-            for m in &result.metrics {
-                let payload = serde_json::to_vec(m).map_err(|e| Error::Sql(e.to_string()))?;
-                let key = m.key();
-                let partition = tenant_partition(&m.tenant_id, outputs.topic_partitions);
-                deliveries.push(
-                    outputs
-                        .sink
-                        .send_confirmed(&outputs.topic, partition, Some(key.as_bytes()), &payload)
-                        .await?,
-                );
-            }
-            todo.push(result);
+        for m in results.iter().flat_map(|r| &r.metrics) {
+            let payload = serde_json::to_vec(m).map_err(|e| Error::Sql(e.to_string()))?;
+            let partition = tenant_partition(&m.tenant_id, outputs.topic_partitions);
+            deliveries.push(
+                outputs
+                    .sink
+                    .send_confirmed(
+                        &outputs.topic,
+                        partition,
+                        Some(m.key().as_bytes()),
+                        &payload,
+                    )
+                    .await?,
+            );
         }
         for delivery in deliveries {
             delivery.wait(&outputs.topic).await?;
         }
-        for result in todo {
-            let path = outputs.metrics.window_file(&result.tenant, result.end);
-            outputs.metrics.write(&path, &result.rows)?;
-            stats
-                .windows_closed
-                .fetch_add(result.metrics.len() as u64, Ordering::Relaxed);
-            metrics::counter!("aion_sent_events_total", "stage" => STAGE)
-                .increment(result.metrics.len() as u64);
+        // Groups close in (window end, tenant) order.
+        for same_end in results.chunk_by(|a, b| a.end == b.end) {
+            let schema = same_end[0].rows.schema();
+            let rows = concat_batches(&schema, same_end.iter().map(|r| &r.rows))?;
+            outputs.metrics.write(same_end[0].end, &rows)?;
         }
+        let sent = results.iter().map(|r| r.metrics.len() as u64).sum();
+        stats.windows_closed.fetch_add(sent, Ordering::Relaxed);
+        metrics::counter!("aion_sent_events_total", "stage" => STAGE).increment(sent);
     }
-    for pane in &closing.released {
-        let path = outputs.history.pane_file(&pane.tenant, pane.start);
-        outputs.history.write_once(&path, &pane_batch(pane)?)?;
+    let mut panes: Vec<&ReleasedPane> = released.iter().collect();
+    panes.sort_by(|a, b| (a.start, &a.tenant).cmp(&(b.start, &b.tenant)));
+    let panes = outputs
+        .history
+        .unwritten(panes, |p| (p.start, &*p.tenant))?;
+    for batch in panes.chunks(GROUPS_PER_BATCH) {
+        for same_start in batch.chunk_by(|a, b| a.start == b.start) {
+            outputs
+                .history
+                .write(same_start[0].start, &panes_batch(same_start)?)?;
+        }
     }
     Ok(())
 }

@@ -26,7 +26,7 @@ pub struct Args {
     /// once), `shards` (training rows, PII redacted),
     /// `entities` (one row per term of each enriched retrieval; `@pipelines/entity_heatmap.sql`)
     /// and the view `window_events` (the windows' input, as `pipelines/windows.sql` reads
-    /// it); `tenant_id` and `date` come from the directory names.
+    /// it); `date`, and `tenant_id` where it is not a column, come from the directory names.
     pub query: String,
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,

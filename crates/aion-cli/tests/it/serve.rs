@@ -435,14 +435,10 @@ fn every_route_checks_role_and_tenant_scope() {
         assert_eq!(status, 200, "{body}");
         serde_json::from_str::<Value>(&body).unwrap()["tenants"].clone()
     };
-    let metrics_dir = |tenant: &str| {
-        s.state
-            .path()
-            .join(format!("metrics/tenant_id={tenant}/date=2026-11-02"))
-    };
-    write_metrics_file(&metrics_dir("acme"));
+    let metrics_dir = s.state.path().join("metrics/date=2026-11-02");
+    write_metrics_file(&metrics_dir, "acme");
     assert_eq!(tenants("admin-all-secret"), json!(["acme"]));
-    write_metrics_file(&metrics_dir("globex"));
+    write_metrics_file(&metrics_dir, "globex");
     assert_eq!(tenants("admin-all-secret"), json!(["acme", "globex"]));
     assert_eq!(tenants("reader-acme-secret"), json!(["acme"]));
 
@@ -559,12 +555,16 @@ fn loopback_mode_refuses_foreign_hosts_origins_and_changes_without_the_csrf_secr
 }
 
 /// A one-row Parquet file in a metrics partition directory (the API reads the tenant from the path).
-fn write_metrics_file(dir: &std::path::Path) {
+fn write_metrics_file(dir: &std::path::Path, tenant: &str) {
     use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
     std::fs::create_dir_all(dir).unwrap();
-    let column: ArrayRef = std::sync::Arc::new(StringArray::from(vec!["tumbling_1h"]));
-    let batch = RecordBatch::try_from_iter([("window", column)]).unwrap();
-    let file = std::fs::File::create(dir.join("w.parquet")).unwrap();
+    let column = |value: &str| -> ArrayRef { std::sync::Arc::new(StringArray::from(vec![value])) };
+    let batch = RecordBatch::try_from_iter([
+        ("tenant_id", column(tenant)),
+        ("window", column("tumbling_1h")),
+    ])
+    .unwrap();
+    let file = std::fs::File::create(dir.join(format!("w-{tenant}.parquet"))).unwrap();
     let mut writer =
         datafusion::parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).unwrap();
     writer.write(&batch).unwrap();

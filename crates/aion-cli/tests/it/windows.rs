@@ -137,15 +137,6 @@ fn parquet_rows(root: &Path) -> BTreeMap<String, (i64, Option<f64>, Option<f64>)
                 "{} left behind",
                 path.display()
             );
-            let tenant = path
-                .ancestors()
-                .find_map(|p| {
-                    p.file_name()?
-                        .to_str()?
-                        .strip_prefix("tenant_id=")
-                        .map(str::to_owned)
-                })
-                .unwrap();
             let file = std::fs::File::open(&path).unwrap();
             for batch in ParquetRecordBatchReaderBuilder::try_new(file)
                 .unwrap()
@@ -165,14 +156,16 @@ fn parquet_rows(root: &Path) -> BTreeMap<String, (i64, Option<f64>, Option<f64>)
                         .value(i);
                     let start = chrono::DateTime::from_timestamp_micros(start).unwrap();
                     let key = format!(
-                        "{tenant}/{}/{}",
+                        "{}/{}/{}",
+                        col("tenant_id").as_string::<i32>().value(i),
                         col("window").as_string::<i32>().value(i),
                         start.format("%Y-%m-%dT%H:%M:%SZ")
                     );
                     let judged = col("judged_events").as_primitive::<Int64Type>().value(i);
-                    out.insert(
-                        key,
-                        (judged, float("ndcg_mean", i), float("fallback_rate", i)),
+                    let row = (judged, float("ndcg_mean", i), float("fallback_rate", i));
+                    assert!(
+                        out.insert(key.clone(), row).is_none(),
+                        "{key} written twice"
                     );
                 }
             }
