@@ -55,6 +55,12 @@ pub enum Error {
         "port {0} on 127.0.0.1 is already in use (another broker?); choose another with --port"
     )]
     PortInUse(u16),
+    #[error("creating the broker user {user} failed ({status}): {output}")]
+    User {
+        user: String,
+        status: std::process::ExitStatus,
+        output: String,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -207,6 +213,60 @@ impl Broker {
 
     /// A fresh broker on a free port with its storage in a temporary directory (tests).
     pub fn start_temporary() -> Result<Self> {
+        Self::temporary(Self::start)
+    }
+
+    /// A fresh broker like [`Broker::start_temporary`] that accepts only TLS connections
+    /// (certificate chain and key in PEM) authenticated by SCRAM-SHA-512 as one of `users`
+    /// (name, password): clients connect with `security.protocol=SASL_SSL`. Tests of secured
+    /// clients; a production cluster sets this up itself.
+    pub fn start_temporary_secured(
+        cert: &Path,
+        key: &Path,
+        users: &[(&str, &str)],
+    ) -> Result<Self> {
+        Self::temporary(|port, data_dir| {
+            // Users are created over the plaintext protocol, so first without TLS, then again
+            // with it on the same storage.
+            let mut open = Self::start(port, data_dir)?;
+            for (user, password) in users {
+                let out = Command::new(broker_binary()?)
+                    .args([
+                        "user",
+                        "create",
+                        "--broker",
+                        &format!("tcp://127.0.0.1:{port}"),
+                    ])
+                    .args([user, password])
+                    .output()
+                    .map_err(io_err("starting", data_dir))?;
+                if !out.status.success() {
+                    return Err(Error::User {
+                        user: user.to_string(),
+                        status: out.status,
+                        output: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+                    });
+                }
+            }
+            open.kill();
+            let mut cmd = command(port, data_dir)?;
+            cmd.arg("--cert")
+                .arg(cert)
+                .arg("--key")
+                .arg(key)
+                .arg("--authentication");
+            let child = spawn_ready(cmd, port, data_dir)?;
+            info!(port, "broker started, TLS and SCRAM required");
+            Ok(Self {
+                child,
+                port,
+                _temp: None,
+            })
+        })
+    }
+
+    /// `start` on a free port with a temporary directory that lives as long as the broker.
+    fn temporary(start: impl Fn(u16, &Path) -> Result<Self>) -> Result<Self> {
         let temp = tempfile::Builder::new()
             .prefix("aion-broker-")
             .tempdir()
@@ -215,7 +275,7 @@ impl Broker {
         // may take it before the broker binds it. Pick another.
         let mut attempts = 0;
         let mut broker = loop {
-            match Self::start(free_port()?, temp.path()) {
+            match start(free_port()?, temp.path()) {
                 Err(Error::PortInUse(_)) if attempts < 5 => attempts += 1,
                 started => break started?,
             }

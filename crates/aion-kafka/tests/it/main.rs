@@ -8,6 +8,7 @@ use aion_broker::Broker;
 use aion_kafka::{create_topics, KafkaConfig, Reader, Sink, Source, SourceConfig, TopicSpec};
 
 mod delivery;
+mod security;
 
 pub struct Setup {
     pub broker: Broker,
