@@ -4,6 +4,7 @@
 
 mod commands;
 mod config;
+mod observe;
 mod relay;
 
 use std::path::PathBuf;
@@ -59,8 +60,9 @@ struct Cli {
     /// Directory for local state: the development broker's storage, later shards and adapters.
     #[arg(long, global = true, env = "AION_STATE_DIR", value_name = "DIR")]
     state_dir: Option<PathBuf>,
-    /// Serve Prometheus metrics (received, sent, dead-lettered, consume errors per stage) on this
-    /// address, e.g. `127.0.0.1:9464`. Off by default.
+    /// Serve `/metrics` (Prometheus; the README's metric table), `/healthz` (the process answers)
+    /// and `/readyz` (its consumers have their partitions) on this address, e.g. `127.0.0.1:9464`.
+    /// Off by default.
     #[arg(
         long,
         global = true,
@@ -177,19 +179,10 @@ async fn main() -> ExitCode {
         LogFormat::Json => logs.json().init(),
     }
     if let Some(addr) = cli.metrics_addr {
-        if let Err(e) = metrics_exporter_prometheus::PrometheusBuilder::new()
-            .with_http_listener(addr)
-            .install()
-        {
-            eprintln!("error: serving metrics on {addr}: {e}");
+        if let Err(e) = observe::serve(addr).await {
+            eprintln!("error: {e:#}");
             return ExitCode::FAILURE;
         }
-        // Which build is running, for dashboards that compare versions across processes.
-        metrics::describe_gauge!(
-            "aion_build_info",
-            "Always 1; the labels say which build of aion this process runs"
-        );
-        metrics::gauge!("aion_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     }
     let result = match Context::resolve(&cli) {
         Ok(ctx) => commands::run(cli.command, ctx, stop).await,

@@ -19,6 +19,7 @@ mod metrics;
 pub mod ndcg;
 mod rebuild;
 mod status;
+pub mod telemetry;
 pub mod topics;
 mod trigger;
 

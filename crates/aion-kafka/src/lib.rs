@@ -30,5 +30,5 @@ pub use error::{Error, Result};
 pub use rdkafka::message::{Header, OwnedHeaders};
 pub use reader::{RawRecord, Reader};
 pub use sink::{headers, Delivery, Sink};
-pub use source::{consuming, Backlog, Record, Source, SourceConfig};
+pub use source::{consuming, joined, Backlog, Record, Source, SourceConfig};
 pub use tracker::Ack;

@@ -1,6 +1,6 @@
 //! The consuming half: records with acknowledgement tokens, offsets stored only behind acks.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +24,18 @@ static CONSUMING: AtomicBool = AtomicBool::new(false);
 /// Whether any [`Source`] of this process has started handing out records.
 pub fn consuming() -> bool {
     CONSUMING.load(Ordering::Acquire)
+}
+
+/// Set once a [`Source`] of this process subscribed or was assigned its partitions.
+static STARTED: AtomicBool = AtomicBool::new(false);
+/// Group members of this process still waiting for their first assignment.
+static JOINING: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether this process started consuming and every consumer it started has its partitions:
+/// assigned directly, or by its group's first rebalance (possibly none, when the group has more
+/// members than partitions). What a stage's readiness endpoint answers.
+pub fn joined() -> bool {
+    STARTED.load(Ordering::Acquire) && JOINING.load(Ordering::Acquire) == 0
 }
 
 /// How often acknowledged offsets are handed to librdkafka (which commits them every
@@ -95,6 +107,8 @@ pub struct Record {
 }
 
 pub(crate) struct SourceContext {
+    /// Counted in [`JOINING`] until the first assignment (or the end of the source).
+    joining: AtomicBool,
     commit: bool,
     tracker: Arc<Tracker>,
     revocations: Arc<AtomicU64>,
@@ -154,7 +168,23 @@ impl ConsumerContext for SourceContext {
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
             info!(partitions = tpl.count(), "partitions assigned");
+            self.joined();
         }
+    }
+}
+
+impl SourceContext {
+    fn joined(&self) {
+        if self.joining.swap(false, Ordering::AcqRel) {
+            JOINING.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl Drop for SourceContext {
+    /// A source that ends (or failed to start) before its first assignment waits no more.
+    fn drop(&mut self) {
+        self.joined();
     }
 }
 
@@ -224,7 +254,12 @@ impl Source {
             .set("statistics.interval.ms", "5000");
         kafka.apply_overrides(&mut c);
         let revocations = Arc::new(AtomicU64::new(0));
+        let group = kafka.assignment == Assignment::Group;
+        if group {
+            JOINING.fetch_add(1, Ordering::AcqRel);
+        }
         let context = SourceContext {
+            joining: AtomicBool::new(group),
             commit: config.commit,
             tracker: tracker.clone(),
             revocations: revocations.clone(),
@@ -257,6 +292,7 @@ impl Source {
                 info!(stage = %config.stage, partitions = partitions.count(), "partitions assigned directly");
             }
         }
+        STARTED.store(true, Ordering::Release);
         Ok(Self {
             consumer,
             tracker,

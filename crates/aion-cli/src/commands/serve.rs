@@ -48,8 +48,7 @@ pub fn options(args: Args, ctx: &Context) -> Result<ApiOptions> {
     let gate_options = super::gate::options(ctx, &gate, &InitialSettings::default(), false)?;
     // The process's own stage metrics (all of them under `aion up`); absent when --metrics-addr
     // already serves them.
-    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
+    let metrics = crate::observe::install()
         .ok()
         .map(|handle| Arc::new(move || handle.render()) as aion_api::MetricsRender);
     let tokens = match (&args.tokens_file, args.token.filter(|t| !t.is_empty())) {

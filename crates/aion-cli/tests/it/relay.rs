@@ -348,10 +348,10 @@ async fn each_kind_of_bad_input_is_dead_lettered_with_its_reason_and_nothing_aft
         bad.len()
     );
     let deadline = Instant::now() + Duration::from_secs(10);
-    let mut metrics = scrape(&metrics_addr);
+    let mut metrics = get(&metrics_addr, "/metrics");
     while !metrics.contains(&dlq_metric) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
-        metrics = scrape(&metrics_addr);
+        metrics = get(&metrics_addr, "/metrics");
     }
     assert!(
         metrics.contains(&dlq_metric),
@@ -361,10 +361,19 @@ async fn each_kind_of_bad_input_is_dead_lettered_with_its_reason_and_nothing_aft
         "aion_build_info{{version=\"{}\"}} 1",
         env!("CARGO_PKG_VERSION")
     );
-    assert!(
-        metrics.contains(&build) && metrics.contains("# HELP aion_build_info"),
-        "{build} not in\n{metrics}"
-    );
+    assert!(metrics.contains(&build), "{build} not in\n{metrics}");
+    // Every metric carries its HELP text from the catalogue.
+    for line in metrics.lines().filter(|l| l.starts_with("aion_")) {
+        let name = line.split(['{', ' ']).next().unwrap();
+        assert!(
+            metrics.contains(&format!("# HELP {name} ")),
+            "no HELP for {name} in\n{metrics}"
+        );
+    }
+    // Liveness, and readiness once the stage has its partitions.
+    assert!(get(&metrics_addr, "/healthz").starts_with("HTTP/1.1 200"));
+    let ready = get(&metrics_addr, "/readyz");
+    assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
     assert!(
         relay.terminate(),
         "relay did not stop cleanly:\n{}",
@@ -398,14 +407,16 @@ async fn each_kind_of_bad_input_is_dead_lettered_with_its_reason_and_nothing_aft
     );
 }
 
-/// `GET /metrics` over plain HTTP.
-fn scrape(addr: &str) -> String {
+/// `GET path` over plain HTTP: the whole response, status line first.
+fn get(addr: &str, path: &str) -> String {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: aion\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut body = String::new();
-    stream.read_to_string(&mut body).unwrap();
-    body
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: aion\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
 }
