@@ -41,7 +41,13 @@ impl Default for DecodeLimits {
     }
 }
 
-/// Decodes and validates one payload of schema `T`.
+/// The schema-registry wire format (Confluent's, also Apicurio's and Redpanda's in their
+/// compatible mode): a zero byte, the schema id (4 bytes, big-endian), then the document.
+const REGISTRY_FRAME: usize = 5;
+
+/// Decodes and validates one payload of schema `T`: a JSON document, or one framed by a schema
+/// registry's serializer. JSON text never starts with a zero byte, so a frame is recognised
+/// without configuration; its schema id is not looked up (the document is validated here).
 ///
 /// The fast path is a plain `serde_json` parse; only a failing payload is parsed a second time to
 /// find the path of the offending field, so good events never pay for path tracking.
@@ -49,6 +55,19 @@ pub fn decode<T: Schema>(payload: &[u8], limits: &DecodeLimits) -> Result<T, Rej
     if payload.is_empty() {
         return Err(Reject::new(".", "empty payload"));
     }
+    let payload = match payload {
+        [0, ..] if payload.len() <= REGISTRY_FRAME => {
+            return Err(Reject::new(
+                ".",
+                format!(
+                    "schema-registry frame of {} bytes holds no document (header: 5 bytes)",
+                    payload.len()
+                ),
+            ))
+        }
+        [0, ..] => &payload[REGISTRY_FRAME..],
+        _ => payload,
+    };
     if payload.len() > limits.max_bytes {
         return Err(Reject::new(
             ".",

@@ -52,6 +52,24 @@ fn malformed_json() {
 }
 
 #[test]
+fn schema_registry_frames_hold_the_document_and_a_bare_header_is_refused() {
+    let plain = serde_json::to_vec(&retrieval()).unwrap();
+    let mut framed = vec![0, 0, 0, 0, 42];
+    framed.extend_from_slice(&plain);
+    let limits = DecodeLimits::default();
+    assert_eq!(
+        decode::<RetrievalEvent>(&framed, &limits).unwrap(),
+        decode::<RetrievalEvent>(&plain, &limits).unwrap()
+    );
+    // The framed document is validated like any other.
+    let mut bad = vec![0, 0, 0, 0, 42];
+    bad.extend_from_slice(&with(retrieval(), "/tenant_id", json!("../x")));
+    assert_reject(reject_retrieval(&bad), "tenant_id", "tenant_id");
+    assert_reject(reject_retrieval(&[0, 0, 0, 1]), ".", "holds no document");
+    assert_reject(reject_retrieval(&[0, 0, 0, 0, 1]), ".", "holds no document");
+}
+
+#[test]
 fn invalid_utf8() {
     let mut bytes = serde_json::to_vec(&retrieval()).unwrap();
     let at = bytes.windows(4).position(|w| w == b"Qual").unwrap();
