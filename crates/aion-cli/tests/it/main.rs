@@ -4,6 +4,7 @@
 
 mod deploy;
 mod enrich;
+mod examples;
 mod gate;
 mod labels;
 mod lifecycle;
