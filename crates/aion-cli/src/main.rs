@@ -60,7 +60,7 @@ struct Cli {
     /// Directory for local state: the development broker's storage, later shards and adapters.
     #[arg(long, global = true, env = "AION_STATE_DIR", value_name = "DIR")]
     state_dir: Option<PathBuf>,
-    /// Serve `/metrics` (Prometheus; the README's metric table), `/healthz` (the process answers)
+    /// Serve `/metrics` (Prometheus; the metric table of docs/usage.md), `/healthz` (the process answers)
     /// and `/readyz` (its consumers have their partitions) on this address, e.g. `127.0.0.1:9464`.
     /// Off by default.
     #[arg(

@@ -1,7 +1,7 @@
 //! Every metric the product emits, in one place: name, kind and HELP text. A process serving
 //! `--metrics-addr` describes them all (Prometheus `# HELP` and `# TYPE` lines) and renders the
-//! histograms with [`SECONDS_BUCKETS`]; tests check the sources, the README and the monitoring
-//! files (`deploy/`) against this list.
+//! histograms with [`SECONDS_BUCKETS`]; tests check the sources, `docs/usage.md` and the
+//! monitoring files (`deploy/`) against this list.
 
 /// How a metric is rendered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

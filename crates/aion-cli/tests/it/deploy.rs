@@ -1,5 +1,5 @@
 //! The deployment files against the product: the compose file validates and its aion services run
-//! commands the binary accepts; every metric the sources emit, the README names and the monitoring
+//! commands the binary accepts; every metric the sources emit, the docs name and the monitoring
 //! files query is in the catalogue (`aion_events::telemetry`).
 
 use std::collections::BTreeSet;
@@ -178,11 +178,11 @@ fn every_metric_emitted_documented_or_queried_is_in_the_catalogue() {
         }
     }
     assert_eq!(emitted, catalogue, "catalogue entries nothing emits");
-    let readme = std::fs::read_to_string(crate::repo_file("README.md")).unwrap();
+    let usage = std::fs::read_to_string(crate::repo_file("docs/usage.md")).unwrap();
     for m in METRICS {
         assert!(
-            readme.contains(m.name),
-            "the README does not name {}",
+            usage.contains(m.name),
+            "docs/usage.md does not name {}",
             m.name
         );
         assert!(!m.help.is_empty());
