@@ -93,6 +93,8 @@ pub enum Command {
     Validate(validate::Args),
     /// Run the whole loop locally: broker, topics, stages and synthetic traffic, with a live summary.
     Up(up::Args),
+    /// Print a shell completion script, e.g. `aion completions bash > /etc/bash_completion.d/aion`.
+    Completions { shell: clap_complete::Shell },
 }
 
 #[derive(Debug, Subcommand)]
@@ -227,6 +229,13 @@ async fn dispatch(command: Command, ctx: Context, stop: CancellationToken) -> Re
         Command::Bench(action) => bench::run(action, &ctx).await,
         Command::Validate(args) => validate::run(args).await,
         Command::Up(args) => up::run(args, ctx, stop).await,
+        Command::Completions { shell } => {
+            let mut cli = <crate::Cli as clap::CommandFactory>::command();
+            // Into a buffer: clap_complete panics on a write error (a closed pipe).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cli, "aion", &mut script);
+            Ok(std::io::Write::write_all(&mut std::io::stdout(), &script)?)
+        }
     }
 }
 
