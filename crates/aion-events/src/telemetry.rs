@@ -46,6 +46,7 @@ pub const METRICS: &[Metric] = &[
     metric("aion_redactions_total", Counter, "PII spans replaced by placeholders in the training shards (by type)"),
     metric("aion_shards_committed_total", Counter, "Parquet files committed to a shard table's manifest (by table)"),
     metric("aion_triggers_total", Counter, "Training triggers the gate emitted"),
+    metric("aion_train_jobs_total", Counter, "Training jobs that ended, by final state (completed, failed, cancelled)"),
     metric("aion_train_step", Gauge, "The step the newest training job reported (by tenant, job)"),
     metric("aion_train_total_steps", Gauge, "The steps the newest training job will run (by tenant, job)"),
     metric("aion_train_loss", Gauge, "The training loss the newest job reported (by tenant, job)"),

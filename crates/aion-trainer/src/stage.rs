@@ -150,6 +150,9 @@ fn kafka_error(e: aion_kafka::Error) -> Error {
 }
 
 async fn publish(sink: &Sink, status: &TrainStatus, confirmed: bool) -> Result<()> {
+    if status.state.is_final() {
+        metrics::counter!("aion_train_jobs_total", "state" => status.state.name()).increment(1);
+    }
     let payload = serde_json::to_vec(status).map_err(|e| Error::Invalid(e.to_string()))?;
     let key = Some(status.tenant_id.as_bytes());
     if confirmed {

@@ -148,6 +148,44 @@ fn metric_names(text: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// Every PromQL expression of the alert rules and the dashboard parses (what `promtool check
+/// rules` would refuse first), the rules carry what an on-call needs, and the dashboard queries
+/// the provisioned data source.
+#[test]
+fn the_alert_rules_and_the_dashboard_are_valid_promql() {
+    let [alerts, datasources] = <[Value; 2]>::try_from(yaml(&[
+        crate::repo_file("deploy/alerts.yml").to_str().unwrap(),
+        crate::repo_file("deploy/grafana/datasources/prometheus.yml")
+            .to_str()
+            .unwrap(),
+    ]))
+    .unwrap();
+    let parse = |expr: &str, what: &str| {
+        promql_parser::parser::parse(expr)
+            .unwrap_or_else(|e| panic!("{what}: {expr:?} is not PromQL: {e}"));
+    };
+    let rules = alerts["groups"][0]["rules"].as_array().unwrap();
+    assert!(rules.len() >= 4);
+    for rule in rules {
+        let name = rule["alert"].as_str().unwrap();
+        parse(rule["expr"].as_str().unwrap(), name);
+        assert!(rule["labels"]["severity"].is_string(), "{name}");
+        assert!(rule["annotations"]["summary"].is_string(), "{name}");
+    }
+    let uid = datasources["datasources"][0]["uid"].as_str().unwrap();
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(crate::repo_file("deploy/grafana/dashboards/aion.json")).unwrap(),
+    )
+    .unwrap();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        let title = panel["title"].as_str().unwrap();
+        assert_eq!(panel["datasource"]["uid"], uid, "{title}");
+        for target in panel["targets"].as_array().unwrap() {
+            parse(target["expr"].as_str().unwrap(), title);
+        }
+    }
+}
+
 #[test]
 fn every_metric_emitted_documented_or_queried_is_in_the_catalogue() {
     let catalogue: BTreeSet<&str> = METRICS.iter().map(|m| m.name).collect();
