@@ -11,7 +11,8 @@ pub const MAX_RELEVANCE: u8 = 3;
 /// A judged relevance grade, 0..=[`MAX_RELEVANCE`].
 pub type Relevance = u8;
 
-const MAX_ID_BYTES: usize = 128;
+/// As the schemas' `maxLength`: characters, not bytes.
+const MAX_ID_CHARS: usize = 128;
 const MAX_TENANT_BYTES: usize = 64;
 
 /// A topic's payload type: its schema name and the checks JSON decoding alone cannot express.
@@ -225,8 +226,9 @@ fn check_id(id: &str) -> Result<(), String> {
     if id.is_empty() {
         return Err("must not be empty".into());
     }
-    if id.len() > MAX_ID_BYTES {
-        return Err(format!("longer than {MAX_ID_BYTES} bytes"));
+    // At most 4 bytes a character: a short id needs no counting.
+    if id.len() > MAX_ID_CHARS && id.chars().count() > MAX_ID_CHARS {
+        return Err(format!("longer than {MAX_ID_CHARS} characters"));
     }
     // Printable ASCII (nearly every id) settles it without decoding characters.
     if !id.bytes().all(|b| (0x20..0x7f).contains(&b)) && id.chars().any(char::is_control) {

@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 mod bad_input;
+mod differential;
 mod fuzz;
 mod schemas;
 
