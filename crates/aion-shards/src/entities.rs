@@ -11,7 +11,7 @@ use std::sync::Arc;
 use aion_events::EnrichedRetrieval;
 use datafusion::arrow::array::{
     ArrayRef, Float64Builder, Int32Builder, Int64Builder, RecordBatch, StringBuilder,
-    TimestampMicrosecondBuilder, UInt32Builder,
+    TimestampMicrosecondBuilder,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
@@ -78,7 +78,8 @@ impl ShardRecord for EntityRow {
             Field::new("ts", ts, false),
             Field::new("entity", DataType::Utf8, false),
             Field::new("type", DataType::Utf8, false),
-            Field::new("score", DataType::UInt32, false),
+            // Signed, as Spark, Hive and Athena read it (0.1 wrote UInt32).
+            Field::new("score", DataType::Int32, false),
             Field::new("source", DataType::Utf8, false),
             // nDCG@k of the retrieval; null when it carried no judgment.
             Field::new("ndcg", DataType::Float64, true),
@@ -92,7 +93,7 @@ impl ShardRecord for EntityRow {
         let text = |avg: usize| StringBuilder::with_capacity(n, n * avg);
         let (mut id, mut entity, mut kind, mut source) = (text(24), text(16), text(8), text(8));
         let mut ts = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
-        let mut score = UInt32Builder::with_capacity(n);
+        let mut score = Int32Builder::with_capacity(n);
         let mut ndcg = Float64Builder::with_capacity(n);
         let mut source_partition = Int32Builder::with_capacity(n);
         let mut source_offset = Int64Builder::with_capacity(n);
@@ -103,7 +104,7 @@ impl ShardRecord for EntityRow {
                 ts.append_value(e.ts.timestamp_micros());
                 entity.append_value(&t.text);
                 kind.append_value(&t.kind);
-                score.append_value(t.score);
+                score.append_value(i32::try_from(t.score).unwrap_or(i32::MAX));
                 source.append_value(&t.source);
                 ndcg.append_option(row.ndcg);
                 source_partition.append_value(partition);

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use aion_events::ShardEntry;
 use datafusion::arrow::array::{
     ArrayRef, BooleanBuilder, Float64Builder, Int32Builder, Int64Builder, ListBuilder, RecordBatch,
-    StringBuilder, TimestampMicrosecondBuilder, UInt64Builder,
+    StringBuilder, TimestampMicrosecondBuilder,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::parquet::arrow::ArrowWriter;
@@ -276,7 +276,8 @@ fn training_schema() -> SchemaRef {
         Field::new("fallback", DataType::Boolean, false),
         Field::new("provider", DataType::Utf8, false),
         Field::new("model", DataType::Utf8, false),
-        Field::new("latency_ms", DataType::UInt64, false),
+        // Signed, as Spark, Hive and Athena read it (0.1 wrote UInt64; see `migrate_types`).
+        Field::new("latency_ms", DataType::Int64, false),
         Field::new("retrieval_event_id", DataType::Utf8, true),
         // From the joined retrieval: null when it was not seen within the join wait.
         Field::new("ndcg", DataType::Float64, true),
@@ -319,6 +320,10 @@ impl<R: ShardRecord, A> ShardWriter<R, A> {
         for entry in &orphans {
             tracing::warn!(path = %entry.path, rows = entry.rows, "adopting a shard file the manifest did not name (a stop between its rename and its entry)");
             append_entry(&mut manifest, &path, entry)?;
+        }
+        let migrated = migrate_types(root, &entries, &R::schema())?;
+        if migrated > 0 {
+            tracing::info!(files = migrated, table = %root.display(), "rewrote files of 0.1 with the current column types");
         }
         Ok(Self {
             root: root.to_owned(),
@@ -430,6 +435,62 @@ impl<R: ShardRecord, A> ShardWriter<R, A> {
     }
 }
 
+/// In a table's root once every committed file has the current column types.
+const TYPES_CURRENT: &str = "_types.v2";
+
+/// Rewrites committed files whose columns differ in type from `schema` — 0.1 wrote `latency_ms`
+/// and the entity `score` unsigned, which Spark reads as decimals and Hive and Athena refuse —
+/// with those columns cast, in place and durably (same rows, so the manifest stays true); once
+/// per table. How many it rewrote. A stop halfway is harmless: the next start finishes it.
+fn migrate_types(root: &Path, entries: &[ShardEntry], schema: &SchemaRef) -> Result<usize> {
+    let marker = root.join(TYPES_CURRENT);
+    if marker.exists() {
+        return Ok(0);
+    }
+    let mut rewritten = 0;
+    for rel in aion_events::committed_files(entries) {
+        let path = root.join(rel);
+        let file = File::open(&path).map_err(io(&path))?;
+        let reader =
+            datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+                file,
+            )?;
+        let fields: Vec<Field> = reader
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| match schema.field_with_name(f.name()) {
+                Ok(current) => f
+                    .as_ref()
+                    .clone()
+                    .with_data_type(current.data_type().clone()),
+                Err(_) => f.as_ref().clone(),
+            })
+            .collect();
+        let target = Arc::new(Schema::new(fields));
+        if target.fields() == reader.schema().fields() {
+            continue;
+        }
+        let batches = reader.build()?.collect::<Result<Vec<_>, _>>()?;
+        aion_events::durable::replace_file(&path, |file| {
+            let mut writer = ArrowWriter::try_new(file, target.clone(), Some(file_properties()))?;
+            for batch in &batches {
+                let columns = batch
+                    .columns()
+                    .iter()
+                    .zip(target.fields())
+                    .map(|(c, f)| datafusion::arrow::compute::cast(c, f.data_type()))
+                    .collect::<Result<Vec<_>, _>>()?;
+                writer.write(&RecordBatch::try_new(target.clone(), columns)?)?;
+            }
+            Ok::<_, Error>(writer.into_inner()?)
+        })?;
+        rewritten += 1;
+    }
+    aion_events::durable::replace_bytes(&marker, b"")?;
+    Ok(rewritten)
+}
+
 /// How every file of a shard table is written (compacted ones too): zstd, row groups of up to
 /// 128k rows.
 pub(crate) fn file_properties() -> WriterProperties {
@@ -447,7 +508,7 @@ fn training_batch(rows: &[(TrainingRow, i64)], partition: i32) -> Result<RecordB
     let mut ts = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
     let mut confidence = Float64Builder::with_capacity(n);
     let mut fallback = BooleanBuilder::with_capacity(n);
-    let mut latency = UInt64Builder::with_capacity(n);
+    let mut latency = Int64Builder::with_capacity(n);
     let mut ndcg = Float64Builder::with_capacity(n);
     let mut entities = ListBuilder::with_capacity(text(12), n);
     let mut source_partition = Int32Builder::with_capacity(n);
@@ -462,7 +523,7 @@ fn training_batch(rows: &[(TrainingRow, i64)], partition: i32) -> Result<RecordB
         fallback.append_value(e.fallback);
         provider.append_value(&e.provider);
         model.append_value(&e.model);
-        latency.append_value(e.latency_ms);
+        latency.append_value(i64::try_from(e.latency_ms).unwrap_or(i64::MAX));
         retrieval.append_option(e.retrieval_event_id.as_deref());
         match &row.retrieval {
             Some(s) => {
@@ -522,6 +583,98 @@ mod tests {
             .unwrap(),
             retrieval: None,
         }
+    }
+
+    /// The type of `column` in the Parquet file at `path`, and its rows.
+    fn column_type(path: &Path, column: &str) -> (DataType, usize) {
+        let reader =
+            datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+                File::open(path).unwrap(),
+            )
+            .unwrap();
+        let t = reader
+            .schema()
+            .field_with_name(column)
+            .unwrap()
+            .data_type()
+            .clone();
+        (
+            t,
+            reader.build().unwrap().map(|b| b.unwrap().num_rows()).sum(),
+        )
+    }
+
+    #[test]
+    fn files_of_0_1_with_unsigned_columns_are_rewritten_signed_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer(dir.path(), 2);
+        for o in 0..4 {
+            w.push(0, o, answer(&format!("e{o}"), "acme", "p"), ());
+        }
+        w.roll(Instant::now(), true).unwrap();
+        drop(w);
+        let files: Vec<PathBuf> = read_manifest(dir.path())
+            .unwrap()
+            .iter()
+            .map(|e| dir.path().join(&e.path))
+            .collect();
+        assert!(!files.is_empty());
+        let rows = |path: &Path| column_type(path, "latency_ms").1;
+        let before: Vec<usize> = files.iter().map(|p| rows(p)).collect();
+        assert_eq!(before.iter().sum::<usize>(), 4);
+        // As 0.1 wrote them: latency_ms unsigned, and no marker.
+        for path in &files {
+            let reader =
+                datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+                    File::open(path).unwrap(),
+                )
+                .unwrap();
+            let batches: Vec<RecordBatch> = reader.build().unwrap().map(|b| b.unwrap()).collect();
+            let old = batches[0].schema();
+            let fields: Vec<Field> = old
+                .fields()
+                .iter()
+                .map(|f| match f.name().as_str() {
+                    "latency_ms" => f.as_ref().clone().with_data_type(DataType::UInt64),
+                    _ => f.as_ref().clone(),
+                })
+                .collect();
+            let schema = Arc::new(Schema::new(fields));
+            let mut writer =
+                ArrowWriter::try_new(File::create(path).unwrap(), schema.clone(), None).unwrap();
+            for b in &batches {
+                let columns = b
+                    .columns()
+                    .iter()
+                    .zip(schema.fields())
+                    .map(|(c, f)| datafusion::arrow::compute::cast(c, f.data_type()).unwrap())
+                    .collect();
+                writer
+                    .write(&RecordBatch::try_new(schema.clone(), columns).unwrap())
+                    .unwrap();
+            }
+            writer.close().unwrap();
+            assert_eq!(column_type(path, "latency_ms").0, DataType::UInt64);
+        }
+        std::fs::remove_file(dir.path().join(TYPES_CURRENT)).unwrap();
+
+        let manifest = std::fs::read(dir.path().join(MANIFEST)).unwrap();
+        drop(writer(dir.path(), 2));
+        for (path, rows) in files.iter().zip(before) {
+            assert_eq!(column_type(path, "latency_ms"), (DataType::Int64, rows));
+        }
+        assert_eq!(std::fs::read(dir.path().join(MANIFEST)).unwrap(), manifest);
+        assert!(dir.path().join(TYPES_CURRENT).exists());
+        // Once: the marker spares later starts the footers.
+        assert_eq!(
+            migrate_types(
+                dir.path(),
+                &read_manifest(dir.path()).unwrap(),
+                &TrainingRow::schema()
+            )
+            .unwrap(),
+            0
+        );
     }
 
     #[test]
