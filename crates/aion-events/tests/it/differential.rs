@@ -6,6 +6,7 @@ use aion_events::{decode, AnswerEvent, DecodeLimits, RetrievalEvent, Schema};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde_json::{json, Value};
 
+use crate::fuzz::mutate_tree;
 use crate::{examples, schema_dir};
 
 /// Values that probe the limits both sides state: lengths around 128 in ASCII and in multibyte
@@ -37,38 +38,6 @@ fn probe(rng: &mut StdRng) -> Value {
     }
 }
 
-/// Replaces a random node of the tree by a probe, deletes it or duplicates an array item.
-fn mutate(v: &mut Value, rng: &mut StdRng) {
-    match v {
-        Value::Object(map) if !map.is_empty() && rng.random_bool(0.85) => {
-            let key = map
-                .keys()
-                .nth(rng.random_range(0..map.len()))
-                .cloned()
-                .unwrap();
-            match rng.random_range(0..5) {
-                0 => {
-                    map.remove(&key);
-                }
-                1 => {
-                    map.insert(key, probe(rng));
-                }
-                _ => mutate(map.get_mut(&key).unwrap(), rng),
-            }
-        }
-        Value::Array(items) if !items.is_empty() && rng.random_bool(0.85) => {
-            let i = rng.random_range(0..items.len());
-            if rng.random_bool(0.15) {
-                let copy = items[i].clone();
-                items.push(copy);
-            } else {
-                mutate(&mut items[i], rng);
-            }
-        }
-        other => *other = probe(rng),
-    }
-}
-
 /// Generated documents both sides judged differently, as (document, the decoder's verdict).
 fn disagreements<T: Schema>(seed: u64, cases: usize) -> (usize, Vec<(Value, Result<(), String>)>) {
     let path = schema_dir().join(format!("{}.schema.json", T::NAME));
@@ -94,7 +63,7 @@ fn disagreements<T: Schema>(seed: u64, cases: usize) -> (usize, Vec<(Value, Resu
     for _ in 0..cases {
         let mut doc = seeds[rng.random_range(0..seeds.len())].clone();
         for _ in 0..rng.random_range(1..3) {
-            mutate(&mut doc, &mut rng);
+            mutate_tree(&mut doc, &mut rng, probe);
         }
         let bytes = serde_json::to_vec(&doc).unwrap();
         let ours = decode::<T>(&bytes, &DecodeLimits::default())

@@ -24,8 +24,9 @@ fn random_value(rng: &mut StdRng) -> Value {
     }
 }
 
-/// Replaces a random node of the JSON tree by a random value, or deletes it.
-fn mutate_tree(v: &mut Value, rng: &mut StdRng) {
+/// Replaces a random node of the JSON tree by a `leaf` value, deletes it or duplicates an array
+/// item.
+pub fn mutate_tree(v: &mut Value, rng: &mut StdRng, leaf: fn(&mut StdRng) -> Value) {
     match v {
         Value::Object(map) if !map.is_empty() && rng.random_bool(0.8) => {
             let key = map
@@ -38,9 +39,9 @@ fn mutate_tree(v: &mut Value, rng: &mut StdRng) {
                     map.remove(&key);
                 }
                 1 => {
-                    map.insert(key, random_value(rng));
+                    map.insert(key, leaf(rng));
                 }
-                _ => mutate_tree(map.get_mut(&key).unwrap(), rng),
+                _ => mutate_tree(map.get_mut(&key).unwrap(), rng, leaf),
             }
         }
         Value::Array(items) if !items.is_empty() && rng.random_bool(0.8) => {
@@ -49,10 +50,10 @@ fn mutate_tree(v: &mut Value, rng: &mut StdRng) {
                 let copy = items[i].clone();
                 items.push(copy);
             } else {
-                mutate_tree(&mut items[i], rng);
+                mutate_tree(&mut items[i], rng, leaf);
             }
         }
-        other => *other = random_value(rng),
+        other => *other = leaf(rng),
     }
 }
 
@@ -84,7 +85,7 @@ fn run<T: Schema>(rng: &mut StdRng, cases: usize) -> (usize, usize) {
         let mut v = seeds[rng.random_range(0..seeds.len())].clone();
         let bytes = if rng.random_bool(0.5) {
             for _ in 0..rng.random_range(1..3) {
-                mutate_tree(&mut v, rng);
+                mutate_tree(&mut v, rng, random_value);
             }
             serde_json::to_vec(&v).unwrap()
         } else {
