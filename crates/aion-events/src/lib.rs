@@ -18,6 +18,7 @@ mod manifest;
 mod metrics;
 pub mod ndcg;
 mod rebuild;
+mod schema_files;
 mod status;
 pub mod telemetry;
 pub mod topics;
@@ -36,6 +37,7 @@ pub use manifest::{
 };
 pub use metrics::WindowMetrics;
 pub use rebuild::{IndexRebuild, RebuildReason};
+pub use schema_files::{SchemaFile, SCHEMA_FILES};
 pub use status::{ControlAction, JobState, TrainControl, TrainStatus};
 pub use trigger::{
     shard_path_of_tenant, Recipe, Thresholds, TrainTrigger, TriggerReason, MAX_TRIGGER_ID_BYTES,

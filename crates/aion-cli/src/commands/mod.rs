@@ -10,6 +10,7 @@ mod labels;
 mod models;
 mod ndcg;
 mod produce;
+mod schemas;
 mod serve;
 mod shards;
 mod sql;
@@ -93,6 +94,9 @@ pub enum Command {
     Validate(validate::Args),
     /// Run the whole loop locally: broker, topics, stages and synthetic traffic, with a live summary.
     Up(up::Args),
+    /// The topics' JSON Schemas in a schema registry: `register`.
+    #[command(subcommand)]
+    Schemas(schemas::Action),
     /// Print a shell completion script, e.g. `aion completions bash > /etc/bash_completion.d/aion`.
     Completions { shell: clap_complete::Shell },
 }
@@ -229,6 +233,7 @@ async fn dispatch(command: Command, ctx: Context, stop: CancellationToken) -> Re
         Command::Bench(action) => bench::run(action, &ctx).await,
         Command::Validate(args) => validate::run(args).await,
         Command::Up(args) => up::run(args, ctx, stop).await,
+        Command::Schemas(action) => schemas::run(action).await,
         Command::Completions { shell } => {
             let mut cli = <crate::Cli as clap::CommandFactory>::command();
             // Into a buffer: clap_complete panics on a write error (a closed pipe).

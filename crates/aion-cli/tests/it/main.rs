@@ -13,6 +13,7 @@ mod logs;
 mod ndcg;
 mod pii;
 mod relay;
+mod schemas;
 mod serve;
 mod shards;
 mod trainer;

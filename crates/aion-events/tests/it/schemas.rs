@@ -179,3 +179,30 @@ fn labels_need_a_label_and_judgments_need_their_query() {
     t["tenant_id"] = "../x".into();
     assert_eq!(reject(t).path, "tenant_id");
 }
+
+#[test]
+fn every_schema_file_is_embedded_as_it_is_on_disk() {
+    let mut on_disk: Vec<String> = std::fs::read_dir(schema_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".schema.json"))
+        .collect();
+    on_disk.sort();
+    let mut embedded: Vec<String> = aion_events::SCHEMA_FILES
+        .iter()
+        .map(|f| f.file.to_owned())
+        .collect();
+    embedded.sort();
+    assert_eq!(embedded, on_disk);
+    for f in aion_events::SCHEMA_FILES {
+        assert_eq!(f.file, format!("{}.schema.json", f.topic));
+        assert_eq!(
+            f.text,
+            std::fs::read_to_string(schema_dir().join(f.file)).unwrap()
+        );
+    }
+    assert_eq!(
+        aion_events::SCHEMA_FILES[0].topic,
+        aion_events::topics::RETRIEVAL
+    );
+}
