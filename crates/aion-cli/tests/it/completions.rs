@@ -23,11 +23,7 @@ fn the_bash_completion_script_completes_subcommands() {
             ))
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        crate::succeeded(&out);
         String::from_utf8(out.stdout).unwrap()
     };
     assert_eq!(complete("aion wind").trim(), "windows");

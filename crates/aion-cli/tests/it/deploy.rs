@@ -16,11 +16,7 @@ fn yaml(files: &[&str]) -> Vec<Value> {
         .args(files)
         .output()
         .expect("run python (scripts/setup --tests installs it)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::succeeded(&out);
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -42,11 +38,7 @@ fn the_compose_file_validates_and_its_services_run_commands_aion_accepts() {
         .env("AION_API_TOKEN", "test")
         .output()
         .expect("run docker-compose (scripts/setup --tests installs it)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::succeeded(&out);
     std::fs::write(resolved.path(), &out.stdout).unwrap();
     let prometheus = crate::repo_file("deploy/prometheus.yml");
     let [compose, prometheus] = <[Value; 2]>::try_from(yaml(&[

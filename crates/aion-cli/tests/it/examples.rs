@@ -24,11 +24,7 @@ fn publishes_events_the_stages_accept(mut example: Command) {
         ])
         .output()
         .expect("run the example (scripts/setup --tests installs its packages)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::succeeded(&out);
 
     let read = |topic: &str| {
         Reader::new(&s.kafka, &[topic], true)

@@ -38,6 +38,16 @@ pub fn repo_file(rel: &str) -> std::path::PathBuf {
         .join(rel)
 }
 
+/// Fails the test with the command's standard error unless it succeeded.
+#[track_caller]
+pub fn succeeded(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 pub struct Stack {
     /// `None` for commands that need no broker.
     pub broker: Option<Broker>,

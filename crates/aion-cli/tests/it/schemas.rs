@@ -98,11 +98,7 @@ async fn every_topic_schema_is_registered_with_its_references_and_a_refusal_is_r
 
     let run = |url: String| tokio::task::spawn_blocking(move || register_command(&url));
     let out = run(url.clone()).await.unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::succeeded(&out);
     let printed = String::from_utf8(out.stdout).unwrap();
     {
         let s = subjects.lock().unwrap();

@@ -8,6 +8,16 @@ use std::time::Duration;
 use aion_broker::Broker;
 use aion_kafka::{create_topics, partition_count, KafkaConfig, Reader, Sink, TopicSpec};
 
+/// Fails the test with the command's standard error unless it succeeded.
+#[track_caller]
+fn succeeded(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A self-signed certificate for 127.0.0.1, as `cert.pem` and `key.pem` in `dir`.
 fn certificate(dir: &Path) {
     let out = Command::new("openssl")
@@ -22,11 +32,7 @@ fn certificate(dir: &Path) {
         .arg(dir.join("cert.pem"))
         .output()
         .expect("run openssl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(&out);
 }
 
 fn sasl_ssl(broker: &Broker, ca: &Path, password: &str) -> KafkaConfig {
@@ -66,11 +72,7 @@ assert producer.flush(30) == 0, "undelivered records"
         .arg(serde_json::to_string(values).unwrap())
         .output()
         .expect("run python (scripts/setup --tests installs it)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(&out);
 }
 
 #[tokio::test(flavor = "multi_thread")]
