@@ -14,6 +14,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use tracing::info;
 
+use crate::writer::io;
 use crate::{read_manifest, Error, Result, MANIFEST};
 
 /// Where a shard table is copied to.
@@ -101,12 +102,7 @@ impl Remote {
         {
             let location = self.location(&e.path)?;
             let path = root.join(&e.path);
-            let size = std::fs::metadata(&path)
-                .map_err(|source| Error::Io {
-                    path: path.display().to_string(),
-                    source,
-                })?
-                .len();
+            let size = std::fs::metadata(&path).map_err(io(&path))?.len();
             match self.store.head(&location).await {
                 // A copy of another size was rewritten here since (the column types of 0.1).
                 Ok(meta) if meta.size == size => {}
@@ -123,10 +119,7 @@ impl Remote {
 
     async fn put(&self, root: &Path, rel: &str) -> Result<()> {
         let path = root.join(rel);
-        let bytes = std::fs::read(&path).map_err(|source| Error::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let bytes = std::fs::read(&path).map_err(io(&path))?;
         let location = self.location(rel)?;
         self.store
             .put(&location, PutPayload::from(bytes))

@@ -20,6 +20,7 @@ use datafusion::arrow::array::{
     StringBuilder, TimestampMicrosecondBuilder,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::file::properties::WriterProperties;
@@ -449,46 +450,47 @@ fn migrate_types(root: &Path, entries: &[ShardEntry], schema: &SchemaRef) -> Res
     }
     let mut rewritten = 0;
     for rel in aion_events::committed_files(entries) {
-        let path = root.join(rel);
-        let file = File::open(&path).map_err(io(&path))?;
-        let reader =
-            datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
-                file,
-            )?;
-        let fields: Vec<Field> = reader
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| match schema.field_with_name(f.name()) {
-                Ok(current) => f
-                    .as_ref()
-                    .clone()
-                    .with_data_type(current.data_type().clone()),
-                Err(_) => f.as_ref().clone(),
-            })
-            .collect();
-        let target = Arc::new(Schema::new(fields));
-        if target.fields() == reader.schema().fields() {
-            continue;
-        }
-        let batches = reader.build()?.collect::<Result<Vec<_>, _>>()?;
-        aion_events::durable::replace_file(&path, |file| {
-            let mut writer = ArrowWriter::try_new(file, target.clone(), Some(file_properties()))?;
-            for batch in &batches {
-                let columns = batch
-                    .columns()
-                    .iter()
-                    .zip(target.fields())
-                    .map(|(c, f)| datafusion::arrow::compute::cast(c, f.data_type()))
-                    .collect::<Result<Vec<_>, _>>()?;
-                writer.write(&RecordBatch::try_new(target.clone(), columns)?)?;
-            }
-            Ok::<_, Error>(writer.into_inner()?)
-        })?;
-        rewritten += 1;
+        let current = |f: &Field| {
+            schema
+                .field_with_name(f.name())
+                .map_or_else(|_| f.data_type().clone(), |c| c.data_type().clone())
+        };
+        rewritten += usize::from(retype_file(&root.join(rel), current)?);
     }
     aion_events::durable::replace_bytes(&marker, b"")?;
     Ok(rewritten)
+}
+
+/// Rewrites the Parquet file at `path` in place, durably, with each column cast to the type
+/// `retype` gives its field; whether any type changed (if none, the file is left alone).
+fn retype_file(path: &Path, retype: impl Fn(&Field) -> DataType) -> Result<bool> {
+    let file = File::open(path).map_err(io(path))?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)?;
+    let fields: Vec<Field> = reader
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone().with_data_type(retype(f)))
+        .collect();
+    let target = Arc::new(Schema::new(fields));
+    if target.fields() == reader.schema().fields() {
+        return Ok(false);
+    }
+    let batches = reader.build()?.collect::<Result<Vec<_>, _>>()?;
+    aion_events::durable::replace_file(path, |file| {
+        let mut writer = ArrowWriter::try_new(file, target.clone(), Some(file_properties()))?;
+        for batch in &batches {
+            let columns = batch
+                .columns()
+                .iter()
+                .zip(target.fields())
+                .map(|(c, f)| datafusion::arrow::compute::cast(c, f.data_type()))
+                .collect::<Result<Vec<_>, _>>()?;
+            writer.write(&RecordBatch::try_new(target.clone(), columns)?)?;
+        }
+        Ok::<_, Error>(writer.into_inner()?)
+    })?;
+    Ok(true)
 }
 
 /// How every file of a shard table is written (compacted ones too): zstd, row groups of up to
@@ -587,11 +589,7 @@ mod tests {
 
     /// The type of `column` in the Parquet file at `path`, and its rows.
     fn column_type(path: &Path, column: &str) -> (DataType, usize) {
-        let reader =
-            datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
-                File::open(path).unwrap(),
-            )
-            .unwrap();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(path).unwrap()).unwrap();
         let t = reader
             .schema()
             .field_with_name(column)
@@ -624,36 +622,11 @@ mod tests {
         assert_eq!(before.iter().sum::<usize>(), 4);
         // As 0.1 wrote them: latency_ms unsigned, and no marker.
         for path in &files {
-            let reader =
-                datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
-                    File::open(path).unwrap(),
-                )
-                .unwrap();
-            let batches: Vec<RecordBatch> = reader.build().unwrap().map(|b| b.unwrap()).collect();
-            let old = batches[0].schema();
-            let fields: Vec<Field> = old
-                .fields()
-                .iter()
-                .map(|f| match f.name().as_str() {
-                    "latency_ms" => f.as_ref().clone().with_data_type(DataType::UInt64),
-                    _ => f.as_ref().clone(),
-                })
-                .collect();
-            let schema = Arc::new(Schema::new(fields));
-            let mut writer =
-                ArrowWriter::try_new(File::create(path).unwrap(), schema.clone(), None).unwrap();
-            for b in &batches {
-                let columns = b
-                    .columns()
-                    .iter()
-                    .zip(schema.fields())
-                    .map(|(c, f)| datafusion::arrow::compute::cast(c, f.data_type()).unwrap())
-                    .collect();
-                writer
-                    .write(&RecordBatch::try_new(schema.clone(), columns).unwrap())
-                    .unwrap();
-            }
-            writer.close().unwrap();
+            let unsigned = |f: &Field| match f.name().as_str() {
+                "latency_ms" => DataType::UInt64,
+                _ => f.data_type().clone(),
+            };
+            assert!(retype_file(path, unsigned).unwrap());
             assert_eq!(column_type(path, "latency_ms").0, DataType::UInt64);
         }
         std::fs::remove_file(dir.path().join(TYPES_CURRENT)).unwrap();
@@ -769,10 +742,7 @@ mod tests {
         let (acks, entries) = w.roll(Instant::now(), true).unwrap();
         assert_eq!((acks.len(), entries[0].rows), (2, 1));
         let file = File::open(dir.path().join(&entries[0].path)).unwrap();
-        let reader =
-            datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
-                file,
-            )
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
             .unwrap()
             .build()
             .unwrap();
