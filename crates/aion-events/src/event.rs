@@ -226,7 +226,7 @@ fn check_id(id: &str) -> Result<(), String> {
     if id.is_empty() {
         return Err("must not be empty".into());
     }
-    // At most 4 bytes a character: a short id needs no counting.
+    // Every character takes a byte at least: an id of at most 128 bytes needs no counting.
     if id.len() > MAX_ID_CHARS && id.chars().count() > MAX_ID_CHARS {
         return Err(format!("longer than {MAX_ID_CHARS} characters"));
     }

@@ -24,7 +24,7 @@ impl JobState {
         matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
     }
 
-    /// The state as the wire names it.
+    /// The state as the wire names it (a metric label; a test keeps it equal to serde's).
     pub fn name(self) -> &'static str {
         match self {
             Self::Queued => "queued",
@@ -124,5 +124,18 @@ impl Schema for TrainControl {
 
     fn validate(&self) -> Result<(), Reject> {
         validate_id("job_id", &self.job_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::JobState;
+
+    #[test]
+    fn state_names_are_the_wire_names() {
+        use JobState::*;
+        for state in [Queued, Running, Completed, Failed, Cancelled] {
+            assert_eq!(serde_json::to_value(state).unwrap(), state.name());
+        }
     }
 }
