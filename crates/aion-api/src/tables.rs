@@ -3,19 +3,20 @@
 
 use std::path::{Path, PathBuf};
 
+use aion_events::layout::Table;
 use aion_windows::{HISTORY_TABLE, METRICS_TABLE, WINDOW_EVENTS_VIEW};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::error::Result;
 use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
 
 /// The shard table, under the data dir.
-pub const SHARDS_TABLE: &str = "shards";
+pub const SHARDS_TABLE: &str = Table::Shards.name();
 /// The entity mentions of enriched retrieval events, under the data dir.
-pub const ENTITIES_TABLE: &str = "entities";
+pub const ENTITIES_TABLE: &str = Table::Entities.name();
 /// The human labels of `labels.v1`, under the data dir (`tenant_id=<t>/date=<labelled day>/`).
 pub const LABELS_TABLE: &str = aion_windows::LABELS_TABLE;
 /// The answers sent to labelling by `aion label-queue`, under the data dir (`tenant_id=<t>/`).
-pub const LABEL_QUEUE_TABLE: &str = "label_queue";
+pub const LABEL_QUEUE_TABLE: &str = Table::LabelQueue.name();
 
 fn has_parquet(dir: &Path) -> bool {
     let Ok(entries) = std::fs::read_dir(dir) else {

@@ -5,7 +5,6 @@
 mod commands;
 mod config;
 mod observe;
-mod relay;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -144,12 +143,17 @@ impl Context {
         }
     }
 
+    /// What the state directory holds.
+    pub fn state(&self) -> aion_events::layout::StateDir {
+        aion_events::layout::StateDir::new(&self.state_dir)
+    }
+
     pub fn broker_dir(&self) -> PathBuf {
         self.config
             .broker
             .data_dir
             .clone()
-            .unwrap_or_else(|| self.state_dir.join("broker"))
+            .unwrap_or_else(|| self.state().broker())
     }
 }
 

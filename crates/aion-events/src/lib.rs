@@ -3,8 +3,8 @@
 //! what is wrong with it (the reason a dead-letter record carries).
 //!
 //! This crate owns the wire contract. It knows nothing of Kafka or models; of storage, only what
-//! every stage shares: the shard manifest's format and how a file is replaced durably
-//! ([`durable`]).
+//! every stage shares: the shard manifest's format, how a file is replaced durably ([`durable`])
+//! and what a state directory holds ([`layout`]).
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
@@ -14,6 +14,7 @@ mod enriched;
 mod event;
 mod hash;
 mod label;
+pub mod layout;
 mod manifest;
 mod metrics;
 pub mod ndcg;

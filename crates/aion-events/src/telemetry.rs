@@ -30,8 +30,10 @@ use MetricKind::{Counter, Gauge, Histogram};
 pub const METRICS: &[Metric] = &[
     metric("aion_build_info", Gauge, "Always 1; the version label says which build of aion runs"),
     metric("aion_received_events_total", Counter, "Records read from the stage's input topics (by stage)"),
-    metric("aion_sent_events_total", Counter, "Records the stage published and the broker acknowledged (by stage)"),
+    metric("aion_sent_events_total", Counter, "Records the stage published, dead letters not included (by stage)"),
     metric("aion_dlq_events_total", Counter, "Records sent to a dead-letter topic, with the reason in a header (by stage, topic)"),
+    metric("aion_stage_errors_total", Counter, "Stage runs that ended in an error; nothing they held was committed (by stage)"),
+    metric("aion_stage_handle_seconds", Histogram, "Seconds a stage took to handle one batch of records (by stage)"),
     metric("aion_consume_errors_total", Counter, "Errors the Kafka consumer reported (by stage)"),
     metric("aion_consumer_lag", Gauge, "Records of an input partition not read yet, from librdkafka's statistics every 5 s (by stage, topic, partition)"),
     metric("aion_late_events_total", Counter, "Events that arrived after some of their windows closed (by stage, topic)"),

@@ -7,7 +7,7 @@
 //! re-fires nor forgets.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use aion_events::{TriggerReason, WindowMetrics};
 use chrono::{DateTime, Duration, Utc};
@@ -110,11 +110,6 @@ impl Gate {
     pub fn save(&self, path: &Path) -> Result<()> {
         crate::save_json(path, self)
     }
-}
-
-/// The gate's state file under a state directory.
-pub fn state_path(state_dir: &Path) -> PathBuf {
-    state_dir.join("gate").join("state.json")
 }
 
 #[cfg(test)]
@@ -227,7 +222,7 @@ mod tests {
         let (mut g, s) = (Gate::default(), settings());
         assert!(fire(&mut g, &window("a", 5, 0.4, 0.9), &s));
         let dir = tempfile::tempdir().unwrap();
-        let path = state_path(dir.path());
+        let path = aion_events::layout::StateDir::new(dir.path()).gate_state();
         g.save(&path).unwrap();
         let mut restarted = Gate::load(&path).unwrap();
         assert_eq!(restarted, g);

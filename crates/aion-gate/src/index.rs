@@ -7,10 +7,12 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use aion_events::{decode, IndexRebuild, RebuildReason, RetrievalEvent, Schema as _};
-use aion_kafka::{Ack, Sink, Source, SourceConfig};
+use aion_events::layout::StateDir;
+use aion_events::{IndexRebuild, RebuildReason, RetrievalEvent, Schema as _};
+use aion_kafka::{Ack, Record};
+use aion_runtime::{Io, Plan, Stage};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -71,9 +73,79 @@ impl IndexWatch {
     }
 }
 
-/// The rule's state file under a state directory.
-pub fn index_path(state_dir: &Path) -> PathBuf {
-    state_dir.join("gate").join("index.json")
+/// The rule as a stage of the runtime: the state is saved every [`SAVE_EVERY`], and only then are
+/// the records it covers done.
+struct IndexStage<'a> {
+    config: &'a GateConfig,
+    options: &'a GateOptions,
+    path: PathBuf,
+    watch: IndexWatch,
+    unsaved: Vec<Ack>,
+    next_save: Instant,
+}
+
+impl Stage for IndexStage<'_> {
+    type Error = crate::Error;
+    const NAME: &'static str = STAGE;
+
+    async fn handle(&mut self, io: &mut Io<'_>, records: Vec<Record>) -> Result<()> {
+        let rule = &self.config.index_rebuild;
+        for record in records {
+            let Some((record, event)) = io.decode::<RetrievalEvent>(record).await? else {
+                continue;
+            };
+            if let Some(request) = self.watch.observe(&event, rule.new_documents) {
+                debug_assert!(request.validate().is_ok());
+                if self.options.dry_run {
+                    info!(rebuild_id = %request.rebuild_id, "dry run: would request an index rebuild");
+                } else {
+                    let payload = serde_json::to_vec(&request)?;
+                    io.send_confirmed(
+                        &rule.output_topic,
+                        None,
+                        Some(request.tenant_id.as_bytes()),
+                        &payload,
+                    )
+                    .await?
+                    .wait(&rule.output_topic)
+                    .await?;
+                    info!(rebuild_id = %request.rebuild_id, new = request.new_documents, "index rebuild requested");
+                }
+            }
+            self.unsaved.push(record.ack);
+        }
+        Ok(())
+    }
+
+    async fn advance(&mut self, _io: &mut Io<'_>) -> Result<()> {
+        if Instant::now() >= self.next_save {
+            self.save()?;
+            self.next_save = Instant::now() + SAVE_EVERY;
+        }
+        Ok(())
+    }
+
+    async fn finish(&mut self, _io: &mut Io<'_>) -> Result<()> {
+        self.save()
+    }
+
+    fn tick(&self) -> Option<Duration> {
+        Some(SAVE_EVERY)
+    }
+}
+
+impl IndexStage<'_> {
+    fn save(&mut self) -> Result<()> {
+        if self.unsaved.is_empty() {
+            return Ok(());
+        }
+        if !self.options.dry_run {
+            self.watch.save(&self.path)?;
+        }
+        // Saved (a dry run's source stores nothing): these records are done.
+        self.unsaved.drain(..).for_each(Ack::done);
+        Ok(())
+    }
 }
 
 /// Runs the rule until `stop`.
@@ -83,69 +155,30 @@ pub async fn run_index(
     stop: CancellationToken,
 ) -> Result<()> {
     let rule = &config.index_rebuild;
-    let mut source_config = SourceConfig::new(
-        STAGE,
+    let mut plan = Plan::new(
         vec![rule.retrieval_topic.clone()],
+        vec![rule.output_topic.clone()],
         format!("{}-index", options.group_id),
     );
-    source_config.commit = !options.dry_run;
-    let mut source = Source::new(&options.kafka, &source_config)?;
-    for topic in [
-        rule.output_topic.clone(),
-        aion_events::topics::dlq(&rule.retrieval_topic),
-    ] {
-        aion_kafka::partition_count(&options.kafka, &topic)?;
-    }
-    let sink = Sink::new(&options.kafka, STAGE)?;
-    let path = index_path(&options.state_dir);
-    let mut watch = IndexWatch::load(&path)?;
-    let mut unsaved: Vec<Ack> = Vec::new();
-    let mut tick = tokio::time::interval(SAVE_EVERY);
-    loop {
-        tokio::select! {
-            r = source.recv() => {
-                let record = r?;
-                let event = match decode::<RetrievalEvent>(&record.payload, &options.decode) {
-                    Ok(e) => e,
-                    Err(reject) => {
-                        sink.dead_letter(record, &reject.path, &reject.message).await?;
-                        continue;
-                    }
-                };
-                if let Some(request) = watch.observe(&event, rule.new_documents) {
-                    debug_assert!(request.validate().is_ok());
-                    if options.dry_run {
-                        info!(rebuild_id = %request.rebuild_id, "dry run: would request an index rebuild");
-                    } else {
-                        let payload = serde_json::to_vec(&request)?;
-                        sink.send_confirmed(&rule.output_topic, None, Some(request.tenant_id.as_bytes()), &payload)
-                            .await?
-                            .wait(&rule.output_topic)
-                            .await?;
-                        info!(rebuild_id = %request.rebuild_id, new = request.new_documents, "index rebuild requested");
-                    }
-                }
-                unsaved.push(record.ack);
-            }
-            _ = tick.tick() => {
-                if !unsaved.is_empty() {
-                    if !options.dry_run {
-                        watch.save(&path)?;
-                    }
-                    // Saved (a dry run's source stores nothing): these records are done.
-                    unsaved.drain(..).for_each(Ack::done);
-                }
-            }
-            () = stop.cancelled() => break,
-        }
-    }
-    if !options.dry_run {
-        watch.save(&path)?;
-    }
-    unsaved.into_iter().for_each(Ack::done);
-    sink.flush(Duration::from_secs(30))?;
-    source.shutdown(Duration::from_secs(30)).await?;
-    Ok(())
+    plan.commit = !options.dry_run;
+    plan.decode = options.decode;
+    let path = StateDir::new(&options.state_dir).index_state();
+    let stage = IndexStage {
+        config,
+        options,
+        watch: IndexWatch::load(&path)?,
+        path,
+        unsaved: Vec::new(),
+        next_save: Instant::now() + SAVE_EVERY,
+    };
+    aion_runtime::run(
+        &options.kafka,
+        &plan,
+        stage,
+        stop,
+        &aion_runtime::Counts::default(),
+    )
+    .await
 }
 
 #[cfg(test)]
@@ -189,7 +222,7 @@ mod tests {
         let mut w = IndexWatch::default();
         w.observe(&event("a", &["d1", "d2"]), 3);
         let dir = tempfile::tempdir().unwrap();
-        let path = index_path(dir.path());
+        let path = StateDir::new(dir.path()).index_state();
         w.save(&path).unwrap();
         let mut restarted = IndexWatch::load(&path).unwrap();
         assert_eq!(restarted, w);

@@ -21,8 +21,8 @@ pub use config::{
     GateConfig, IndexRebuildConfig, Settings, SettingsStore, DEFAULT_PIPELINE, MAX_COOLDOWN_HOURS,
 };
 pub use entities::{worst_entities, TopEntities, TRIGGER_ENTITIES_SQL};
-pub use gate::{state_path, Gate, TenantState, Verdict};
-pub use index::{index_path, run_index, IndexWatch};
+pub use gate::{Gate, TenantState, Verdict};
+pub use index::{run_index, IndexWatch};
 pub use stage::{manual_trigger, run, shard_snapshot, trigger, GateOptions, Latest, Stats};
 
 /// Errors of the gate.

@@ -9,14 +9,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use aion_events::{
-    decode, DecodeLimits, Schema as _, Thresholds, TrainTrigger, TriggerReason, WindowMetrics,
+    DecodeLimits, Schema as _, Thresholds, TrainTrigger, TriggerReason, WindowMetrics,
 };
-use aion_kafka::{KafkaConfig, Sink, Source, SourceConfig};
+use aion_kafka::{KafkaConfig, Record};
+use aion_runtime::{Io, Plan, Stage};
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::{state_path, Gate, GateConfig, Result, Settings, SettingsStore, Verdict};
+use crate::{Gate, GateConfig, Result, Settings, SettingsStore, Verdict};
 
 const STAGE: &str = "gate";
 /// How often run-time settings are re-read.
@@ -55,6 +56,7 @@ impl GateOptions {
 /// Live counts.
 #[derive(Debug, Default)]
 pub struct Stats {
+    pub counts: aion_runtime::Counts,
     pub evaluated: AtomicU64,
     pub fired: AtomicU64,
     /// The latest evaluated window of each tenant: (window end, mean nDCG, fallback rate).
@@ -174,67 +176,57 @@ async fn top_entities(
     }
 }
 
-/// Runs until `stop` is cancelled.
-pub async fn run(
-    config: &GateConfig,
-    options: &GateOptions,
-    stop: CancellationToken,
-    stats: &Stats,
-) -> Result<()> {
-    let mut source_config = SourceConfig::new(
-        STAGE,
-        vec![config.input_topic.clone()],
-        options.group_id.clone(),
-    );
-    // A dry run reads in a group of its own and commits nothing: the production gate's offsets
-    // never move because of it.
-    source_config.commit = !options.dry_run;
-    let mut source = Source::new(&options.kafka, &source_config)?;
-    for topic in [
-        config.output_topic.clone(),
-        aion_events::topics::dlq(&config.input_topic),
-    ] {
-        aion_kafka::partition_count(&options.kafka, &topic)?;
-    }
-    let sink = Sink::new(&options.kafka, STAGE)?;
-    let path = state_path(&options.state_dir);
-    let mut gate = if options.dry_run {
-        Gate::default()
-    } else {
-        Gate::load(&path)?
-    };
-    let mut settings = options.current_settings()?;
-    let mut next_refresh = Instant::now() + SETTINGS_REFRESH;
-    info!(window = %config.window, ?settings, dry_run = options.dry_run, "gate started");
-    loop {
-        let record = tokio::select! {
-            r = source.recv() => r?,
-            () = stop.cancelled() => break,
-        };
-        if Instant::now() >= next_refresh {
-            match options.current_settings() {
-                Ok(s) if s != settings => {
-                    info!(?s, "gate settings changed");
-                    settings = s;
-                }
-                Ok(_) => {}
-                // A bad edit must not stop the gate: keep the last good settings.
-                Err(error) => warn!(%error, "ignoring unreadable gate settings"),
+/// The gate as a stage of the runtime.
+struct GateStage<'a> {
+    config: &'a GateConfig,
+    options: &'a GateOptions,
+    stats: &'a Stats,
+    gate: Gate,
+    path: PathBuf,
+    settings: Settings,
+    next_refresh: Instant,
+}
+
+impl Stage for GateStage<'_> {
+    type Error = crate::Error;
+    const NAME: &'static str = STAGE;
+
+    async fn handle(&mut self, io: &mut Io<'_>, records: Vec<Record>) -> Result<()> {
+        for record in records {
+            self.refresh_settings();
+            if let Some((record, m)) = io.decode::<WindowMetrics>(record).await? {
+                self.evaluate(io, &m).await?;
+                // The record's offset may be stored now: trigger acknowledged, state saved.
+                record.ack.done();
             }
-            next_refresh = Instant::now() + SETTINGS_REFRESH;
         }
-        let m = match decode::<WindowMetrics>(&record.payload, &options.decode) {
-            Ok(m) => m,
-            Err(reject) => {
-                sink.dead_letter(record, &reject.path, &reject.message)
-                    .await?;
-                continue;
+        Ok(())
+    }
+}
+
+impl GateStage<'_> {
+    fn refresh_settings(&mut self) {
+        if Instant::now() < self.next_refresh {
+            return;
+        }
+        match self.options.current_settings() {
+            Ok(s) if s != self.settings => {
+                info!(?s, "gate settings changed");
+                self.settings = s;
             }
-        };
-        let verdict = gate.evaluate(&config.window, &m, &settings);
+            Ok(_) => {}
+            // A bad edit must not stop the gate: keep the last good settings.
+            Err(error) => warn!(%error, "ignoring unreadable gate settings"),
+        }
+        self.next_refresh = Instant::now() + SETTINGS_REFRESH;
+    }
+
+    /// Evaluates one window; fires (trigger acknowledged) and saves the state when it counts.
+    async fn evaluate(&mut self, io: &Io<'_>, m: &WindowMetrics) -> Result<()> {
+        let (config, options, stats) = (self.config, self.options, self.stats);
+        let verdict = self.gate.evaluate(&config.window, m, &self.settings);
         if verdict == Verdict::Ignored {
-            record.ack.done();
-            continue;
+            return Ok(());
         }
         stats.evaluated.fetch_add(1, Ordering::Relaxed);
         {
@@ -253,9 +245,9 @@ pub async fn run(
         }
         match verdict {
             Verdict::Fire(reason) => {
-                let mut t = trigger(config, &settings, &m, reason);
+                let mut t = trigger(config, &self.settings, m, reason);
                 t.manifest_lines = shard_snapshot(options)?;
-                t.top_entities = top_entities(config, options, &m).await;
+                t.top_entities = top_entities(config, options, m).await;
                 debug_assert!(t.validate().is_ok());
                 stats.fired.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("aion_triggers_total", "stage" => STAGE).increment(1);
@@ -263,7 +255,7 @@ pub async fn run(
                     info!(trigger_id = %t.trigger_id, ?reason, fallback_rate = ?m.fallback_rate, ndcg = ?m.ndcg_mean, "dry run: would fire");
                 } else {
                     let payload = serde_json::to_vec(&t)?;
-                    sink.send_confirmed(
+                    io.send_confirmed(
                         &config.output_topic,
                         None,
                         Some(t.key().as_bytes()),
@@ -281,12 +273,44 @@ pub async fn run(
             Verdict::Ignored => {}
         }
         if !options.dry_run {
-            gate.save(&path)?;
+            self.gate.save(&self.path)?;
         }
-        // The record's offset may be stored now: trigger acknowledged, state saved.
-        record.ack.done();
+        Ok(())
     }
-    sink.flush(Duration::from_secs(30))?;
-    source.shutdown(Duration::from_secs(30)).await?;
-    Ok(())
+}
+
+/// Runs until `stop` is cancelled.
+pub async fn run(
+    config: &GateConfig,
+    options: &GateOptions,
+    stop: CancellationToken,
+    stats: &Stats,
+) -> Result<()> {
+    let mut plan = Plan::new(
+        vec![config.input_topic.clone()],
+        vec![config.output_topic.clone()],
+        options.group_id.clone(),
+    );
+    // A dry run reads in a group of its own and commits nothing: the production gate's offsets
+    // never move because of it.
+    plan.commit = !options.dry_run;
+    plan.decode = options.decode;
+    let path = aion_events::layout::StateDir::new(&options.state_dir).gate_state();
+    let gate = if options.dry_run {
+        Gate::default()
+    } else {
+        Gate::load(&path)?
+    };
+    let settings = options.current_settings()?;
+    info!(window = %config.window, ?settings, dry_run = options.dry_run, "gate settings");
+    let stage = GateStage {
+        config,
+        options,
+        stats,
+        gate,
+        path,
+        settings,
+        next_refresh: Instant::now() + SETTINGS_REFRESH,
+    };
+    aion_runtime::run(&options.kafka, &plan, stage, stop, &stats.counts).await
 }

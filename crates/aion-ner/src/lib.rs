@@ -52,7 +52,7 @@ pub enum Error {
     #[error("tokenizer: {0}")]
     Tokenizer(String),
     #[error(transparent)]
-    Kafka(aion_kafka::Error),
+    Kafka(#[from] aion_kafka::Error),
     #[error("event JSON: {0}")]
     Json(#[from] serde_json::Error),
 }

@@ -14,8 +14,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aion_events::{decode, DecodeLimits, Mention, RetrievalEvent};
-use aion_kafka::{KafkaConfig, Record, Sink, Source, SourceConfig};
+use aion_events::{DecodeLimits, Mention, RetrievalEvent};
+use aion_kafka::{KafkaConfig, Record};
+use aion_runtime::{Io, Plan, Stage};
 use candle_core::Device;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -55,8 +56,8 @@ pub const DEFAULT_CACHE_ENTRIES: usize = 100_000;
 /// Live counts.
 #[derive(Debug, Default)]
 pub struct Stats {
-    pub received: AtomicU64,
-    pub enriched: AtomicU64,
+    /// Received, enriched (sent) and dead-lettered events.
+    pub counts: aion_runtime::Counts,
     /// Segments answered from the cache or a repeat within the batch.
     pub segments_cached: AtomicU64,
     /// Segments the model ran on.
@@ -162,60 +163,38 @@ pub fn enrich(
         .collect()
 }
 
-/// Runs until `stop`.
-pub async fn run(options: &EnrichOptions, stop: CancellationToken, stats: &Stats) -> Result<()> {
-    let model = TokenClassifier::load(&options.model_dir, &Device::Cpu)?;
-    let config = SourceConfig::new(
-        STAGE,
-        vec![options.input_topic.clone()],
-        options.group_id.clone(),
-    );
-    let mut source = Source::new(&options.kafka, &config).map_err(kafka)?;
-    for topic in [
-        options.output_topic.clone(),
-        aion_events::topics::dlq(&options.input_topic),
-    ] {
-        aion_kafka::partition_count(&options.kafka, &topic).map_err(kafka)?;
-    }
-    let sink = Sink::new(&options.kafka, STAGE).map_err(kafka)?;
-    let mut cache = SegmentCache::new(options.cache_entries);
-    info!(model = %options.model_dir.display(), batch = options.batch_size, cache = options.cache_entries, "enricher started");
-    loop {
-        let mut batch: Vec<Record> = Vec::with_capacity(options.batch_size);
-        let deadline = tokio::time::Instant::now() + options.max_wait;
-        while batch.len() < options.batch_size.max(1) {
-            tokio::select! {
-                r = source.recv() => batch.push(r.map_err(kafka)?),
-                () = tokio::time::sleep_until(deadline), if !batch.is_empty() => break,
-                () = stop.cancelled() => break,
-            }
-        }
-        if batch.is_empty() && stop.is_cancelled() {
-            break;
-        }
+/// The enricher as a stage of the runtime.
+struct EnrichStage<'a> {
+    options: &'a EnrichOptions,
+    stats: &'a Stats,
+    model: TokenClassifier,
+    cache: SegmentCache,
+}
+
+impl Stage for EnrichStage<'_> {
+    type Error = Error;
+    const NAME: &'static str = STAGE;
+
+    async fn handle(&mut self, io: &mut Io<'_>, records: Vec<Record>) -> Result<()> {
         let started = Instant::now();
-        let n = batch.len() as u64;
-        stats.received.fetch_add(n, Ordering::Relaxed);
-        let mut valid = Vec::with_capacity(batch.len());
-        for record in batch {
-            match decode::<RetrievalEvent>(&record.payload, &options.decode) {
-                Ok(event) => valid.push((event, record)),
-                Err(reject) => sink
-                    .dead_letter(record, &reject.path, &reject.message)
-                    .await
-                    .map_err(kafka)?,
+        let mut valid = Vec::with_capacity(records.len());
+        for record in records {
+            if let Some(decoded) = io.decode::<RetrievalEvent>(record).await? {
+                valid.push(decoded);
             }
         }
         let inputs: Vec<(&RetrievalEvent, &[u8])> = valid
             .iter()
-            .map(|(e, r)| (e, r.payload.as_slice()))
+            .map(|(r, e)| (e, r.payload.as_slice()))
             .collect();
         // The forward pass takes a core for a while: hand this worker's other tasks (every other
         // stage of `aion up` shares the runtime) to the remaining workers meanwhile.
+        let cache = &mut self.cache;
         let (hits, misses, evictions) = (cache.hits, cache.misses, cache.evictions);
         let enriched = tokio::task::block_in_place(|| {
-            enrich(&model, &mut cache, &inputs, options.batch_size)
+            enrich(&self.model, cache, &inputs, self.options.batch_size)
         })?;
+        let stats = self.stats;
         stats
             .segments_cached
             .fetch_add(cache.hits - hits, Ordering::Relaxed);
@@ -229,33 +208,40 @@ pub async fn run(options: &EnrichOptions, stop: CancellationToken, stats: &Stats
         metrics::counter!("aion_ner_cache_evictions_total").increment(cache.evictions - evictions);
         metrics::gauge!("aion_ner_cache_entries").set(cache.len() as f64);
         drop(inputs);
-        for ((event, record), enriched) in valid.into_iter().zip(enriched) {
-            sink.send(
-                &options.output_topic,
+        for ((record, event), enriched) in valid.into_iter().zip(enriched) {
+            io.send(
+                &self.options.output_topic,
                 Some(event.tenant_id.as_bytes()),
                 &enriched,
                 None,
                 Some(record.ack),
             )
-            .await
-            .map_err(kafka)?;
-            stats.enriched.fetch_add(1, Ordering::Relaxed);
+            .await?;
         }
         metrics::histogram!("aion_ner_batch_seconds").record(started.elapsed().as_secs_f64());
-        if stop.is_cancelled() {
-            break;
-        }
+        Ok(())
     }
-    sink.flush(Duration::from_secs(30)).map_err(kafka)?;
-    source
-        .shutdown(Duration::from_secs(30))
-        .await
-        .map_err(kafka)?;
-    Ok(())
 }
 
-fn kafka(e: aion_kafka::Error) -> Error {
-    Error::Kafka(e)
+/// Runs until `stop`.
+pub async fn run(options: &EnrichOptions, stop: CancellationToken, stats: &Stats) -> Result<()> {
+    let model = TokenClassifier::load(&options.model_dir, &Device::Cpu)?;
+    let mut plan = Plan::new(
+        vec![options.input_topic.clone()],
+        vec![options.output_topic.clone()],
+        options.group_id.clone(),
+    );
+    plan.batch = options.batch_size;
+    plan.max_wait = options.max_wait;
+    plan.decode = options.decode;
+    info!(model = %options.model_dir.display(), batch = options.batch_size, cache = options.cache_entries, "enricher model loaded");
+    let stage = EnrichStage {
+        options,
+        stats,
+        model,
+        cache: SegmentCache::new(options.cache_entries),
+    };
+    aion_runtime::run(&options.kafka, &plan, stage, stop, &stats.counts).await
 }
 
 #[cfg(test)]

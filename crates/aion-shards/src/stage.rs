@@ -9,10 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aion_events::ndcg::Gain;
-use aion_events::{
-    decode, AnswerEvent, DecodeLimits, EnrichedRetrieval, LabelEvent, Mention, Schema, ShardEntry,
-};
-use aion_kafka::{Ack, KafkaConfig, Record, Sink, Source, SourceConfig};
+use aion_events::{AnswerEvent, DecodeLimits, EnrichedRetrieval, LabelEvent, Mention, ShardEntry};
+use aion_kafka::{Ack, KafkaConfig, Record};
+use aion_runtime::{Holding, Io, Plan, Stage};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -87,7 +86,7 @@ impl Default for JoinOptions {
 /// Live counts.
 #[derive(Debug, Default)]
 pub struct Stats {
-    pub received: AtomicU64,
+    pub counts: aion_runtime::Counts,
     pub written: AtomicU64,
     pub shards: AtomicU64,
     pub skipped_replays: AtomicU64,
@@ -98,42 +97,201 @@ pub struct Stats {
     pub redacted: AtomicU64,
 }
 
+/// The shard writer as a stage of the runtime.
+struct ShardStage<'a> {
+    options: &'a ShardOptions,
+    stats: &'a Stats,
+    finder: Option<Arc<dyn EntityFinder>>,
+    patterns: Redactor,
+    answers: ShardWriter<TrainingRow, Ack>,
+    joiner: Joiner<Ack>,
+    entities: Option<ShardWriter<EntityRow, Ack>>,
+    labels: Option<ShardWriter<LabelRow, Ack>>,
+    answers_copy: Option<Remote>,
+    entities_copy: Option<Remote>,
+    labels_copy: Option<Remote>,
+    /// Partitions were revoked: write out everything buffered (their new owner replays the rest).
+    force: bool,
+}
+
+impl Stage for ShardStage<'_> {
+    type Error = Error;
+    const NAME: &'static str = STAGE;
+
+    async fn handle(&mut self, io: &mut Io<'_>, records: Vec<Record>) -> Result<()> {
+        let options = self.options;
+        for record in records {
+            if *record.topic == *options.topic {
+                if let Some((record, answer)) = io.decode::<AnswerEvent>(record).await? {
+                    let (partition, offset) = (record.partition, record.offset);
+                    self.joiner
+                        .answer(partition, offset, answer, record.ack, Instant::now());
+                }
+            } else if options
+                .labels
+                .as_ref()
+                .is_some_and(|(t, _)| *t == *record.topic)
+            {
+                if let Some(writer) = self.labels.as_mut() {
+                    if let Some((record, label)) = io.decode::<LabelEvent>(record).await? {
+                        // Keyed by the query as labelled, then redacted like a prompt.
+                        let mut row = LabelRow::from(label);
+                        if let (Some(finder), Some(query)) = (&self.finder, &mut row.label.query) {
+                            let found =
+                                tokio::task::block_in_place(|| finder.find(&[query.as_str()]))
+                                    .map_err(Error::EntityFinder)?;
+                            let spans = found.first().map_or(&[][..], Vec::as_slice);
+                            *query = redact_spans(query, spans, &mut writer.redactions);
+                        }
+                        writer.push(record.partition, record.offset, row, record.ack);
+                    }
+                }
+            } else if let Some(writer) = self.entities.as_mut() {
+                if let Some((record, mut event)) = io.decode::<EnrichedRetrieval>(record).await? {
+                    if let Some(finder) = &self.finder {
+                        // The names in the query and passages, found here whatever the enricher
+                        // found: the table redacts them inside its terms (keyphrases included).
+                        let found =
+                            tokio::task::block_in_place(|| names_in(finder.as_ref(), &event))?;
+                        event.mentions.extend(found);
+                    }
+                    let join = &options.join;
+                    let signals = RetrievalSignals::of(&event, join.ndcg_k, join.ndcg_gain);
+                    let ndcg = signals.ndcg;
+                    self.joiner
+                        .retrieval(&event.tenant_id, &event.event_id, signals);
+                    let row = EntityRow { event, ndcg };
+                    writer.push(record.partition, record.offset, row, record.ack);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn advance(&mut self, _io: &mut Io<'_>) -> Result<()> {
+        let (options, stats) = (self.options, self.stats);
+        let force = std::mem::take(&mut self.force);
+        let now = Instant::now();
+        let mut released = if force {
+            self.joiner.drain()
+        } else {
+            self.joiner.ready(now, REDACT_BATCH)
+        };
+        if let Some(finder) = &self.finder {
+            // The model takes a core for a while: hand this worker's other tasks on meanwhile.
+            tokio::task::block_in_place(|| {
+                redact_names(
+                    finder.as_ref(),
+                    &self.patterns,
+                    &mut released,
+                    &mut self.answers.redactions,
+                )
+            })?;
+        }
+        for (partition, offset, row, ack) in released {
+            self.answers.push(partition, offset, row, ack);
+        }
+        stats.joined.store(self.joiner.joined, Ordering::Relaxed);
+        stats
+            .join_timeouts
+            .store(self.joiner.timed_out, Ordering::Relaxed);
+        roll(
+            &mut self.answers,
+            now,
+            force,
+            &options.root,
+            &self.answers_copy,
+            "shards",
+            stats,
+        )
+        .await?;
+        if let (Some(writer), Some((_, root))) = (self.entities.as_mut(), options.entities.as_ref())
+        {
+            roll(
+                writer,
+                now,
+                force,
+                root,
+                &self.entities_copy,
+                "entities",
+                stats,
+            )
+            .await?;
+        }
+        if let (Some(writer), Some((_, root))) = (self.labels.as_mut(), options.labels.as_ref()) {
+            roll(writer, now, force, root, &self.labels_copy, "labels", stats).await?;
+        }
+        stats
+            .skipped_replays
+            .store(self.answers.skipped_replays, Ordering::Relaxed);
+        let redacted = std::mem::take(&mut self.answers.redactions)
+            .into_iter()
+            .chain(
+                self.entities
+                    .as_mut()
+                    .into_iter()
+                    .flat_map(|w| std::mem::take(&mut w.redactions)),
+            )
+            .chain(
+                self.labels
+                    .as_mut()
+                    .into_iter()
+                    .flat_map(|w| std::mem::take(&mut w.redactions)),
+            );
+        for (pii, n) in redacted {
+            stats.redacted.fetch_add(n, Ordering::Relaxed);
+            metrics::counter!("aion_redactions_total", "type" => pii.name()).increment(n);
+        }
+        Ok(())
+    }
+
+    async fn revoked(&mut self, _io: &mut Io<'_>) -> Result<()> {
+        // A rebalance moves partitions: what is buffered for them is replayed by their new owner.
+        self.force = true;
+        Ok(())
+    }
+
+    fn tick(&self) -> Option<Duration> {
+        // Rows waiting for the name finder: take the next batch at once.
+        Some(if self.joiner.has_ready(Instant::now()) {
+            Duration::ZERO
+        } else {
+            TICK
+        })
+    }
+
+    fn accepting(&self) -> bool {
+        self.joiner.pending() < MAX_QUEUED
+    }
+}
+
 /// Runs until `stop`; buffered rows are abandoned (replayed by the next run), never half-written.
 pub async fn run(options: &ShardOptions, stop: CancellationToken, stats: &Stats) -> Result<()> {
     let mut topics = vec![options.topic.clone()];
     topics.extend(options.entities.iter().map(|(topic, _)| topic.clone()));
     topics.extend(options.labels.iter().map(|(topic, _)| topic.clone()));
-    let mut config = SourceConfig::new(STAGE, topics.clone(), options.group_id.clone());
+    let mut plan = Plan::new(topics, Vec::new(), options.group_id.clone());
     // Buffers hold acks until their file is renamed into place: the roll policy bounds them.
-    config.max_in_flight = None;
-    config.revoke_wait = Duration::ZERO;
+    plan.holding = Holding::State;
+    plan.decode = options.decode;
     let finder = match (&options.finder, options.redact) {
         (Some(f), true) => Some(f.clone()),
         (None, true) => return Err(Error::NoEntityFinder),
         (_, false) => None,
     };
-    let patterns = Redactor::new();
-    let mut source = Source::new(&options.kafka, &config)?;
-    for topic in &topics {
-        aion_kafka::partition_count(&options.kafka, &aion_events::topics::dlq(topic))?;
-    }
-    let sink = Sink::new(&options.kafka, STAGE)?;
     let redactor = || options.redact.then(Redactor::new);
-    let mut answers: ShardWriter<TrainingRow, Ack> =
-        ShardWriter::open(&options.root, options.policy.clone(), redactor())?;
-    let join = &options.join;
+    let answers = ShardWriter::open(&options.root, options.policy.clone(), redactor())?;
     let wait = if options.entities.is_some() {
-        join.wait
+        options.join.wait
     } else {
         Duration::ZERO
     };
-    let mut joiner: Joiner<Ack> = Joiner::new(wait, join.capacity);
-    let mut entities: Option<ShardWriter<EntityRow, Ack>> = options
+    let entities = options
         .entities
         .as_ref()
         .map(|(_, root)| ShardWriter::open(root, options.policy.clone(), redactor()))
         .transpose()?;
-    let mut labels: Option<ShardWriter<LabelRow, Ack>> = options
+    let labels = options
         .labels
         .as_ref()
         .map(|(_, root)| ShardWriter::open(root, options.policy.clone(), redactor()))
@@ -160,140 +318,22 @@ pub async fn run(options: &ShardOptions, stop: CancellationToken, stats: &Stats)
             remote.catch_up(root).await?;
         }
     }
-    info!(root = %options.root.display(), redact = options.redact, remote = options.remote.is_some(), "shard writer started");
-    let mut revocations = source.revocations();
-    let result = loop {
-        // Rows waiting for the name finder: take the next batch at once.
-        let tick = if joiner.has_ready(Instant::now()) {
-            Duration::ZERO
-        } else {
-            TICK
-        };
-        let record = tokio::select! {
-            biased;
-            () = stop.cancelled() => break Ok(()),
-            r = source.recv(), if joiner.pending() < MAX_QUEUED => Some(r?),
-            () = tokio::time::sleep(tick) => None,
-        };
-        if let Some(record) = record {
-            stats.received.fetch_add(1, Ordering::Relaxed);
-            if *record.topic == *options.topic {
-                if let Some((record, answer)) =
-                    decoded::<AnswerEvent>(record, &sink, &options.decode).await?
-                {
-                    let (partition, offset) = (record.partition, record.offset);
-                    joiner.answer(partition, offset, answer, record.ack, Instant::now());
-                }
-            } else if options
-                .labels
-                .as_ref()
-                .is_some_and(|(t, _)| *t == *record.topic)
-            {
-                if let Some(writer) = labels.as_mut() {
-                    if let Some((record, label)) =
-                        decoded::<LabelEvent>(record, &sink, &options.decode).await?
-                    {
-                        // Keyed by the query as labelled, then redacted like a prompt.
-                        let mut row = LabelRow::from(label);
-                        if let (Some(finder), Some(query)) = (&finder, &mut row.label.query) {
-                            let found =
-                                tokio::task::block_in_place(|| finder.find(&[query.as_str()]))
-                                    .map_err(Error::EntityFinder)?;
-                            let spans = found.first().map_or(&[][..], Vec::as_slice);
-                            *query = redact_spans(query, spans, &mut writer.redactions);
-                        }
-                        writer.push(record.partition, record.offset, row, record.ack);
-                    }
-                }
-            } else if let Some(writer) = entities.as_mut() {
-                if let Some((record, mut event)) =
-                    decoded::<EnrichedRetrieval>(record, &sink, &options.decode).await?
-                {
-                    if let Some(finder) = &finder {
-                        // The names in the query and passages, found here whatever the enricher
-                        // found: the table redacts them inside its terms (keyphrases included).
-                        let found =
-                            tokio::task::block_in_place(|| names_in(finder.as_ref(), &event))?;
-                        event.mentions.extend(found);
-                    }
-                    let signals = RetrievalSignals::of(&event, join.ndcg_k, join.ndcg_gain);
-                    let ndcg = signals.ndcg;
-                    joiner.retrieval(&event.tenant_id, &event.event_id, signals);
-                    let row = EntityRow { event, ndcg };
-                    writer.push(record.partition, record.offset, row, record.ack);
-                }
-            }
-        }
-        // A rebalance moves partitions: what is buffered for them is replayed by their new owner.
-        let force = source.revocations() != revocations;
-        revocations = source.revocations();
-        let now = Instant::now();
-        let mut released = if force {
-            joiner.drain()
-        } else {
-            joiner.ready(now, REDACT_BATCH)
-        };
-        if let Some(finder) = &finder {
-            // The model takes a core for a while: hand this worker's other tasks on meanwhile.
-            tokio::task::block_in_place(|| {
-                redact_names(
-                    finder.as_ref(),
-                    &patterns,
-                    &mut released,
-                    &mut answers.redactions,
-                )
-            })?;
-        }
-        for (partition, offset, row, ack) in released {
-            answers.push(partition, offset, row, ack);
-        }
-        stats.joined.store(joiner.joined, Ordering::Relaxed);
-        stats
-            .join_timeouts
-            .store(joiner.timed_out, Ordering::Relaxed);
-        roll(
-            &mut answers,
-            now,
-            force,
-            &options.root,
-            &answers_copy,
-            "shards",
-            stats,
-        )
-        .await?;
-        if let (Some(writer), Some((_, root))) = (entities.as_mut(), options.entities.as_ref()) {
-            roll(writer, now, force, root, &entities_copy, "entities", stats).await?;
-        }
-        if let (Some(writer), Some((_, root))) = (labels.as_mut(), options.labels.as_ref()) {
-            roll(writer, now, force, root, &labels_copy, "labels", stats).await?;
-        }
-        stats
-            .skipped_replays
-            .store(answers.skipped_replays, Ordering::Relaxed);
-        let redacted = std::mem::take(&mut answers.redactions)
-            .into_iter()
-            .chain(
-                entities
-                    .as_mut()
-                    .into_iter()
-                    .flat_map(|w| std::mem::take(&mut w.redactions)),
-            )
-            .chain(
-                labels
-                    .as_mut()
-                    .into_iter()
-                    .flat_map(|w| std::mem::take(&mut w.redactions)),
-            );
-        for (pii, n) in redacted {
-            stats.redacted.fetch_add(n, Ordering::Relaxed);
-            metrics::counter!("aion_redactions_total", "type" => pii.name()).increment(n);
-        }
+    info!(root = %options.root.display(), redact = options.redact, remote = options.remote.is_some(), "shard tables open");
+    let stage = ShardStage {
+        options,
+        stats,
+        finder,
+        patterns: Redactor::new(),
+        answers,
+        joiner: Joiner::new(wait, options.join.capacity),
+        entities,
+        labels,
+        answers_copy,
+        entities_copy,
+        labels_copy,
+        force: false,
     };
-    // Buffered rows are not durable: dropped without an outcome, they are replayed.
-    drop((answers, joiner, entities, labels));
-    sink.flush(Duration::from_secs(30))?;
-    source.shutdown(Duration::ZERO).await?;
-    result
+    aion_runtime::run(&options.kafka, &plan, stage, stop, &stats.counts).await
 }
 
 /// Redacts each row's prompt and reply: the patterns first (typed placeholders such as `<CPF>`),
@@ -348,22 +388,6 @@ fn names_in(finder: &dyn EntityFinder, event: &EnrichedRetrieval) -> Result<Vec<
             })
         })
         .collect())
-}
-
-/// The event of `record`, or `None` once it is dead-lettered.
-async fn decoded<E: Schema>(
-    record: Record,
-    sink: &Sink,
-    limits: &DecodeLimits,
-) -> Result<Option<(Record, E)>> {
-    match decode::<E>(&record.payload, limits) {
-        Ok(event) => Ok(Some((record, event))),
-        Err(reject) => {
-            sink.dead_letter(record, &reject.path, &reject.message)
-                .await?;
-            Ok(None)
-        }
-    }
 }
 
 /// Writes the buffers of `writer` that are due, copies them to `remote`, and only then releases

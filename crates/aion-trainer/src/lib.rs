@@ -49,6 +49,8 @@ pub enum Error {
     /// The model files or the configuration do not describe something this crate can run.
     #[error("{0}")]
     Invalid(String),
+    #[error("kafka: {0}")]
+    Kafka(#[from] aion_kafka::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

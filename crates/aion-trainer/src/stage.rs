@@ -20,7 +20,8 @@ use std::time::Duration;
 use aion_events::{
     decode, topics, DecodeLimits, JobState, TrainControl, TrainStatus, TrainTrigger,
 };
-use aion_kafka::{KafkaConfig, Reader, Sink, Source, SourceConfig};
+use aion_kafka::{KafkaConfig, Reader, Record};
+use aion_runtime::{Holding, Io, Output, Plan, Stage};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -57,6 +58,7 @@ pub struct TrainerOptions {
 /// Live counts and the running job's progress.
 #[derive(Debug, Default)]
 pub struct Stats {
+    pub counts: aion_runtime::Counts,
     pub jobs: AtomicU64,
     pub completed: AtomicU64,
     pub promoted: AtomicU64,
@@ -122,7 +124,7 @@ fn watch_cancels(
     kafka: &KafkaConfig,
     stop: CancellationToken,
 ) -> Result<Arc<Mutex<HashSet<String>>>> {
-    let reader = Reader::new(kafka, &[topics::TRAIN_CONTROL], true).map_err(kafka_error)?;
+    let reader = Reader::new(kafka, &[topics::TRAIN_CONTROL], true)?;
     let cancelled = Arc::new(Mutex::new(HashSet::new()));
     let set = cancelled.clone();
     std::thread::spawn(move || {
@@ -145,27 +147,72 @@ fn watch_cancels(
     Ok(cancelled)
 }
 
-fn kafka_error(e: aion_kafka::Error) -> Error {
-    Error::Invalid(format!("kafka: {e}"))
-}
-
-async fn publish(sink: &Sink, status: &TrainStatus, confirmed: bool) -> Result<()> {
+async fn publish(out: Output<'_>, status: &TrainStatus, confirmed: bool) -> Result<()> {
     if status.state.is_final() {
         metrics::counter!("aion_train_jobs_total", "state" => status.state.name()).increment(1);
     }
     let payload = serde_json::to_vec(status).map_err(|e| Error::Invalid(e.to_string()))?;
     let key = Some(status.tenant_id.as_bytes());
     if confirmed {
-        sink.send_confirmed(topics::TRAIN_STATUS, None, key, &payload)
-            .await
-            .map_err(kafka_error)?
+        out.send_confirmed(topics::TRAIN_STATUS, None, key, &payload)
+            .await?
             .wait(topics::TRAIN_STATUS)
-            .await
-            .map_err(kafka_error)
+            .await?;
     } else {
-        sink.send(topics::TRAIN_STATUS, key, &payload, None, None)
-            .await
-            .map_err(kafka_error)
+        out.send(topics::TRAIN_STATUS, key, &payload, None, None)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The trainer as a stage of the runtime: one job at a time.
+struct TrainerStage<'a> {
+    options: &'a TrainerOptions,
+    stats: &'a Stats,
+    stop: CancellationToken,
+    cancelled: Arc<Mutex<HashSet<String>>>,
+    base: Option<Arc<BaseModel>>,
+}
+
+impl Stage for TrainerStage<'_> {
+    type Error = Error;
+    const NAME: &'static str = STAGE;
+
+    async fn handle(&mut self, io: &mut Io<'_>, records: Vec<Record>) -> Result<()> {
+        let (options, stats) = (self.options, self.stats);
+        for record in records {
+            let trigger = match decode::<TrainTrigger>(&record.payload, io.limits()) {
+                Ok(t) => t,
+                Err(reject) => {
+                    warn!(offset = record.offset, reason = %reject.message, "trigger refused");
+                    // Whoever watches the job (the panel) learns it failed, not just the DLQ.
+                    if let Some(status) = refused_status(&record.payload, &reject) {
+                        publish(io.output(), &status, true).await?;
+                        stats.failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    io.dead_letter(record, &reject).await?;
+                    continue;
+                }
+            };
+            // A job runs for minutes to hours: fetch nothing more meanwhile, but keep polling so
+            // the group never evicts this member (and hands its trigger to another) mid-job.
+            let job = take_job(
+                options,
+                &trigger,
+                &mut self.base,
+                &self.cancelled,
+                &self.stop,
+                io.output(),
+                stats,
+            );
+            if io.keep_polling(job).await?? {
+                record.ack.done();
+            } else {
+                // Stopping mid-job: the trigger stays pending and the next run resumes the job.
+                break;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -178,75 +225,23 @@ pub async fn run(options: &TrainerOptions, stop: CancellationToken, stats: &Stat
             options.base_model.display()
         )));
     }
-    let mut config = SourceConfig::new(
-        STAGE,
+    let mut plan = Plan::new(
         vec![topics::TRAIN_TRIGGER.to_owned()],
+        vec![topics::TRAIN_STATUS.to_owned()],
         options.group_id.clone(),
     );
-    // One job at a time: the partitions are paused while a job runs (`recv` must keep polling, so
-    // no in-flight cap, which would stop it).
-    config.max_in_flight = None;
-    config.revoke_wait = Duration::ZERO;
-    let mut source = Source::new(&options.kafka, &config).map_err(kafka_error)?;
-    for topic in [
-        topics::TRAIN_STATUS.to_owned(),
-        topics::dlq(topics::TRAIN_TRIGGER),
-    ] {
-        aion_kafka::partition_count(&options.kafka, &topic).map_err(kafka_error)?;
-    }
-    let sink = Sink::new(&options.kafka, STAGE).map_err(kafka_error)?;
-    let cancelled = watch_cancels(&options.kafka, stop.child_token())?;
-    let mut base: Option<Arc<BaseModel>> = None;
-    let mut waiting = std::collections::VecDeque::new();
-    info!(base = %options.base_model.display(), "trainer started");
-    loop {
-        let record = match waiting.pop_front() {
-            Some(r) => r,
-            None => tokio::select! {
-                r = source.recv() => r.map_err(kafka_error)?,
-                () = stop.cancelled() => break,
-            },
-        };
-        let trigger = match decode::<TrainTrigger>(&record.payload, &options.decode) {
-            Ok(t) => t,
-            Err(reject) => {
-                warn!(offset = record.offset, reason = %reject.message, "trigger refused");
-                // Whoever watches the job (the panel) learns it failed, not just the DLQ.
-                if let Some(status) = refused_status(&record.payload, &reject) {
-                    publish(&sink, &status, true).await?;
-                    stats.failed.fetch_add(1, Ordering::Relaxed);
-                }
-                sink.dead_letter(record, &reject.path, &reject.message)
-                    .await
-                    .map_err(kafka_error)?;
-                continue;
-            }
-        };
-        // A job runs for minutes to hours: fetch nothing more meanwhile, but keep polling so the
-        // group never evicts this member (and hands its trigger to another) mid-job.
-        source.pause().map_err(kafka_error)?;
-        let job = take_job(
-            options, &trigger, &mut base, &cancelled, &stop, &sink, stats,
-        );
-        tokio::pin!(job);
-        let finished = loop {
-            tokio::select! {
-                finished = &mut job => break finished?,
-                // Partitions assigned by a rebalance meanwhile are not paused: keep their records.
-                r = source.recv() => waiting.push_back(r.map_err(kafka_error)?),
-            }
-        };
-        source.resume().map_err(kafka_error)?;
-        if finished {
-            record.ack.done();
-        } else {
-            // Stopping mid-job: the trigger stays pending and the next run resumes the job.
-            break;
-        }
-    }
-    sink.flush(Duration::from_secs(30)).map_err(kafka_error)?;
-    source.shutdown(Duration::ZERO).await.map_err(kafka_error)?;
-    Ok(())
+    // A trigger's ack waits for its job.
+    plan.holding = Holding::State;
+    plan.decode = options.decode;
+    info!(base = %options.base_model.display(), "trainer base model found");
+    let stage = TrainerStage {
+        options,
+        stats,
+        cancelled: watch_cancels(&options.kafka, stop.child_token())?,
+        stop: stop.clone(),
+        base: None,
+    };
+    aion_runtime::run(&options.kafka, &plan, stage, stop, &stats.counts).await
 }
 
 /// Runs the trigger's job to its final status unless it has one already; false when the stage
@@ -262,7 +257,7 @@ async fn take_job(
     base: &mut Option<Arc<BaseModel>>,
     cancelled: &Arc<Mutex<HashSet<String>>>,
     stop: &CancellationToken,
-    sink: &Sink,
+    out: Output<'_>,
     stats: &Stats,
 ) -> Result<bool> {
     let dir = job_dir(&options.adapters_root, trigger);
@@ -287,11 +282,11 @@ async fn take_job(
             base.insert(Arc::new(loaded)).clone()
         }
     };
-    let Some(status) = run_job(options, trigger, &dir, model, cancelled, stop, sink, stats).await?
+    let Some(status) = run_job(options, trigger, &dir, model, cancelled, stop, out, stats).await?
     else {
         return Ok(false);
     };
-    publish(sink, &status, true).await?;
+    publish(out, &status, true).await?;
     write_json(&dir.join(STATUS_FILE), &status)?;
     promote(options, &status, stats)?;
     let counter = match status.state {
@@ -383,14 +378,14 @@ async fn run_job(
     base: Arc<BaseModel>,
     cancelled: &Arc<Mutex<HashSet<String>>>,
     stop: &CancellationToken,
-    sink: &Sink,
+    out: Output<'_>,
     stats: &Stats,
 ) -> Result<Option<TrainStatus>> {
     let job = trigger.trigger_id.clone();
     let tenant = trigger.tenant_id.clone();
     let report = |state| TrainStatus::new(&job, &tenant, state);
     // Progress reports need no confirmation: only the final status guards the trigger's offset.
-    publish(sink, &report(JobState::Queued), false).await?;
+    publish(out, &report(JobState::Queued), false).await?;
     info!(job = %job, "queued");
     let is_cancelled = || cancelled.lock().map(|s| s.contains(&job)).unwrap_or(false);
     if is_cancelled() {
@@ -488,7 +483,7 @@ async fn run_job(
                     draw(&job, &p);
                 }
                 curve.push(serde_json::json!({"step": p.step, "epoch": p.epoch, "loss": p.loss}));
-                publish(sink, &TrainStatus {
+                publish(out, &TrainStatus {
                     step: Some(p.step as u64),
                     total_steps: Some(p.total_steps as u64),
                     loss: Some(p.loss),

@@ -22,7 +22,7 @@ use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use tracing::{info, warn};
 
 /// The labels table under the data dir.
-pub const LABELS_TABLE: &str = "labels";
+pub const LABELS_TABLE: &str = aion_events::layout::Table::Labels.name();
 /// How often the table is scanned for new files.
 pub const REFRESH: Duration = Duration::from_secs(5);
 

@@ -50,8 +50,6 @@ pub enum Error {
     },
     #[error(transparent)]
     Kafka(#[from] aion_kafka::Error),
-    #[error("partitions were reassigned; the stage restarts from the committed offsets")]
-    Rebalanced,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -5,7 +5,7 @@
 //! records acknowledged, then the Parquet file renamed into place) and, if it was late, its
 //! `<topic>.late` record is acknowledged; invalid events go to `<topic>.dlq`. Offsets are stored
 //! only at resume points, so a replay rebuilds every watermark exactly. A rebalance restarts the
-//! stage's state from the committed offsets (the run returns [`Error::Rebalanced`]).
+//! stage's state from the committed offsets.
 //!
 //! Retrievals without judgments are scored with labelled judgments of their query from the
 //! `labels` table under the data dir ([`crate::labels`]), re-read every few seconds.
@@ -17,7 +17,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aion_events::{decode, AnswerEvent, DecodeLimits, RetrievalEvent};
-use aion_kafka::{headers, Ack, KafkaConfig, OwnedHeaders, Record, Sink, Source, SourceConfig};
+use aion_kafka::{headers, Ack, KafkaConfig, OwnedHeaders, Record, Source};
+use aion_runtime::{Holding, Io, Plan, Stage};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
@@ -33,9 +34,9 @@ use crate::table::{panes_batch, Table};
 use crate::{Error, Result, WindowsConfig};
 
 /// Table of closed windows' aggregates, under [`StageOptions::data_dir`].
-pub const METRICS_TABLE: &str = "metrics";
+pub const METRICS_TABLE: &str = aion_events::layout::Table::Metrics.name();
 /// Table of every counted event once, under [`StageOptions::data_dir`].
-pub const HISTORY_TABLE: &str = "window_history";
+pub const HISTORY_TABLE: &str = aion_events::layout::Table::WindowHistory.name();
 
 /// Header of a `<topic>.late` record: the windows it missed, comma-separated.
 pub const LATE_WINDOWS_HEADER: &str = "aion.late.windows";
@@ -48,7 +49,6 @@ const TICK: Duration = Duration::from_millis(500);
 const BACKLOG_EVERY: Duration = Duration::from_secs(1);
 /// A broker slower than this leaves the backlog unmeasured: partitions keep holding.
 const BACKLOG_TIMEOUT: Duration = Duration::from_secs(1);
-const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where and how one windows stage runs.
 #[derive(Debug, Clone)]
@@ -63,8 +63,8 @@ pub struct StageOptions {
 /// Live counts, readable while the stage runs.
 #[derive(Debug, Default)]
 pub struct Stats {
-    pub received: AtomicU64,
-    pub dead_lettered: AtomicU64,
+    /// Received, sent (window results and late records) and dead-lettered records.
+    pub counts: aion_runtime::Counts,
     pub late: AtomicU64,
     pub windows_closed: AtomicU64,
     pub stored_events: AtomicU64,
@@ -80,8 +80,8 @@ pub struct Stats {
 /// How many close delays [`Stats`] keeps.
 pub const CLOSE_DELAYS_KEPT: usize = 10_000;
 
+/// Where closed windows go besides the topic.
 struct Outputs {
-    sink: Sink,
     aggregator: Aggregator,
     metrics: Table,
     history: Table,
@@ -89,93 +89,61 @@ struct Outputs {
     topic_partitions: usize,
 }
 
-/// Runs until `stop` is cancelled. Returns [`Error::Rebalanced`] when partitions were revoked:
-/// call again to rebuild the state by replay.
-pub async fn run(
-    config: &WindowsConfig,
-    options: &StageOptions,
-    stop: CancellationToken,
-    stats: &Stats,
-) -> Result<()> {
-    let inputs = [config.retrieval_topic.clone(), config.answer_topic.clone()];
-    let mut source_config = SourceConfig::new(STAGE, inputs.to_vec(), options.group_id.clone());
-    // Acks wait in open windows by design: no in-flight cap, nothing to wait for on revoke.
-    source_config.max_in_flight = None;
-    source_config.revoke_wait = Duration::ZERO;
-    source_config.explicit_resume_points = true;
-    let mut source = Source::new(&options.kafka, &source_config)?;
-    let mut operator: WindowOperator<Ack> = WindowOperator::new(config);
-    let now = Instant::now();
-    let mut declared = Vec::new();
-    for (i, topic) in inputs.iter().enumerate() {
-        for partition in 0..aion_kafka::partition_count(&options.kafka, topic)? {
-            operator.add_partition(i as u8, partition as i32, now);
-            declared.push((i as u8, partition as i32));
-        }
-        for side in [
-            aion_events::topics::dlq(topic),
-            aion_events::topics::late(topic),
-        ] {
-            aion_kafka::partition_count(&options.kafka, &side)?;
-        }
-    }
-    let topic_partitions = aion_kafka::partition_count(&options.kafka, &config.output_topic)?;
-    let outputs = Outputs {
-        sink: Sink::new(&options.kafka, STAGE)?,
-        aggregator: Aggregator::new(&config.sql_text).await?,
-        metrics: Table::metrics(options.data_dir.join(METRICS_TABLE)),
-        history: Table::history(options.data_dir.join(HISTORY_TABLE)),
-        topic: config.output_topic.clone(),
-        topic_partitions,
-    };
-    for table in [&outputs.metrics, &outputs.history] {
-        let moved = table.migrate_tenant_directories()?;
-        if moved > 0 {
-            info!(moved, table = %table.root().display(), "moved files of the per-tenant layout into the per-day one");
-        }
-    }
-    let mut labelled = LabelledJudgments::new(options.data_dir.join(LABELS_TABLE));
-    labelled.refresh(Instant::now());
-    let revocations = source.revocations();
-    let mut next_backlog = Instant::now();
-    info!(group = %options.group_id, data = %options.data_dir.display(), "windows stage started");
-    let result = loop {
-        let record = tokio::select! {
-            r = source.recv() => Some(r?),
-            () = tokio::time::sleep(TICK) => None,
-            () = stop.cancelled() => break Ok(()),
-        };
-        if source.revocations() != revocations {
-            break Err(Error::Rebalanced);
-        }
-        labelled.refresh(Instant::now());
-        if Instant::now() >= next_backlog {
-            measure_backlog(&source, &inputs, &declared, &mut operator, stats);
-            next_backlog = Instant::now() + BACKLOG_EVERY;
-        }
-        if let Some(record) = record {
-            stats.received.fetch_add(1, Ordering::Relaxed);
-            let input = u8::from(*record.topic != *inputs[0]);
+/// The windows stage as a stage of the runtime.
+struct WindowsStage<'a> {
+    config: &'a WindowsConfig,
+    stats: &'a Stats,
+    inputs: [String; 2],
+    /// Every input partition (input, partition), assigned here or not.
+    declared: Vec<(u8, i32)>,
+    operator: WindowOperator<Ack>,
+    outputs: Outputs,
+    labelled: LabelledJudgments,
+    next_backlog: Instant,
+}
+
+impl Stage for WindowsStage<'_> {
+    type Error = Error;
+    const NAME: &'static str = STAGE;
+
+    async fn handle(&mut self, io: &mut Io<'_>, records: Vec<Record>) -> Result<()> {
+        for record in records {
+            let input = u8::from(*record.topic != *self.inputs[0]);
             admit(
-                config,
-                options,
-                &outputs,
-                &mut operator,
+                self.config,
+                io,
+                &mut self.operator,
                 input,
                 record,
-                stats,
-                labelled.map(),
+                self.stats,
+                self.labelled.map(),
             )
             .await?;
+        }
+        Ok(())
+    }
+
+    async fn advance(&mut self, io: &mut Io<'_>) -> Result<()> {
+        let stats = self.stats;
+        self.labelled.refresh(Instant::now());
+        if Instant::now() >= self.next_backlog {
+            measure_backlog(
+                io.source(),
+                &self.inputs,
+                &self.declared,
+                &mut self.operator,
+                stats,
+            );
+            self.next_backlog = Instant::now() + BACKLOG_EVERY;
         }
         let advanced = Instant::now();
         let Closing {
             groups,
             released,
             release,
-        } = operator.close(advanced);
+        } = self.operator.close(advanced);
         if !groups.is_empty() || !released.is_empty() {
-            publish(&outputs, groups, &released, stats).await?;
+            publish(io, &self.outputs, groups, &released, stats).await?;
             let delay = advanced.elapsed().as_secs_f64();
             metrics::histogram!("aion_window_close_delay_seconds").record(delay);
             let mut delays = stats.close_delays.lock().unwrap_or_else(|p| p.into_inner());
@@ -188,13 +156,81 @@ pub async fn run(
         release.into_iter().for_each(Ack::done);
         stats
             .stored_events
-            .store(operator.stored_rows() as u64, Ordering::Relaxed);
+            .store(self.operator.stored_rows() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn revoked(&mut self, _io: &mut Io<'_>) -> Result<()> {
+        // Open windows are rebuilt by replaying from the committed offsets (the runtime reopens
+        // the source): what this member held is dropped without an outcome.
+        self.operator = operator(self.config, &self.declared);
+        Ok(())
+    }
+
+    fn tick(&self) -> Option<Duration> {
+        Some(TICK)
+    }
+}
+
+/// A window operator with nothing open, over every declared input partition.
+fn operator(config: &WindowsConfig, declared: &[(u8, i32)]) -> WindowOperator<Ack> {
+    let mut operator = WindowOperator::new(config);
+    let now = Instant::now();
+    for &(input, partition) in declared {
+        operator.add_partition(input, partition, now);
+    }
+    operator
+}
+
+/// Runs until `stop` is cancelled. A rebalance rebuilds the state by replay and goes on.
+pub async fn run(
+    config: &WindowsConfig,
+    options: &StageOptions,
+    stop: CancellationToken,
+    stats: &Stats,
+) -> Result<()> {
+    let inputs = [config.retrieval_topic.clone(), config.answer_topic.clone()];
+    let mut outputs = vec![config.output_topic.clone()];
+    outputs.extend(inputs.iter().map(|t| aion_events::topics::late(t)));
+    let mut plan = Plan::new(inputs.to_vec(), outputs, options.group_id.clone());
+    // Acks wait in open windows by design.
+    plan.holding = Holding::State;
+    plan.resume_points = true;
+    plan.replay_on_revoke = true;
+    plan.decode = options.decode;
+    let mut declared = Vec::new();
+    for (i, topic) in inputs.iter().enumerate() {
+        for partition in 0..aion_kafka::partition_count(&options.kafka, topic)? {
+            declared.push((i as u8, partition as i32));
+        }
+    }
+    let outputs = Outputs {
+        aggregator: Aggregator::new(&config.sql_text).await?,
+        metrics: Table::metrics(options.data_dir.join(METRICS_TABLE)),
+        history: Table::history(options.data_dir.join(HISTORY_TABLE)),
+        topic: config.output_topic.clone(),
+        topic_partitions: aion_kafka::partition_count(&options.kafka, &config.output_topic)?,
     };
-    // Open windows are not durable: dropped without an outcome, their events are replayed.
-    drop(operator);
-    outputs.sink.flush(SHUTDOWN_TIMEOUT)?;
-    source.shutdown(Duration::ZERO).await?;
-    result
+    for table in [&outputs.metrics, &outputs.history] {
+        let moved = table.migrate_tenant_directories()?;
+        if moved > 0 {
+            info!(moved, table = %table.root().display(), "moved files of the per-tenant layout into the per-day one");
+        }
+    }
+    let mut labelled = LabelledJudgments::new(options.data_dir.join(LABELS_TABLE));
+    labelled.refresh(Instant::now());
+    info!(data = %options.data_dir.display(), "window tables open");
+    let stage = WindowsStage {
+        config,
+        stats,
+        operator: operator(config, &declared),
+        inputs,
+        declared,
+        outputs,
+        labelled,
+        next_backlog: Instant::now(),
+    };
+    aion_runtime::run(&options.kafka, &plan, stage, stop, &stats.counts).await
 }
 
 /// Asks the broker how far behind each input partition is, so that only caught-up partitions go
@@ -315,11 +351,9 @@ fn not_ahead(
     ))
 }
 
-#[allow(clippy::too_many_arguments)] // one call site; the stage's parts, passed apart to keep borrows disjoint
 async fn admit(
     config: &WindowsConfig,
-    options: &StageOptions,
-    outputs: &Outputs,
+    io: &Io<'_>,
     operator: &mut WindowOperator<Ack>,
     input: u8,
     record: Record,
@@ -332,7 +366,7 @@ async fn admit(
         partition: record.partition,
         offset: record.offset,
     };
-    let observation = observation_with(config, &options.decode, input, &record.payload, judgments)
+    let observation = observation_with(config, io.limits(), input, &record.payload, judgments)
         .and_then(|o| not_ahead(o, config.watermark.max_ahead, chrono::Utc::now()));
     let observation = match observation {
         Ok(o) => o,
@@ -340,11 +374,7 @@ async fn admit(
             if operator.observe_unusable(origin, now) {
                 record.ack.mark_resume_point();
             }
-            stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-            outputs
-                .sink
-                .dead_letter(record, &reject.path, &reject.message)
-                .await?;
+            io.dead_letter(record, &reject).await?;
             return Ok(());
         }
     };
@@ -361,16 +391,14 @@ async fn admit(
         let headers: OwnedHeaders =
             headers::lineage(&record.topic, record.partition, record.offset)
                 .insert(rdkafka_header(LATE_WINDOWS_HEADER, &missed));
-        outputs
-            .sink
-            .send(
-                &aion_events::topics::late(&record.topic),
-                record.key.as_deref(),
-                &record.payload,
-                Some(headers),
-                Some(record.ack),
-            )
-            .await?;
+        io.send(
+            &aion_events::topics::late(&record.topic),
+            record.key.as_deref(),
+            &record.payload,
+            Some(headers),
+            Some(record.ack),
+        )
+        .await?;
     } else {
         // Its only outputs are the windows it counts in: their clones of the ack say when.
         record.ack.done();
@@ -399,6 +427,7 @@ const GROUPS_PER_BATCH: usize = 4096;
 /// then one Parquet file per window end and batch; then the released panes' history. Results and
 /// panes an earlier run wrote (a replay closes them again) are skipped.
 async fn publish(
+    io: &Io<'_>,
     outputs: &Outputs,
     groups: Vec<ClosedGroup>,
     released: &[ReleasedPane],
@@ -415,15 +444,13 @@ async fn publish(
             let payload = serde_json::to_vec(m).map_err(|e| Error::Sql(e.to_string()))?;
             let partition = tenant_partition(&m.tenant_id, outputs.topic_partitions);
             deliveries.push(
-                outputs
-                    .sink
-                    .send_confirmed(
-                        &outputs.topic,
-                        partition,
-                        Some(m.key().as_bytes()),
-                        &payload,
-                    )
-                    .await?,
+                io.send_confirmed(
+                    &outputs.topic,
+                    partition,
+                    Some(m.key().as_bytes()),
+                    &payload,
+                )
+                .await?,
             );
         }
         for delivery in deliveries {
@@ -435,9 +462,8 @@ async fn publish(
             let rows = concat_batches(&schema, same_end.iter().map(|r| &r.rows))?;
             outputs.metrics.write(same_end[0].end, &rows)?;
         }
-        let sent = results.iter().map(|r| r.metrics.len() as u64).sum();
-        stats.windows_closed.fetch_add(sent, Ordering::Relaxed);
-        metrics::counter!("aion_sent_events_total", "stage" => STAGE).increment(sent);
+        let closed = results.iter().map(|r| r.metrics.len() as u64).sum();
+        stats.windows_closed.fetch_add(closed, Ordering::Relaxed);
     }
     let mut panes: Vec<&ReleasedPane> = released.iter().collect();
     panes.sort_by(|a, b| (a.start, &a.tenant).cmp(&(b.start, &b.tenant)));

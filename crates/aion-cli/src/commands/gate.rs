@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use aion_events::layout::Table;
 use aion_gate::{GateConfig, GateOptions, Settings, SettingsStore, Stats};
 use aion_kafka::Sink;
 use anyhow::{Context as _, Result};
@@ -88,7 +89,7 @@ pub fn load(pipeline: Option<&std::path::Path>) -> Result<GateConfig> {
 }
 
 fn store(ctx: &Context) -> SettingsStore {
-    SettingsStore::new(ctx.state_dir.join("gate").join("settings.json"))
+    SettingsStore::new(ctx.state().gate_settings())
 }
 
 pub fn options(
@@ -116,8 +117,8 @@ pub fn options(
         settings: store(ctx),
         initial: settings,
         dry_run,
-        shards_root: Some(ctx.state_dir.join("shards")),
-        entities_root: Some(ctx.state_dir.join(aion_api::tables::ENTITIES_TABLE)),
+        shards_root: Some(ctx.state().table(Table::Shards)),
+        entities_root: Some(ctx.state().table(Table::Entities)),
         decode: ctx.decode_limits(),
     })
 }

@@ -27,7 +27,9 @@ use clap::Subcommand;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::{relay, Context};
+use aion_runtime::relay;
+
+use crate::Context;
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -201,16 +203,16 @@ async fn dispatch(command: Command, ctx: Context, stop: CancellationToken) -> Re
         Command::Produce(args) => produce::run(args, &ctx, stop).await,
         Command::Tail(args) => tail::run(args, &ctx, stop).await,
         Command::Relay(args) => {
-            relay::run(
-                &ctx,
-                &ctx.kafka,
-                &args.inputs,
+            let (relay, mut plan) = relay::Relay::new(
+                args.inputs,
                 &args.suffix,
+                ctx.group("relay"),
                 None,
-                stop,
-                &relay::Stats::default(),
-            )
-            .await
+                stop.clone(),
+            );
+            plan.decode = ctx.decode_limits();
+            let counts = aion_runtime::Counts::default();
+            Ok(aion_runtime::run(&ctx.kafka, &plan, relay, stop, &counts).await?)
         }
         Command::Windows(action) => windows::run(action, &ctx, stop).await,
         Command::Enrich(EnrichAction::Run(args)) => enrich::run(args, &ctx, stop).await,

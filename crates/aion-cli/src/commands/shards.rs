@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
+use aion_events::layout::Table;
 use aion_shards::redact::{EntityFinder, Span};
 use aion_shards::{CompactPolicy, JoinOptions, Remote, RollPolicy, ShardOptions, Stats};
 use anyhow::Result;
@@ -66,19 +67,19 @@ pub fn options(ctx: &Context, args: RunArgs) -> Result<ShardOptions> {
         kafka: ctx.kafka.clone(),
         group_id: ctx.group("shards"),
         topic: aion_events::topics::ANSWER.to_owned(),
-        root: args.dir.unwrap_or_else(|| ctx.state_dir.join("shards")),
+        root: args.dir.unwrap_or_else(|| ctx.state().table(Table::Shards)),
         entities: (!args.no_entities).then(|| {
             (
                 aion_events::topics::RETRIEVAL_ENRICHED.to_owned(),
                 args.entities_dir
-                    .unwrap_or_else(|| ctx.state_dir.join(aion_api::tables::ENTITIES_TABLE)),
+                    .unwrap_or_else(|| ctx.state().table(Table::Entities)),
             )
         }),
         labels: (!args.no_labels).then(|| {
             (
                 aion_events::topics::LABELS.to_owned(),
                 args.labels_dir
-                    .unwrap_or_else(|| ctx.state_dir.join(aion_api::tables::LABELS_TABLE)),
+                    .unwrap_or_else(|| ctx.state().table(Table::Labels)),
             )
         }),
         policy: RollPolicy {

@@ -89,7 +89,7 @@ impl RunArgs {
 }
 
 pub fn adapters_dir(ctx: &Context, explicit: Option<PathBuf>) -> PathBuf {
-    explicit.unwrap_or_else(|| ctx.state_dir.join("adapters"))
+    explicit.unwrap_or_else(|| ctx.state().adapters())
 }
 
 pub fn options(ctx: &Context, args: RunArgs) -> Result<TrainerOptions> {
@@ -110,7 +110,7 @@ pub fn options(ctx: &Context, args: RunArgs) -> Result<TrainerOptions> {
     Ok(TrainerOptions {
         kafka: ctx.kafka.clone(),
         group_id: ctx.group("trainer"),
-        shards_root: ctx.state_dir.join("shards"),
+        shards_root: ctx.state().table(aion_events::layout::Table::Shards),
         adapters_root: adapters_dir(ctx, args.adapters_dir),
         base_model: args.base.path(),
         config,

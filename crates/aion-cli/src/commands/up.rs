@@ -109,9 +109,7 @@ pub async fn run(args: Args, mut ctx: Context, stop: CancellationToken) -> Resul
             options.data_dir.join(aion_windows::METRICS_TABLE).display()
         );
         let (stop, stats) = (stop.clone(), window_stats.clone());
-        tokio::spawn(
-            async move { super::windows::run_stage(&config, &options, stop, &stats).await },
-        )
+        tokio::spawn(async move { aion_windows::run(&config, &options, stop, &stats).await })
     };
 
     let shard_stats = Arc::new(aion_shards::Stats::default());
@@ -262,7 +260,7 @@ pub async fn run(args: Args, mut ctx: Context, stop: CancellationToken) -> Resul
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                println!("summary   {}; enriched {}{}; shard rows {} ({} joined with their retrieval, {} PII redacted); triggers fired {}; {}", windows_line(&window_stats), enrich_stats.enriched.load(std::sync::atomic::Ordering::Relaxed), cache_line(&enrich_stats), shard_stats.written.load(std::sync::atomic::Ordering::Relaxed), shard_stats.joined.load(std::sync::atomic::Ordering::Relaxed), shard_stats.redacted.load(std::sync::atomic::Ordering::Relaxed), gate_stats.fired.load(std::sync::atomic::Ordering::Relaxed), training_line(&trainer_stats));
+                println!("summary   {}; enriched {}{}; shard rows {} ({} joined with their retrieval, {} PII redacted); triggers fired {}; {}", windows_line(&window_stats), enrich_stats.counts.sent(), cache_line(&enrich_stats), shard_stats.written.load(std::sync::atomic::Ordering::Relaxed), shard_stats.joined.load(std::sync::atomic::Ordering::Relaxed), shard_stats.redacted.load(std::sync::atomic::Ordering::Relaxed), gate_stats.fired.load(std::sync::atomic::Ordering::Relaxed), training_line(&trainer_stats));
                 if let Some(line) = tenants_line(&gate_stats) {
                     println!("tenants   {line}");
                 }
@@ -342,8 +340,8 @@ fn windows_line(stats: &aion_windows::Stats) -> String {
     use std::sync::atomic::Ordering::Relaxed;
     let mut line = format!(
         "events in {}, dead-lettered {}, windows closed {}, late events {}, events in open windows {}",
-        stats.received.load(Relaxed),
-        stats.dead_lettered.load(Relaxed),
+        stats.counts.received(),
+        stats.counts.dead_lettered(),
         stats.windows_closed.load(Relaxed),
         stats.late.load(Relaxed),
         stats.stored_events.load(Relaxed)

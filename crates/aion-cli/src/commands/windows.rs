@@ -6,7 +6,6 @@ use aion_windows::{StageOptions, Stats, WindowsConfig};
 use anyhow::{Context as _, Result};
 use clap::Subcommand;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
 
 use crate::Context;
 
@@ -50,34 +49,12 @@ pub fn options(ctx: &Context, data_dir: Option<PathBuf>) -> StageOptions {
     }
 }
 
-/// Runs the stage until `stop`; a rebalance rebuilds its state by replay and goes on.
-pub async fn run_stage(
-    config: &WindowsConfig,
-    options: &StageOptions,
-    stop: CancellationToken,
-    stats: &Stats,
-) -> Result<()> {
-    loop {
-        match aion_windows::run(config, options, stop.clone(), stats).await {
-            Err(aion_windows::Error::Rebalanced) if !stop.is_cancelled() => {
-                warn!("partitions reassigned: rebuilding window state from the committed offsets");
-            }
-            other => return Ok(other?),
-        }
-    }
-}
-
 pub async fn run(action: Action, ctx: &Context, stop: CancellationToken) -> Result<()> {
     match action {
         Action::Run(args) => {
             let config = load(args.pipeline.as_deref())?;
-            run_stage(
-                &config,
-                &options(ctx, args.data_dir),
-                stop,
-                &Stats::default(),
-            )
-            .await
+            let options = options(ctx, args.data_dir);
+            Ok(aion_windows::run(&config, &options, stop, &Stats::default()).await?)
         }
         Action::Validate { pipeline } => {
             let config = load(pipeline.as_deref())?;

@@ -362,9 +362,20 @@ async fn each_kind_of_bad_input_is_dead_lettered_with_its_reason_and_nothing_aft
         env!("CARGO_PKG_VERSION")
     );
     assert!(metrics.contains(&build), "{build} not in\n{metrics}");
-    // Every metric carries its HELP text from the catalogue.
+    // The runtime times every batch the stage handled, as a histogram labelled with the stage.
+    assert!(
+        metrics.contains("# TYPE aion_stage_handle_seconds histogram")
+            && metrics.contains("aion_stage_handle_seconds_count{stage=\"relay\"}"),
+        "no handle-latency histogram for the relay in\n{metrics}"
+    );
+    // Every metric carries its HELP text from the catalogue (a histogram's series under its name).
     for line in metrics.lines().filter(|l| l.starts_with("aion_")) {
-        let name = line.split(['{', ' ']).next().unwrap();
+        let series = line.split(['{', ' ']).next().unwrap();
+        let name = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| series.strip_suffix(suffix))
+            .filter(|base| metrics.contains(&format!("# TYPE {base} histogram")))
+            .unwrap_or(series);
         assert!(
             metrics.contains(&format!("# HELP {name} ")),
             "no HELP for {name} in\n{metrics}"

@@ -10,7 +10,9 @@ use aion_traffic::{Generator, Scenario, TrafficConfig};
 use anyhow::{bail, Result};
 use tokio_util::sync::CancellationToken;
 
-use crate::{relay, Context};
+use aion_runtime::relay;
+
+use crate::Context;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -199,13 +201,22 @@ async fn relay_rate(
         topic: input.to_owned(),
         schema: SchemaId::Retrieval,
     }];
-    let stats = Arc::new(relay::Stats::default());
+    let counts = Arc::new(aion_runtime::Counts::default());
     let stop = CancellationToken::new();
     let mut task = {
-        let (stats, stop, output) = (stats.clone(), stop.clone(), output.clone());
-        tokio::spawn(async move {
-            relay::run(&ctx, &output, &inputs, "out", Some(n), stop, &stats).await
-        })
+        let (counts, stop) = (counts.clone(), stop.clone());
+        let (relay, mut plan) = relay::Relay::new(
+            inputs.to_vec(),
+            "out",
+            ctx.group("relay"),
+            Some(n),
+            stop.clone(),
+        );
+        plan.decode = ctx.decode_limits();
+        plan.output_cluster = Some(output.clone());
+        tokio::spawn(
+            async move { aion_runtime::run(&ctx.kafka, &plan, relay, stop, &counts).await },
+        )
     };
     let mut first = None;
     let mut last_progress = (0, Instant::now());
@@ -214,7 +225,7 @@ async fn relay_rate(
             r = &mut task => { r??; break; }
             () = tokio::time::sleep(Duration::from_millis(1)) => {}
         }
-        let received = stats.snapshot().0;
+        let received = counts.received();
         if received > 0 && first.is_none() {
             first = Some(Instant::now());
         }
@@ -226,7 +237,7 @@ async fn relay_rate(
         }
     }
     Ok(rate(
-        stats.snapshot().1,
+        counts.sent(),
         first.map_or(Duration::ZERO, |t| t.elapsed()),
     ))
 }

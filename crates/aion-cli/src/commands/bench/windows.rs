@@ -294,7 +294,7 @@ async fn close_delays(args: &Args, ctx: &Context) -> Result<Option<(f64, f64, us
         tokio::spawn(async move { aion_windows::run(&config, &options, stop, &stats).await })
     };
     let deadline = Instant::now() + Duration::from_secs(600);
-    while stats.received.load(std::sync::atomic::Ordering::Relaxed) < published {
+    while stats.counts.received() < published {
         if stage.is_finished() || Instant::now() > deadline {
             stop.cancel();
             stage.await.context("windows stage")??;
