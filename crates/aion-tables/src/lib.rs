@@ -81,6 +81,22 @@ impl Filter {
         })
     }
 
+    /// Reads the manifest of the table `prefix` is in (or is the root of) before anything is
+    /// listed. Read after the listing, a compaction committing in between would hide both the
+    /// files it replaces (the manifest says so) and the one it wrote (listed too early).
+    fn prime(&mut self, prefix: Option<&Path>) -> Result<()> {
+        let Some(prefix) = prefix else {
+            return Ok(());
+        };
+        let path = self.fs.path_to_filesystem(prefix)?;
+        let root = split_at_partition(&path).map_or(path, |(root, _)| root);
+        if !self.seen.contains_key(&root) {
+            let committed = self.committed(&root)?;
+            self.seen.insert(root, committed);
+        }
+        Ok(())
+    }
+
     fn committed(&self, root: &FsPath) -> Result<Option<Arc<HashSet<PathBuf>>>> {
         let manifest = root.join(aion_events::SHARD_MANIFEST);
         let meta = match std::fs::metadata(&manifest) {
@@ -149,6 +165,9 @@ impl Committed {
 impl ObjectStore for Committed {
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
         let mut filter = self.filter();
+        if let Err(e) = filter.prime(prefix) {
+            return futures::stream::once(futures::future::ready(Err(e))).boxed();
+        }
         self.fs
             .list(prefix)
             .try_filter_map(move |meta| {
@@ -158,8 +177,9 @@ impl ObjectStore for Committed {
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
-        let mut listed = self.fs.list_with_delimiter(prefix).await?;
         let mut filter = self.filter();
+        filter.prime(prefix)?;
+        let mut listed = self.fs.list_with_delimiter(prefix).await?;
         let mut objects = Vec::with_capacity(listed.objects.len());
         for meta in listed.objects {
             if filter.keeps(&meta.location)? {
