@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use aion_events::layout::Table;
-use aion_windows::{HISTORY_TABLE, METRICS_TABLE, WINDOW_EVENTS_VIEW};
+use aion_windows::{HISTORY_TABLE, WINDOW_EVENTS_VIEW};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::error::Result;
 use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
@@ -32,18 +32,11 @@ fn has_parquet(dir: &Path) -> bool {
     })
 }
 
-/// The tables with `tenant_id` and `date` partitions.
-const TENANT_DAY_TABLES: [&str; 3] = [SHARDS_TABLE, ENTITIES_TABLE, LABELS_TABLE];
-/// The tables with `date` partitions holding many tenants per file (column `tenant_id`).
-const DAY_TABLES: [&str; 2] = [METRICS_TABLE, HISTORY_TABLE];
-
 /// Which tables hold data (what a session registers).
 fn present(data_dir: &Path) -> Vec<bool> {
-    TENANT_DAY_TABLES
+    Table::ALL
         .iter()
-        .chain(&DAY_TABLES)
-        .chain([&LABEL_QUEUE_TABLE])
-        .map(|name| has_parquet(&data_dir.join(name)))
+        .map(|t| has_parquet(&data_dir.join(t.name())))
         .collect()
 }
 
@@ -77,26 +70,25 @@ impl Cached {
     }
 }
 
-/// A session with every table that has data registered (`tenant_id` and `date` from the Hive
-/// directory names where they are directories; `label_queue` has `tenant_id` only), and the view `window_events` when the history exists.
+/// A session with every table that has data registered (its partition columns, from the Hive
+/// directory names, as [`Table::partitions`] lists them), and the view `window_events` when the
+/// history exists.
 pub async fn session(data_dir: &Path) -> Result<SessionContext> {
     // Shard tables are read through their manifests: a compaction in progress or a file not yet
     // committed never shows.
     let ctx = SessionContext::new_with_config_rt(SessionConfig::new(), aion_tables::runtime()?);
-    let tenant = ("tenant_id".to_owned(), DataType::Utf8);
-    let day = ("date".to_owned(), DataType::Utf8);
-    let tables = TENANT_DAY_TABLES
-        .map(|name| (name, vec![tenant.clone(), day.clone()]))
-        .into_iter()
-        .chain(DAY_TABLES.map(|name| (name, vec![day.clone()])))
-        .chain([(LABEL_QUEUE_TABLE, vec![tenant.clone()])]);
-    for (name, partitions) in tables {
-        let dir = data_dir.join(name);
+    for table in Table::ALL {
+        let dir = data_dir.join(table.name());
         if !has_parquet(&dir) {
             continue;
         }
+        let partitions = table
+            .partitions()
+            .iter()
+            .map(|c| ((*c).to_owned(), DataType::Utf8))
+            .collect();
         let options = ParquetReadOptions::default().table_partition_cols(partitions);
-        ctx.register_parquet(name, format!("{}/", dir.display()), options)
+        ctx.register_parquet(table.name(), format!("{}/", dir.display()), options)
             .await?;
     }
     if ctx.table_exist(HISTORY_TABLE)? {
