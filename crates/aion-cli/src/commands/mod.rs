@@ -1,9 +1,8 @@
 //! Subcommands. Each module owns its arguments and its run function.
 
 mod answers;
-mod bench;
 mod broker;
-mod enrich;
+pub mod enrich;
 mod gate;
 mod label_queue;
 mod labels;
@@ -15,8 +14,8 @@ mod serve;
 mod shards;
 mod sql;
 mod tail;
-mod topics;
-mod trainer;
+pub mod topics;
+pub mod trainer;
 mod tune;
 mod up;
 mod validate;
@@ -88,9 +87,6 @@ pub enum Command {
     TuneFallback(tune::Args),
     /// Per-event nDCG@k of a file of retrieval events.
     Ndcg(ndcg::Args),
-    /// Benchmarks side by side with their targets and references: relay, windows, shards, ner.
-    #[command(subcommand)]
-    Bench(bench::Action),
     /// Check every stage definition of a pipelines directory (TOML parsed and validated, the
     /// window aggregate planned, analysts' SQL parsed); non-zero exit if any is invalid.
     Validate(validate::Args),
@@ -232,7 +228,6 @@ async fn dispatch(command: Command, ctx: Context, stop: CancellationToken) -> Re
         Command::Labels(action) => labels::run(action, &ctx).await,
         Command::TuneFallback(args) => tune::run(args, &ctx).await,
         Command::Ndcg(args) => ndcg::run(args, &ctx),
-        Command::Bench(action) => bench::run(action, &ctx).await,
         Command::Validate(args) => validate::run(args).await,
         Command::Up(args) => up::run(args, ctx, stop).await,
         Command::Schemas(action) => schemas::run(action).await,

@@ -66,7 +66,7 @@ pub struct Args {
     pub late_fraction: f64,
     /// Retrieve results from a knowledge base of this many passages of a few sentences each,
     /// drawn by Zipf's law (exponent 1.0): popular passages recur as in real RAG traffic
-    /// (100000 is the realistic traffic of `aion bench ner`). 0: a short passage written for
+    /// (100000 is the realistic traffic of `aion-bench ner`). 0: a short passage written for
     /// every result.
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub corpus_passages: usize,

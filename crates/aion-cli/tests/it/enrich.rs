@@ -166,35 +166,3 @@ fn models_pull_downloads_a_loadable_model_or_says_why_not() {
     let bad = pull(&endpoint, "../etc");
     assert!(String::from_utf8_lossy(&bad.stderr).contains("owner/name"));
 }
-
-/// `aion bench ner --json` runs end to end on a tiny budget (so the benchmark cannot rot): both
-/// runtimes on the same model inputs, the ratios reported, and aion's entities equal to the
-/// shipped model's under onnxruntime. Speeds are printed, not asserted.
-#[test]
-fn the_ner_benchmark_reports_its_ratios_and_exact_entities() {
-    let s = Stack::offline();
-    let out = s.run(&[
-        "bench",
-        "ner",
-        "--repeats",
-        "1",
-        "--events",
-        "2",
-        "--traffic-events",
-        "12",
-        "--json",
-    ]);
-    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
-    eprintln!("{report:#}");
-    for key in ["raw_ratio", "realistic_ratio"] {
-        assert!(report[key].as_f64().unwrap() > 0.0, "{key}: {report}");
-    }
-    assert!(report["entity_f1"].as_f64().unwrap() >= 0.99, "{report}");
-    assert!(
-        report["token_agreement"].as_f64().unwrap() >= 0.995,
-        "{report}"
-    );
-    // aion, onnxruntime shipped and onnxruntime int8, on both sets.
-    assert_eq!(report["model"].as_array().unwrap().len(), 6, "{report}");
-    assert_eq!(report["events"].as_array().unwrap().len(), 3, "{report}");
-}

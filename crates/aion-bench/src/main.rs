@@ -1,5 +1,6 @@
-//! `aion bench`: speeds and memory side by side with their targets. Benchmarks, not tests: they
-//! print tables, they do not assert.
+//! `aion-bench`: speeds and memory side by side with their targets and references. Benchmarks,
+//! not tests: they print tables, they do not assert. A binary of its own, so the product binary
+//! (`aion`) carries commands only.
 
 mod ner;
 mod relay;
@@ -8,15 +9,30 @@ mod tenants;
 mod train;
 mod windows;
 
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use clap::Subcommand;
+use clap::{Parser, Subcommand};
 
-use crate::Context;
+use aion_cli::Context;
+
+/// AION Stream's benchmarks: each prints its measurements side by side with its target and an
+/// outside reference (a bare Kafka consumer, pyarrow, onnxruntime, PEFT), in one run.
+///
+/// Broker benchmarks start a local broker of their own unless told to use the configured one;
+/// stages benchmarked as processes run the `aion` binary built next to this one.
+#[derive(Debug, Parser)]
+#[command(name = "aion-bench", version)]
+struct Cli {
+    #[command(flatten)]
+    globals: aion_cli::Globals,
+    #[command(subcommand)]
+    action: Action,
+}
 
 #[derive(Debug, Subcommand)]
-pub enum Action {
+enum Action {
     /// Decode/validate speed per core, produce and consume rates, and the relay against a bare
     /// consumer.
     Relay(relay::Args),
@@ -36,7 +52,14 @@ pub enum Action {
     Tenants(tenants::Args),
 }
 
-pub async fn run(action: Action, ctx: &Context) -> Result<()> {
+#[tokio::main]
+async fn main() -> ExitCode {
+    let Cli { globals, action } = Cli::parse();
+    aion_cli::run(&globals, |ctx| run(action, ctx)).await
+}
+
+async fn run(action: Action, ctx: Context) -> Result<()> {
+    let ctx = &ctx;
     match action {
         Action::Relay(args) => relay::run(args, ctx).await,
         Action::Windows(args) => windows::run(args, ctx).await,
@@ -64,6 +87,19 @@ fn bench_context(
     let run_id = chrono::Utc::now().timestamp_millis();
     ctx.config.kafka.group_prefix = format!("bench.{run_id}");
     Ok((ctx, broker, run_id))
+}
+
+/// The `aion` binary built next to this one: the stages a benchmark runs as processes.
+fn aion_binary() -> Result<std::path::PathBuf> {
+    let aion = std::env::current_exe()
+        .context("locating aion-bench")?
+        .with_file_name("aion");
+    anyhow::ensure!(
+        aion.is_file(),
+        "no aion binary at {} (build the workspace: `cargo build --workspace`)",
+        aion.display()
+    );
+    Ok(aion)
 }
 
 /// The Python of the reference checks: `explicit`, else the venv `scripts/setup` makes.

@@ -1,4 +1,4 @@
-//! `aion bench ner`: the NER model and the enricher on one thread, next to onnxruntime on the same
+//! `aion-bench ner`: the NER model and the enricher on one thread, next to onnxruntime on the same
 //! model inputs and the Python pipeline a user would write, with each runtime's accuracy against
 //! the shipped model.
 //!
@@ -18,8 +18,8 @@ use anyhow::{bail, Context as _, Result};
 use candle_core::Device;
 use serde_json::{json, Value};
 
-use super::{cpu_seconds, reference_python};
-use crate::commands::enrich::default_model;
+use crate::{cpu_seconds, reference_python};
+use aion_cli::commands::enrich::default_model;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -47,7 +47,7 @@ pub struct Args {
     pub python: Option<PathBuf>,
 }
 
-const SCRIPT: &str = include_str!("../../../../../scripts/checks/ner_onnx_bench.py");
+const SCRIPT: &str = include_str!("../../../scripts/checks/ner_onnx_bench.py");
 const SHIPPED: &str = "onnxruntime shipped (f32 compute)";
 
 /// One thread on both sides: candle reads this before every matmul, onnxruntime is told.

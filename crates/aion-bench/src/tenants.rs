@@ -1,4 +1,4 @@
-//! `aion bench tenants`: the stages that keep per-tenant state (windows, shards, gate) against
+//! `aion-bench tenants`: the stages that keep per-tenant state (windows, shards, gate) against
 //! many tenants with one retrieval and one answer each, every stage its own process on a real
 //! broker: peak resident memory and open files per stage, and how long after the events are
 //! published every window result and every shard row is durable. Run at several tenant counts,
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use aion_traffic::{Generator, Scenario, TrafficConfig};
 use anyhow::{bail, Context as _, Result};
 
-use crate::Context;
+use aion_cli::Context;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -36,7 +36,7 @@ struct Peak {
 impl Peak {
     fn sample(&mut self, pid: u32) {
         // An exited process reads as 0; the caller reports the exit.
-        let rss = super::proc_status_bytes(&pid.to_string(), "VmRSS").unwrap_or(0) as f64
+        let rss = crate::proc_status_bytes(&pid.to_string(), "VmRSS").unwrap_or(0) as f64
             / (1024.0 * 1024.0);
         let files = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
         self.rss_mb = self.rss_mb.max(rss);
@@ -114,18 +114,18 @@ pub async fn run(args: Args, ctx: &Context) -> Result<()> {
             WINDOWS_PER_TENANT
         );
     }
-    println!("each tenant: one retrieval and its answer in the same hour of event time; shards without redaction (the NER redaction's speed is `aion bench ner`'s subject)");
+    println!("each tenant: one retrieval and its answer in the same hour of event time; shards without redaction (the NER redaction's speed is `aion-bench ner`'s subject)");
     Ok(())
 }
 
 async fn one(tenants: u64, args: &Args, ctx: &Context) -> Result<Run> {
-    let (ctx, _broker, run_id) = super::bench_context(ctx, false)?;
+    let (ctx, _broker, run_id) = crate::bench_context(ctx, false)?;
     let state = ctx.state_dir.join(format!("bench-tenants-{run_id}"));
     std::fs::create_dir_all(&state).with_context(|| format!("creating {}", state.display()))?;
-    let topics = crate::commands::topics::product_topics();
-    crate::commands::topics::create(&ctx, &topics, None, None).await?;
+    let topics = aion_cli::commands::topics::product_topics();
+    aion_cli::commands::topics::create(&ctx, &topics, None, None).await?;
 
-    let exe = std::env::current_exe().context("locating the aion binary")?;
+    let exe = crate::aion_binary()?;
     let spawn = |name: &'static str, stage_args: &[&str]| -> Result<Stage> {
         let log = std::fs::File::create(state.join(format!("{name}.log")))?;
         let child = Command::new(&exe)

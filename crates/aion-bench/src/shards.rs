@@ -1,4 +1,4 @@
-//! `aion bench shards`: shard rows written per CPU-second (redaction, Arrow, zstd Parquet, fsync,
+//! `aion-bench shards`: shard rows written per CPU-second (redaction, Arrow, zstd Parquet, fsync,
 //! rename, manifest) next to pyarrow writing the same rows to the same layout.
 
 use std::time::Instant;
@@ -8,8 +8,8 @@ use aion_shards::{RollPolicy, ShardWriter, TrainingRow};
 use aion_traffic::{Generator, Scenario, TrafficConfig};
 use anyhow::{bail, Context as _, Result};
 
-use super::cpu_seconds;
-use crate::Context;
+use crate::cpu_seconds;
+use aion_cli::Context;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -82,7 +82,7 @@ pub async fn run(args: Args, ctx: &Context) -> Result<()> {
         lines.push('\n');
     }
     std::fs::write(&rows_path, lines)?;
-    let python = super::reference_python(args.python);
+    let python = crate::reference_python(args.python);
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../scripts/checks/shards_pyarrow_bench.py");
     let out = std::process::Command::new(&python)

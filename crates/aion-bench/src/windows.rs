@@ -1,4 +1,4 @@
-//! `aion bench windows`: what the windows stage costs.
+//! `aion-bench windows`: what the windows stage costs.
 //!
 //! - Aggregation per core: synthetic observations through the window operator and the pipeline's
 //!   SQL (every window close included), on one thread; and the same behind decode + nDCG of
@@ -19,9 +19,9 @@ use aion_windows::{
 use anyhow::{bail, Context as _, Result};
 use tokio_util::sync::CancellationToken;
 
-use super::cpu_seconds;
-use super::rate;
-use crate::Context;
+use crate::cpu_seconds;
+use crate::rate;
+use aion_cli::Context;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -87,7 +87,7 @@ impl Synthetic {
 }
 
 fn rss_mb() -> f64 {
-    super::proc_status_bytes("self", "VmRSS").unwrap_or(0) as f64 / (1024.0 * 1024.0)
+    crate::proc_status_bytes("self", "VmRSS").unwrap_or(0) as f64 / (1024.0 * 1024.0)
 }
 
 struct Throughput {
@@ -243,7 +243,7 @@ pub async fn run(args: Args, ctx: &Context) -> Result<()> {
 
 /// Runs the stage over generated traffic on a broker; returns (p50, p99, closes) in seconds.
 async fn close_delays(args: &Args, ctx: &Context) -> Result<Option<(f64, f64, usize)>> {
-    let (ctx, _broker, run_id) = super::bench_context(ctx, args.configured_brokers)?;
+    let (ctx, _broker, run_id) = crate::bench_context(ctx, args.configured_brokers)?;
     let mut config = WindowsConfig::embedded()?;
     config.retrieval_topic = format!("bench.{run_id}.retrieval");
     config.answer_topic = format!("bench.{run_id}.answer");
@@ -256,7 +256,7 @@ async fn close_delays(args: &Args, ctx: &Context) -> Result<Option<(f64, f64, us
             aion_events::topics::late(t),
         ]);
     }
-    crate::commands::topics::create(&ctx, &topics, None, None).await?;
+    aion_cli::commands::topics::create(&ctx, &topics, None, None).await?;
     let sink = aion_kafka::Sink::new(&ctx.kafka, "bench")?;
     let traffic = Generator::new(TrafficConfig {
         seed: 5,

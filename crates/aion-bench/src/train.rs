@@ -1,4 +1,4 @@
-//! `aion bench train`: LoRA training tokens/s and peak memory of the trainer on the CPU, with the
+//! `aion-bench train`: LoRA training tokens/s and peak memory of the trainer on the CPU, with the
 //! base in NF4 and in f32, next to transformers + PEFT on torch-CPU training the same adapter on
 //! the same token ids (`scripts/checks/peft_train_bench.py`).
 //!
@@ -16,8 +16,8 @@ use aion_trainer::{alpaca_prompt, BaseModel, Example, LoraConfig, Storage, Train
 use anyhow::{bail, Context as _, Result};
 use serde::{Deserialize, Serialize};
 
-use super::cpu_seconds;
-use crate::commands::trainer::default_base;
+use crate::cpu_seconds;
+use aion_cli::commands::trainer::default_base;
 
 /// Examples in the synthetic set (more when `batch × steps` needs more, so no step is short).
 const EXAMPLES: usize = 64;
@@ -114,12 +114,12 @@ pub async fn run(args: Args) -> Result<()> {
 }
 
 fn compare(args: &Args, base_path: &Path, work: &Path, threads: usize) -> Result<()> {
-    let exe = std::env::current_exe().context("locating the aion binary to re-run")?;
+    let exe = std::env::current_exe().context("locating aion-bench to re-run")?;
     let mut ours = Vec::new();
     for which in [StorageArg::Nf4, StorageArg::F32] {
         eprintln!("bench train: aion, {} base ...", which.label());
         let out = Command::new(&exe)
-            .args(["--log", "warn", "bench", "train", "--child", which.label()])
+            .args(["--log", "warn", "train", "--child", which.label()])
             .arg("--base")
             .arg(base_path)
             .arg("--work-dir")
@@ -235,11 +235,11 @@ fn compare(args: &Args, base_path: &Path, work: &Path, threads: usize) -> Result
         "  default (sdpa) attention, no gradient checkpointing, LoRA dropout 0, weight decay 0."
     );
     println!(
-        "- GPU: aion's trainer is CPU-only for now; there is no `aion bench train --device cuda`."
+        "- GPU: aion's trainer is CPU-only for now; there is no `aion-bench train --device cuda`."
     );
     println!("  The reference alone runs on a GPU, NF4 as QLoRA (needs bitsandbytes in the venv; not run here):");
     println!(
-        "    aion bench train --work-dir DIR   # keeps DIR/base and DIR/ids.json\n    \
+        "    aion-bench train --work-dir DIR   # keeps DIR/base and DIR/ids.json\n    \
          python scripts/checks/peft_train_bench.py --base DIR/base --ids DIR/ids.json \
          --batch {} --steps {} --device cuda --nf4",
         args.batch, args.steps
@@ -473,8 +473,8 @@ fn child(args: &Args, which: StorageArg) -> Result<Measured> {
     let work = args.work_dir.clone().context("--child needs --work-dir")?;
     let base = BaseModel::load(&base_path, which.storage())
         .with_context(|| format!("loading {}", base_path.display()))?;
-    let rss_after_load = super::proc_status_bytes("self", "VmRSS")?;
-    let load_peak = super::proc_status_bytes("self", "VmHWM")?;
+    let rss_after_load = crate::proc_status_bytes("self", "VmRSS")?;
+    let load_peak = crate::proc_status_bytes("self", "VmHWM")?;
     let reset = reset_peak_rss();
 
     let (examples, encoded) = dataset(&base, args.seq_len as usize, examples_needed(args))?;
@@ -492,7 +492,7 @@ fn child(args: &Args, which: StorageArg) -> Result<Measured> {
         ControlFlow::Continue(())
     })?;
     std::fs::remove_dir_all(&job_dir).ok();
-    let train_peak = super::proc_status_bytes("self", "VmHWM")?;
+    let train_peak = crate::proc_status_bytes("self", "VmHWM")?;
     let (Some(first), Some(last)) = (marks.first(), marks.last()) else {
         bail!("the trainer ran no steps");
     };

@@ -1,4 +1,4 @@
-//! `aion bench relay`: decode/validate speed and broker throughput against a bare consumer.
+//! `aion-bench relay`: decode/validate speed and broker throughput against a bare consumer.
 
 use std::time::{Duration, Instant};
 
@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use aion_runtime::relay;
 
-use crate::Context;
+use aion_cli::Context;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -56,7 +56,7 @@ fn decode_rate(
     Ok(rate(payloads.len() as u64, t.elapsed()))
 }
 
-use super::rate;
+use crate::rate;
 
 pub async fn run(args: Args, ctx: &Context) -> Result<()> {
     let n = args.events;
@@ -88,9 +88,9 @@ pub async fn run(args: Args, ctx: &Context) -> Result<()> {
     let decode_mixed = decode_rate(&mixed.iter().collect::<Vec<_>>(), &limits)?;
 
     // Through the broker: publish once, then read with a bare consumer and with the relay.
-    let (ctx, _broker, run_id) = super::bench_context(ctx, args.configured_brokers)?;
+    let (ctx, _broker, run_id) = crate::bench_context(ctx, args.configured_brokers)?;
     let input = format!("bench.{run_id}");
-    crate::commands::topics::create(
+    aion_cli::commands::topics::create(
         &ctx,
         &[
             input.clone(),
@@ -143,7 +143,7 @@ pub async fn run(args: Args, ctx: &Context) -> Result<()> {
         let broker = aion_broker::Broker::start_temporary()?;
         let mut out_ctx = ctx.clone();
         out_ctx.kafka.brokers = broker.bootstrap();
-        crate::commands::topics::create(
+        aion_cli::commands::topics::create(
             &out_ctx,
             &[format!("{input}.out"), format!("{input}.dlq")],
             None,
