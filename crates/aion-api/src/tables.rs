@@ -87,7 +87,13 @@ pub async fn session(data_dir: &Path) -> Result<SessionContext> {
             .iter()
             .map(|c| ((*c).to_owned(), DataType::Utf8))
             .collect();
-        let options = ParquetReadOptions::default().table_partition_cols(partitions);
+        // The catalogue's columns where the product fixes them: files written by older versions
+        // (other integer types, fewer optional columns) are read as today's schema.
+        let schema = table.schema();
+        let mut options = ParquetReadOptions::default().table_partition_cols(partitions);
+        if let Some(schema) = &schema {
+            options = options.schema(schema);
+        }
         ctx.register_parquet(table.name(), format!("{}/", dir.display()), options)
             .await?;
     }

@@ -13,7 +13,7 @@ use datafusion::arrow::array::{
     ArrayRef, Float64Builder, Int32Builder, Int64Builder, RecordBatch, StringBuilder,
     TimestampMicrosecondBuilder,
 };
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::datatypes::SchemaRef;
 
 use crate::redact::{Counts, Pii, PrivateEntities, Redactor};
 use crate::writer::ShardRecord;
@@ -72,20 +72,7 @@ impl ShardRecord for EntityRow {
     }
 
     fn schema() -> SchemaRef {
-        let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
-        Arc::new(Schema::new(vec![
-            Field::new("event_id", DataType::Utf8, false),
-            Field::new("ts", ts, false),
-            Field::new("entity", DataType::Utf8, false),
-            Field::new("type", DataType::Utf8, false),
-            // Signed, as Spark, Hive and Athena read it (0.1 wrote UInt32).
-            Field::new("score", DataType::Int32, false),
-            Field::new("source", DataType::Utf8, false),
-            // nDCG@k of the retrieval; null when it carried no judgment.
-            Field::new("ndcg", DataType::Float64, true),
-            Field::new("source_partition", DataType::Int32, false),
-            Field::new("source_offset", DataType::Int64, false),
-        ]))
+        aion_events::layout::schemas::entities()
     }
 
     fn batch(rows: &[(Self, i64)], partition: i32) -> Result<RecordBatch> {

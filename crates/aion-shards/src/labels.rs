@@ -13,7 +13,7 @@ use datafusion::arrow::array::{
     ArrayRef, BooleanBuilder, Int32Builder, Int64Builder, RecordBatch, StringBuilder,
     TimestampMicrosecondBuilder,
 };
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::datatypes::SchemaRef;
 
 use crate::redact::{Counts, Redactor};
 use crate::writer::ShardRecord;
@@ -66,18 +66,7 @@ impl ShardRecord for LabelRow {
     }
 
     fn schema() -> SchemaRef {
-        let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
-        Arc::new(Schema::new(vec![
-            Field::new("event_id", DataType::Utf8, false),
-            Field::new("labelled_at", ts, false),
-            Field::new("labeller", DataType::Utf8, false),
-            Field::new("correct", DataType::Boolean, true),
-            Field::new("query", DataType::Utf8, true),
-            Field::new("query_key", DataType::Utf8, true),
-            Field::new("judgments", DataType::Utf8, true),
-            Field::new("source_partition", DataType::Int32, false),
-            Field::new("source_offset", DataType::Int64, false),
-        ]))
+        aion_events::layout::schemas::labels()
     }
 
     fn batch(rows: &[(Self, i64)], partition: i32) -> Result<RecordBatch> {

@@ -19,7 +19,7 @@ use datafusion::arrow::array::{
     ArrayRef, BooleanBuilder, Float64Builder, Int32Builder, Int64Builder, ListBuilder, RecordBatch,
     StringBuilder, TimestampMicrosecondBuilder,
 };
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::basic::{Compression, ZstdLevel};
@@ -257,35 +257,12 @@ impl ShardRecord for TrainingRow {
     }
 
     fn schema() -> SchemaRef {
-        training_schema()
+        aion_events::layout::schemas::shards()
     }
 
     fn batch(rows: &[(Self, i64)], partition: i32) -> Result<RecordBatch> {
         training_batch(rows, partition)
     }
-}
-
-fn training_schema() -> SchemaRef {
-    let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
-    let texts = DataType::List(Arc::new(Field::new("item", DataType::Utf8, true)));
-    Arc::new(Schema::new(vec![
-        Field::new("event_id", DataType::Utf8, false),
-        Field::new("ts", ts, false),
-        Field::new("instruction", DataType::Utf8, false),
-        Field::new("response", DataType::Utf8, false),
-        Field::new("confidence", DataType::Float64, false),
-        Field::new("fallback", DataType::Boolean, false),
-        Field::new("provider", DataType::Utf8, false),
-        Field::new("model", DataType::Utf8, false),
-        // Signed, as Spark, Hive and Athena read it (0.1 wrote UInt64; see `migrate_types`).
-        Field::new("latency_ms", DataType::Int64, false),
-        Field::new("retrieval_event_id", DataType::Utf8, true),
-        // From the joined retrieval: null when it was not seen within the join wait.
-        Field::new("ndcg", DataType::Float64, true),
-        Field::new("entities", texts, true),
-        Field::new("source_partition", DataType::Int32, false),
-        Field::new("source_offset", DataType::Int64, false),
-    ]))
 }
 
 impl<R: ShardRecord, A> ShardWriter<R, A> {
@@ -559,7 +536,10 @@ fn training_batch(rows: &[(TrainingRow, i64)], partition: i32) -> Result<RecordB
         Arc::new(source_partition.finish()),
         Arc::new(source_offset.finish()),
     ];
-    Ok(RecordBatch::try_new(training_schema(), columns)?)
+    Ok(RecordBatch::try_new(
+        aion_events::layout::schemas::shards(),
+        columns,
+    )?)
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::compute::{cast, take_record_batch};
 use datafusion::arrow::datatypes::{
-    DataType, Field, Float64Type, Int64Type, Schema, SchemaRef, TimeUnit, TimestampMicrosecondType,
+    DataType, Field, Float64Type, Int64Type, Schema, SchemaRef, TimestampMicrosecondType,
 };
 use datafusion::datasource::MemTable;
 use datafusion::prelude::{SessionConfig, SessionContext};
@@ -22,9 +22,7 @@ use crate::{Error, Result};
 /// The table the SQL reads.
 pub const INPUT_TABLE: &str = "window_events";
 
-pub(crate) fn timestamp() -> DataType {
-    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
-}
+pub(crate) use aion_events::layout::schemas::timestamp;
 
 /// Schema of [`INPUT_TABLE`]; `pipelines/windows.sql` documents it.
 pub fn input_schema() -> SchemaRef {

@@ -30,7 +30,7 @@ use datafusion::parquet::arrow::{ArrowWriter, ProjectionMask};
 use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::file::properties::WriterProperties;
 
-use crate::aggregate::{timestamp, MeasureColumns};
+use crate::aggregate::MeasureColumns;
 use crate::operator::{Micros, ReleasedPane};
 use crate::{Error, Result};
 
@@ -280,16 +280,7 @@ fn tenants_of(path: &Path) -> Result<HashSet<String>> {
 /// Rows of the `window_history` table: one per event of the released panes (given in tenant
 /// order).
 pub fn panes_batch(panes: &[&ReleasedPane]) -> Result<RecordBatch> {
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("tenant_id", DataType::Utf8, false),
-        Field::new("kind", DataType::Utf8, false),
-        Field::new("ts", timestamp(), false),
-        Field::new("ndcg", DataType::Float64, true),
-        Field::new("fallback", DataType::Boolean, true),
-        Field::new("confidence", DataType::Float64, true),
-        // The effective watermark on arrival: the event counts in windows ending after it.
-        Field::new("arrived_at", timestamp(), true),
-    ]));
+    let schema = aion_events::layout::schemas::window_history();
     let n = panes.iter().map(|p| p.rows.len()).sum();
     let mut tenants = Vec::with_capacity(n);
     let ts_builder = || TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");

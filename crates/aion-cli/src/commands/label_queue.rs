@@ -12,7 +12,6 @@ use chrono::{DateTime, Utc};
 use datafusion::arrow::array::{
     ArrayRef, BooleanArray, Float64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
-use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use datafusion::parquet::arrow::ArrowWriter;
 use serde::Serialize;
 
@@ -69,19 +68,7 @@ fn queue_name(rows: &[AnswerRow], tau: f64) -> String {
 }
 
 fn batch(rows: &[AnswerRow], tau: f64, queued_at: DateTime<Utc>) -> Result<RecordBatch> {
-    let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("event_id", DataType::Utf8, false),
-        Field::new("ts", ts.clone(), false),
-        Field::new("instruction", DataType::Utf8, false),
-        Field::new("response", DataType::Utf8, false),
-        Field::new("confidence", DataType::Float64, false),
-        Field::new("fallback", DataType::Boolean, false),
-        Field::new("retrieval_event_id", DataType::Utf8, true),
-        Field::new("tau", DataType::Float64, false),
-        Field::new("distance", DataType::Float64, false),
-        Field::new("queued_at", ts, false),
-    ]));
+    let schema = aion_events::layout::schemas::label_queue();
     let utc = |v: Vec<i64>| TimestampMicrosecondArray::from(v).with_timezone("UTC");
     let columns: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from_iter_values(
