@@ -48,6 +48,13 @@ pub fn succeeded(out: &std::process::Output) {
     );
 }
 
+/// How the stages under test get their partitions: `all` (direct assignment, as `aion up` runs
+/// them) unless `AION_TEST_ASSIGNMENT=group` (consumer-group membership, the production default);
+/// scripts/test runs the suite in both.
+pub fn assignment() -> String {
+    std::env::var("AION_TEST_ASSIGNMENT").unwrap_or_else(|_| "all".into())
+}
+
 pub struct Stack {
     /// `None` for commands that need no broker.
     pub broker: Option<Broker>,
@@ -103,10 +110,7 @@ impl Stack {
             .envs(std::env::var_os("AION_CACHE_DIR").map(|d| ("AION_CACHE_DIR", d)))
             .env("AION_BROKERS", &self.kafka.brokers)
             .env("AION_STATE_DIR", self.state.path())
-            // One process per stage, as in `aion up`. Several test stacks share two cores here and
-            // the local broker then misses group heartbeats, rebalancing stages mid-test; group
-            // membership and hand-over are tested in aion-kafka.
-            .env("AION_KAFKA_ASSIGNMENT", "all")
+            .env("AION_KAFKA_ASSIGNMENT", assignment())
             .env("AION_LOG", "warn");
         c
     }

@@ -179,6 +179,20 @@ async fn every_answer_lands_in_exactly_one_redacted_row_across_ten_kill_9() {
     );
 }
 
+const GROUP: [(&str, &str); 1] = [("AION_KAFKA_ASSIGNMENT", "group")];
+
+/// Runs the shard stage in group mode, which must fail after it became ready, with `fault` in its
+/// log.
+fn fails_in_group_mode(s: &Stack, args: &[&str], fault: &str) {
+    let failing = s.spawn_with(args, "shards-failing.log", &GROUP);
+    assert!(!failing.wait(), "the stage must fail\n{}", s.logs());
+    let log = std::fs::read_to_string(s.state.path().join("shards-failing.log")).unwrap();
+    assert!(
+        log.contains("stage ready") && log.contains(fault),
+        "it fails at {fault}\n{log}"
+    );
+}
+
 /// An error exit under group membership (the production default): one tenant's directory for one
 /// day is a dangling link, so the stage fails at the first roll of that day's rows while holding
 /// buffered rows. Once the fault is cleared and the stage restarted, every answer is in exactly
@@ -192,18 +206,56 @@ async fn a_failed_shard_write_in_group_mode_loses_no_answer() {
     let blocked = s.state.path().join("shards/tenant_id=acme/date=2026-11-02");
     std::fs::create_dir_all(blocked.parent().unwrap()).unwrap();
     std::os::unix::fs::symlink(s.state.path().join("gone"), &blocked).unwrap();
-    let group = [("AION_KAFKA_ASSIGNMENT", "group")];
-    let failing = s.spawn_with(&SHARD_ARGS, "shards-failing.log", &group);
-    assert!(!failing.wait(), "the stage must fail\n{}", s.logs());
-    let log = std::fs::read_to_string(s.state.path().join("shards-failing.log")).unwrap();
-    assert!(
-        log.contains("stage ready") && log.contains("date=2026-11-02"),
-        "it fails writing acme's rows\n{log}"
-    );
+    fails_in_group_mode(&s, &SHARD_ARGS, "date=2026-11-02");
     std::fs::remove_file(&blocked).unwrap();
-    let writer = s.spawn_with(&SHARD_ARGS, "shards.log", &group);
+    let writer = s.spawn_with(&SHARD_ARGS, "shards.log", &GROUP);
     rows_once_each(&s, &expected);
     assert!(writer.terminate(), "clean stop\n{}", s.logs());
+}
+
+/// An object-store outage under group membership (`shards run --remote`): the bucket cannot be
+/// written (a file stands where its directory goes), so the stage fails at its first upload, after
+/// the roll committed rows locally and before their offsets were stored. Once the store is back
+/// and the stage restarted, every answer is in exactly one row, and the copy holds the local
+/// table byte for byte: every committed file and the manifest.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_object_store_outage_in_group_mode_loses_no_answer_and_the_copy_catches_up() {
+    let s = Stack::start();
+    s.run(&["topics", "create"]);
+    let expected = publish_answers(&s, 400).await;
+    let bucket = s.state.path().join("bucket");
+    std::fs::write(&bucket, "the store is down").unwrap();
+    let url = format!("file://{}", bucket.display());
+    let args: Vec<&str> = SHARD_ARGS
+        .iter()
+        .copied()
+        .chain(["--remote", &url])
+        .collect();
+    fails_in_group_mode(&s, &args, "bucket");
+    assert!(
+        s.table_rows("shards") > 0,
+        "the failed run committed rows locally first\n{}",
+        s.logs()
+    );
+    std::fs::remove_file(&bucket).unwrap();
+    let writer = s.spawn_with(&args, "shards.log", &GROUP);
+    rows_once_each(&s, &expected);
+    assert!(writer.terminate(), "clean stop\n{}", s.logs());
+    let local = s.state.path().join("shards");
+    let copy = bucket.join("shards");
+    let manifest = aion_shards::read_manifest(&local).unwrap();
+    assert_eq!(
+        std::fs::read(copy.join(aion_shards::MANIFEST)).unwrap(),
+        std::fs::read(local.join(aion_shards::MANIFEST)).unwrap(),
+        "the copy's manifest"
+    );
+    for path in aion_events::committed_files(&manifest) {
+        assert_eq!(
+            std::fs::read(copy.join(path)).ok(),
+            Some(std::fs::read(local.join(path)).unwrap()),
+            "{path} in the copy"
+        );
+    }
 }
 
 /// Enriched retrieval events → the entity-mention table → the heatmap SQL: counts per tenant ×
