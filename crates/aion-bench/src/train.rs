@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use aion_trainer::model::Proj;
 use aion_trainer::nf4::Nf4Tensor;
-use aion_trainer::{alpaca_prompt, BaseModel, Example, LoraConfig, Storage, TrainConfig};
+use aion_trainer::{alpaca_prompt, BaseModel, Example, LoraConfig, Schedule, Storage, TrainConfig};
 use anyhow::{bail, Context as _, Result};
 use serde::{Deserialize, Serialize};
 
@@ -141,13 +141,17 @@ fn compare(args: &Args, base_path: &Path, work: &Path, threads: usize) -> Result
 
     // The reference trains on the NF4-dequantised base (the same values aion's NF4 run uses),
     // exported as a Hugging Face directory, on exactly the token ids aion trains on.
-    let base =
-        BaseModel::load(base_path, Storage::Nf4 { double_quant: true }).with_context(|| {
-            format!(
-                "loading {} (scripts/setup installs it)",
-                base_path.display()
-            )
-        })?;
+    let base = BaseModel::load(
+        base_path,
+        Storage::Nf4 { double_quant: true },
+        &candle_core::Device::Cpu,
+    )
+    .with_context(|| {
+        format!(
+            "loading {} (scripts/setup installs it)",
+            base_path.display()
+        )
+    })?;
     let bytes = WeightBytes::of(&base)?;
     let name = base_path.file_name().map_or_else(
         || base_path.display().to_string(),
@@ -235,8 +239,9 @@ fn compare(args: &Args, base_path: &Path, work: &Path, threads: usize) -> Result
         "  default (sdpa) attention, no gradient checkpointing, LoRA dropout 0, weight decay 0."
     );
     println!(
-        "- GPU: aion's trainer is CPU-only for now; there is no `aion-bench train --device cuda`."
+        "- GPU: the trainer runs on one (`aion trainer run --device cuda`, a `cuda` build), but this benchmark"
     );
+    println!("  measures the CPU only: no GPU here to measure tokens/s and GPU memory on.");
     println!("  The reference alone runs on a GPU, NF4 as QLoRA (needs bitsandbytes in the venv; not run here):");
     println!(
         "    aion-bench train --work-dir DIR   # keeps DIR/base and DIR/ids.json\n    \
@@ -456,6 +461,9 @@ fn train_config(args: &Args) -> TrainConfig {
         max_len: args.seq_len as usize,
         held_out_fraction: 0.0,
         lr: 2e-4,
+        // As the reference's plain AdamW loop: no warm-up, no decay.
+        schedule: Schedule::Constant,
+        warmup_ratio: 0.0,
         weight_decay: 0.0,
         batch_size: args.batch as usize,
         grad_accum: 1,
@@ -471,7 +479,7 @@ fn train_config(args: &Args) -> TrainConfig {
 fn child(args: &Args, which: StorageArg) -> Result<Measured> {
     let base_path = args.base.clone().unwrap_or_else(default_base);
     let work = args.work_dir.clone().context("--child needs --work-dir")?;
-    let base = BaseModel::load(&base_path, which.storage())
+    let base = BaseModel::load(&base_path, which.storage(), &candle_core::Device::Cpu)
         .with_context(|| format!("loading {}", base_path.display()))?;
     let rss_after_load = crate::proc_status_bytes("self", "VmRSS")?;
     let load_peak = crate::proc_status_bytes("self", "VmHWM")?;

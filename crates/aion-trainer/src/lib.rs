@@ -22,7 +22,8 @@ pub use dataset::DataFilter;
 pub use model::{BaseModel, Llama, LlamaConfig, Lora, LoraConfig, Storage};
 pub use stage::{run, Stats, TrainerOptions};
 pub use train::{
-    alpaca_prompt, generate, held_out_loss, train, Example, Outcome, Progress, TrainConfig,
+    alpaca_prompt, generate, held_out_loss, train, Example, Outcome, Progress, Schedule,
+    TrainConfig,
 };
 
 use std::path::PathBuf;

@@ -177,6 +177,20 @@ impl Linear {
             Weight::Dense(w) => w.dims2()?,
         })
     }
+
+    fn to_device(&self, device: &Device) -> Result<Self> {
+        Ok(Self {
+            weight: match &self.weight {
+                Weight::Nf4(w) => Weight::Nf4(Nf4Linear::new(w.weight().to_device(device)?)),
+                Weight::Dense(w) => Weight::Dense(w.to_device(device)?),
+            },
+            bias: self
+                .bias
+                .as_ref()
+                .map(|b| b.to_device(device))
+                .transpose()?,
+        })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -285,6 +299,39 @@ impl Llama {
         &self.config
     }
 
+    /// Where its weights are, and so where it computes.
+    pub fn device(&self) -> &Device {
+        self.embed.device()
+    }
+
+    /// The same model on `device` (NF4 weights stay NF4 there).
+    pub fn to_device(&self, device: &Device) -> Result<Llama> {
+        let blocks = self
+            .blocks
+            .iter()
+            .map(|b| {
+                Ok(Block {
+                    input_norm: b.input_norm.to_device(device)?,
+                    post_norm: b.post_norm.to_device(device)?,
+                    projs: b
+                        .projs
+                        .iter()
+                        .map(|p| p.to_device(device))
+                        .collect::<Result<_>>()?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Llama {
+            config: self.config.clone(),
+            embed: self.embed.to_device(device)?,
+            blocks,
+            norm: self.norm.to_device(device)?,
+            lm_head: self.lm_head.to_device(device)?,
+            cos: self.cos.to_device(device)?,
+            sin: self.sin.to_device(device)?,
+        })
+    }
+
     /// `(out, in)` of a projection (same in every layer).
     pub fn proj_dims(&self, proj: Proj) -> Result<(usize, usize)> {
         let block = self
@@ -368,7 +415,7 @@ impl Llama {
         let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.kv_heads(), cfg.head_dim());
         let cos = self.cos.narrow(0, 0, t)?;
         let sin = self.sin.narrow(0, 0, t)?;
-        let attention = CausalAttention::new(t, lengths)?;
+        let attention = CausalAttention::new(t, lengths, self.device())?;
         let eps = cfg.rms_norm_eps as f32;
         let mut h =
             self.embed
@@ -411,7 +458,7 @@ impl Llama {
             let k = candle_nn::rotary_emb::rope_slow(&k, &cos, &sin)?;
             let (k, v) = (repeat_kv(&k, nh / nkv)?, repeat_kv(&v, nh / nkv)?);
             let q = (q / (hd as f64).sqrt())?;
-            let probs = q.apply_op2(&k, attention.clone())?;
+            let probs = attention.probs(&q, &k)?;
             let attn = probs
                 .matmul(&v)?
                 .transpose(1, 2)?
@@ -477,8 +524,8 @@ struct CausalAttention {
 }
 
 impl CausalAttention {
-    fn new(t: usize, lengths: Option<&[usize]>) -> Result<Self> {
-        let pos = Tensor::arange(0u32, t as u32, &Device::Cpu)?;
+    fn new(t: usize, lengths: Option<&[usize]>, device: &Device) -> Result<Self> {
+        let pos = Tensor::arange(0u32, t as u32, device)?;
         // key j > query i
         let mut masked = pos
             .reshape((1, 1, 1, t))?
@@ -486,16 +533,33 @@ impl CausalAttention {
         if let Some(lengths) = lengths {
             let lengths: Vec<u32> = lengths.iter().map(|&l| l as u32).collect();
             let b = lengths.len();
-            let len = Tensor::from_vec(lengths, (b, 1, 1, 1), &Device::Cpu)?;
+            let len = Tensor::from_vec(lengths, (b, 1, 1, 1), device)?;
             let pad = pos.reshape((1, 1, 1, t))?.broadcast_ge(&len)?;
             masked = masked.broadcast_maximum(&pad)?;
         }
         let shape = masked.shape().clone();
-        let min = Tensor::full(f32::MIN, &shape, &Device::Cpu)?;
-        let zero = Tensor::zeros(&shape, DType::F32, &Device::Cpu)?;
+        let min = Tensor::full(f32::MIN, &shape, device)?;
+        let zero = Tensor::zeros(&shape, DType::F32, device)?;
         Ok(Self {
             mask: masked.where_cond(&min, &zero)?,
         })
+    }
+
+    /// `softmax(q kᵀ + mask)` `[b, h, t, t]`: the fused op on the CPU,
+    /// [`CausalAttention::probs_by_tensor_ops`] elsewhere.
+    fn probs(&self, q: &Tensor, k: &Tensor) -> Result<Tensor> {
+        if q.device().is_cpu() {
+            Ok(q.apply_op2(k, self.clone())?)
+        } else {
+            self.probs_by_tensor_ops(q, k)
+        }
+    }
+
+    /// The device-generic path: candle's differentiable ops (autograd then also keeps the
+    /// scores and the softmax's intermediates).
+    fn probs_by_tensor_ops(&self, q: &Tensor, k: &Tensor) -> Result<Tensor> {
+        let scores = q.matmul(&k.t()?)?.broadcast_add(&self.mask)?;
+        Ok(candle_nn::ops::softmax(&scores, D::Minus1)?)
     }
 }
 
@@ -617,7 +681,9 @@ pub struct Lora {
 impl Lora {
     /// Fresh adapters as PEFT initialises them: `A` Kaiming-uniform (`a = √5`, so
     /// U(±1/√in)), `B` zeros, so the adapted model starts equal to the base.
+    /// On the model's device.
     pub fn new(config: &LoraConfig, model: &Llama, seed: u64) -> Result<Self> {
+        let device = model.device();
         let mut rng = StdRng::seed_from_u64(seed);
         let targets = config.targets()?;
         let mut layers = Vec::with_capacity(model.config.num_hidden_layers);
@@ -629,8 +695,8 @@ impl Lora {
                 let a: Vec<f32> = (0..config.r * inp)
                     .map(|_| rng.random_range(-bound..bound))
                     .collect();
-                let a = Var::from_tensor(&Tensor::from_vec(a, (config.r, inp), &Device::Cpu)?)?;
-                let b = Var::zeros((out, config.r), DType::F32, &Device::Cpu)?;
+                let a = Var::from_tensor(&Tensor::from_vec(a, (config.r, inp), device)?)?;
+                let b = Var::zeros((out, config.r), DType::F32, device)?;
                 pairs.push((p, LoraPair { a, b }));
             }
             layers.push(pairs);
@@ -726,16 +792,67 @@ pub struct BaseModel {
 }
 
 impl BaseModel {
-    /// Loads a GGUF file or HF directory (see [`weights::load`]) and stores its linear layers as
-    /// `storage` says.
-    pub fn load(path: &Path, storage: Storage) -> Result<Self> {
+    /// Loads a GGUF file or HF directory (see [`weights::load`]), stores its linear layers as
+    /// `storage` says and puts it on `device`.
+    pub fn load(path: &Path, storage: Storage, device: &Device) -> Result<Self> {
         let loaded = weights::load(path)?;
         let model = Llama::load(&loaded.config, &loaded.tensors, storage)?;
+        let model = if device.is_cpu() {
+            model
+        } else {
+            model.to_device(device)?
+        };
         Ok(Self {
             model,
             tokenizer: loaded.tokenizer,
             special: loaded.special,
             name_or_path: loaded.name_or_path,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn random(shape: (usize, usize, usize, usize), seed: u64) -> Tensor {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let n = shape.0 * shape.1 * shape.2 * shape.3;
+        let data: Vec<f32> = (0..n).map(|_| rng.random_range(-2.0..2.0)).collect();
+        Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
+    /// The device-generic attention (run here on the CPU) equals the fused CPU op, forward and
+    /// the gradients of q and k, with padded rows masked.
+    #[test]
+    fn attention_by_tensor_ops_equals_the_cpu_op() {
+        let (b, h, t, d) = (2, 3, 7, 8);
+        let attention = CausalAttention::new(t, Some(&[7, 4]), &Device::Cpu).unwrap();
+        let q = Var::from_tensor(&random((b, h, t, d), 1)).unwrap();
+        let k = Var::from_tensor(&random((b, h, t, d), 2)).unwrap();
+        let probe = random((b, h, t, t), 3);
+        let fused = attention.probs(q.as_tensor(), k.as_tensor()).unwrap();
+        let generic = attention
+            .probs_by_tensor_ops(q.as_tensor(), k.as_tensor())
+            .unwrap();
+        assert!(max_diff(&fused, &generic) < 1e-6);
+        let grads = |p: Tensor| (p * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        let (g_fused, g_generic) = (grads(fused), grads(generic));
+        for var in [&q, &k] {
+            let (a, b) = (g_fused.get(var).unwrap(), g_generic.get(var).unwrap());
+            assert!(max_diff(a, b) < 1e-5, "{}", max_diff(a, b));
+        }
     }
 }

@@ -5,9 +5,11 @@
 //! f32 block scales are themselves stored as 8-bit codes of bitsandbytes' dynamic map in blocks of
 //! 256 around their mean (`compress_statistics=True`).
 //!
-//! [`Nf4Linear`] multiplies by such a weight inside a candle custom op: the f32 weight exists only
-//! while the op runs (forward, and again in backward for the input gradient), never between uses,
-//! and the base weight gets no gradient.
+//! [`Nf4Linear`] multiplies by such a weight. On the CPU inside a candle custom op: the f32 weight
+//! exists only while the op runs (forward, and again in backward for the input gradient), never
+//! between uses. On any other device with candle's differentiable ops (dequantise, then matmul):
+//! the same values, but autograd keeps each layer's dequantised weight until backward. The base
+//! weight gets no gradient either way.
 
 use std::sync::Arc;
 
@@ -101,11 +103,11 @@ fn dynamic_map() -> Vec<f32> {
 
 /// `[256, 2]`: the two code values a packed byte holds (high nibble first). Indexed with u32 ids:
 /// candle's `index_select` treats a u8 id of 255 as out of range and yields zeros.
-fn byte_table() -> Result<Tensor> {
+fn byte_table(device: &Device) -> Result<Tensor> {
     let table: Vec<f32> = (0..256usize)
         .flat_map(|b| [NF4_CODES[b >> 4], NF4_CODES[b & 0x0f]])
         .collect();
-    Ok(Tensor::from_vec(table, (256, 2), &Device::Cpu)?)
+    Ok(Tensor::from_vec(table, (256, 2), device)?)
 }
 
 impl Nf4Tensor {
@@ -170,6 +172,28 @@ impl Nf4Tensor {
         (self.rows, self.cols)
     }
 
+    /// The same weight with its codes and scales on `device` (quantisation runs on the CPU).
+    pub fn to_device(&self, device: &Device) -> Result<Self> {
+        let scales = match &self.scales {
+            Scales::F32(a) => Scales::F32(a.to_device(device)?),
+            Scales::Double {
+                codes,
+                nested,
+                offset,
+            } => Scales::Double {
+                codes: codes.to_device(device)?,
+                nested: nested.to_device(device)?,
+                offset: *offset,
+            },
+        };
+        Ok(Self {
+            rows: self.rows,
+            cols: self.cols,
+            packed: self.packed.to_device(device)?,
+            scales,
+        })
+    }
+
     /// The block scales `[blocks, 1]` as [`Self::dequantize_tensor`] uses them (after double
     /// dequantisation if any).
     fn scales(&self) -> Result<Tensor> {
@@ -181,7 +205,7 @@ impl Nf4Tensor {
                 offset,
             } => {
                 let blocks = codes.dim(0)?;
-                let map = Tensor::from_vec(dynamic_map(), 256, &Device::Cpu)?;
+                let map = Tensor::from_vec(dynamic_map(), 256, codes.device())?;
                 let nested = nested
                     .reshape((nested.dim(0)?, 1))?
                     .broadcast_as((nested.dim(0)?, SCALE_BLOCK))?
@@ -203,7 +227,7 @@ impl Nf4Tensor {
     pub fn dequantize_tensor(&self) -> Result<Tensor> {
         let scales = self.scales()?;
         let blocks = scales.dim(0)?;
-        let values = byte_table()?
+        let values = byte_table(self.packed.device())?
             .index_select(&self.packed.to_dtype(DType::U32)?, 0)?
             .reshape((blocks, BLOCK))?
             .broadcast_mul(&scales)?
@@ -246,9 +270,21 @@ impl Nf4Linear {
         &self.weight
     }
 
-    /// `x`: `[..., in]` f32 on the CPU → `[..., out]`.
+    /// `x`: `[..., in]` → `[..., out]`, on the device the weight is on: the custom op on the
+    /// CPU, [`Nf4Linear::forward_by_tensor_ops`] elsewhere.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.apply_op1(Nf4Matmul(self.weight.clone()))?)
+        if x.device().is_cpu() {
+            Ok(x.apply_op1(Nf4Matmul(self.weight.clone()))?)
+        } else {
+            self.forward_by_tensor_ops(x)
+        }
+    }
+
+    /// The device-generic path: the weight dequantised with tensor ops (byte → code pair gather,
+    /// block scale) in `x`'s dtype, then a matmul that autograd differentiates.
+    pub(crate) fn forward_by_tensor_ops(&self, x: &Tensor) -> Result<Tensor> {
+        let w = self.weight.dequantize_tensor()?.to_dtype(x.dtype())?;
+        Ok(x.broadcast_matmul(&w.t()?)?)
     }
 }
 
@@ -401,7 +437,8 @@ mod tests {
     }
 
     /// Forward equals a plain matmul with the dequantised weight, and backward gives the same
-    /// input gradient as autograd through that matmul.
+    /// input gradient as autograd through that matmul; the device-generic path (run here on the
+    /// CPU) gives the same as the custom op.
     #[test]
     fn gradient_matches_plain_matmul() {
         let (out, inp) = (24, 128);
@@ -415,7 +452,15 @@ mod tests {
         let probe = Tensor::from_vec(random(2 * 5 * out, 5), (2, 5, out), &Device::Cpu).unwrap();
 
         let y = lin.forward(x.as_tensor()).unwrap();
-        let y_ref = x.as_tensor().broadcast_matmul(&w.t().unwrap()).unwrap();
+        let y_ref = lin.forward_by_tensor_ops(x.as_tensor()).unwrap();
+        let y_plain = x.as_tensor().broadcast_matmul(&w.t().unwrap()).unwrap();
+        let diff = (&y_ref - &y_plain)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
+        assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
         let diff = (&y - &y_ref).unwrap().abs().unwrap().max_all().unwrap();
         assert!(diff.to_scalar::<f32>().unwrap() < 1e-5);
 

@@ -47,6 +47,8 @@ pub struct TrainerOptions {
     pub adapters_root: PathBuf,
     /// A GGUF file or a Hugging Face directory.
     pub base_model: PathBuf,
+    /// Where jobs train: the CPU, or a CUDA GPU (a build with the `cuda` feature).
+    pub device: candle_core::Device,
     /// Defaults; a trigger's recipe sets the LoRA shape, learning rate, epochs and batch.
     pub config: TrainConfig,
     pub filter: DataFilter,
@@ -274,8 +276,9 @@ async fn take_job(
         Some(m) => m.clone(),
         None => {
             let path = options.base_model.clone();
+            let device = options.device.clone();
             let loaded = tokio::task::spawn_blocking(move || {
-                BaseModel::load(&path, Storage::Nf4 { double_quant: true })
+                BaseModel::load(&path, Storage::Nf4 { double_quant: true }, &device)
             })
             .await
             .map_err(|e| Error::Invalid(e.to_string()))??;

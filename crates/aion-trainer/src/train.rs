@@ -41,8 +41,13 @@ pub struct TrainConfig {
     /// Share of examples held out (by a hash of the instruction, so the split is stable across
     /// runs and resumes). 0.1 is enough to see over-fitting without starving training.
     pub held_out_fraction: f64,
-    /// AdamW learning rate; 2e-4 is QLoRA's value for small models. Constant, no schedule.
+    /// AdamW peak learning rate; 2e-4 is QLoRA's value for small models.
     pub lr: f64,
+    /// How the rate moves over the run (after warm-up).
+    pub schedule: Schedule,
+    /// Share of the run's optimiser steps over which the rate rises linearly from 0 to `lr`
+    /// (transformers' `warmup_ratio`; the warm-up steps are rounded up). 0.03, as in QLoRA.
+    pub warmup_ratio: f64,
     /// AdamW first-moment decay (PyTorch default).
     pub beta1: f64,
     /// AdamW second-moment decay (PyTorch default).
@@ -75,6 +80,8 @@ impl Default for TrainConfig {
             max_len: 1024,
             held_out_fraction: 0.1,
             lr: 2e-4,
+            schedule: Schedule::Linear,
+            warmup_ratio: 0.03,
             beta1: 0.9,
             beta2: 0.999,
             eps: 1e-8,
@@ -90,6 +97,37 @@ impl Default for TrainConfig {
     }
 }
 
+/// The learning-rate schedule after warm-up, as transformers' `lr_scheduler_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Schedule {
+    /// Linear decay from `lr` to 0 at the last step: transformers' default, and what the
+    /// trainers a QLoRA recipe comes from run.
+    Linear,
+    /// `lr` until the end.
+    Constant,
+}
+
+impl TrainConfig {
+    /// The rate of the optimiser step after `done` steps of `total`, as transformers'
+    /// `get_linear_schedule_with_warmup` / `get_constant_schedule_with_warmup` give it (the
+    /// scheduler is stepped after the optimiser, so the first step runs at the rate of step 0).
+    pub fn lr_at(&self, done: usize, total: usize) -> f64 {
+        let warmup = (total as f64 * self.warmup_ratio).ceil() as usize;
+        let factor = if done < warmup {
+            done as f64 / warmup.max(1) as f64
+        } else {
+            match self.schedule {
+                Schedule::Constant => 1.0,
+                Schedule::Linear => {
+                    (total.saturating_sub(done)) as f64 / total.saturating_sub(warmup).max(1) as f64
+                }
+            }
+        };
+        self.lr * factor
+    }
+}
+
 /// Reported after every optimiser step.
 #[derive(Debug, Clone)]
 pub struct Progress {
@@ -100,6 +138,8 @@ pub struct Progress {
     pub epoch: usize,
     /// Mean loss per response token over the step's examples.
     pub loss: f64,
+    /// The learning rate the step ran at.
+    pub lr: f64,
     /// Real (unpadded) tokens of the step through forward + backward, per second.
     pub tokens_per_s: f64,
     /// Remaining steps × mean step time of this run so far.
@@ -188,15 +228,17 @@ fn batch_nll(
         }
     }
     let lengths: Vec<usize> = batch.iter().map(|e| e.ids.len()).collect();
-    let ids = Tensor::from_vec(ids, (batch.len(), t), &Device::Cpu)?;
+    let device = base.model.device();
+    let ids = Tensor::from_vec(ids, (batch.len(), t), device)?;
     let hidden = base.model.hidden(&ids, Some(&lengths), lora, dropout)?;
     let n = positions.len();
     let hidden = hidden
         .reshape((batch.len() * t, ()))?
-        .index_select(&Tensor::from_vec(positions, n, &Device::Cpu)?, 0)?;
-    let nll = base.model.logits(&hidden)?.apply_op1(CrossEntropy {
-        targets: Tensor::from_vec(targets, (n, 1), &Device::Cpu)?,
-    })?;
+        .index_select(&Tensor::from_vec(positions, n, device)?, 0)?;
+    let loss = CrossEntropy {
+        targets: Tensor::from_vec(targets, (n, 1), device)?,
+    };
+    let nll = loss.nll(&base.model.logits(&hidden)?)?;
     Ok((nll.sum_all()?, n))
 }
 
@@ -206,6 +248,25 @@ fn batch_nll(
 struct CrossEntropy {
     /// u32 `[n, 1]`.
     targets: Tensor,
+}
+
+impl CrossEntropy {
+    /// Per-row NLL `[n]` of `logits` `[n, vocab]`: the fused op on the CPU,
+    /// [`CrossEntropy::nll_by_tensor_ops`] elsewhere.
+    fn nll(self, logits: &Tensor) -> Result<Tensor> {
+        if logits.device().is_cpu() {
+            Ok(logits.apply_op1(self)?)
+        } else {
+            self.nll_by_tensor_ops(logits)
+        }
+    }
+
+    /// The device-generic path: log-softmax and gather as candle's differentiable ops (autograd
+    /// then also keeps the vocabulary-sized intermediates).
+    fn nll_by_tensor_ops(&self, logits: &Tensor) -> Result<Tensor> {
+        let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+        Ok(logp.gather(&self.targets, 1)?.neg()?.flatten_all()?)
+    }
 }
 
 impl CustomOp1 for CrossEntropy {
@@ -288,20 +349,26 @@ impl AdamW {
         })
     }
 
-    fn step(&mut self, vars: &[(String, &Var)], grads: &[Tensor], c: &TrainConfig) -> Result<()> {
+    fn step(
+        &mut self,
+        vars: &[(String, &Var)],
+        grads: &[Tensor],
+        c: &TrainConfig,
+        lr: f64,
+    ) -> Result<()> {
         self.t += 1;
         let bc1 = 1.0 - c.beta1.powi(self.t as i32);
         let bc2 = 1.0 - c.beta2.powi(self.t as i32);
         for (i, ((_, var), g)) in vars.iter().zip(grads).enumerate() {
             let mut p = var.as_detached_tensor();
             if c.weight_decay > 0.0 {
-                p = (p * (1.0 - c.lr * c.weight_decay))?;
+                p = (p * (1.0 - lr * c.weight_decay))?;
             }
             self.m[i] = ((&self.m[i] * c.beta1)? + (g * (1.0 - c.beta1))?)?;
             self.v[i] = ((&self.v[i] * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
             let denom = ((&self.v[i] / bc2)?.sqrt()? + c.eps)?;
             let update = ((&self.m[i] / bc1)? / denom)?;
-            var.set(&(p - (update * c.lr)?)?)?;
+            var.set(&(p - (update * lr)?)?)?;
         }
         Ok(())
     }
@@ -392,7 +459,10 @@ fn load_checkpoint(
             dir.display()
         )));
     }
-    let tensors = candle_core::safetensors::load(dir.join("state.safetensors"), &Device::Cpu)?;
+    let device = vars
+        .first()
+        .map_or(Device::Cpu, |(_, v)| v.device().clone());
+    let tensors = candle_core::safetensors::load(dir.join("state.safetensors"), &device)?;
     let get = |key: String| {
         tensors
             .get(&key)
@@ -500,7 +570,8 @@ pub fn train(
             .zip(&vars)
             .map(|(g, (_, v))| g.map_or_else(|| v.as_tensor().zeros_like(), Ok))
             .collect::<candle_core::Result<Vec<_>>>()?;
-        adam.step(&vars, &grads, config)?;
+        let lr = config.lr_at(step, total_steps);
+        adam.step(&vars, &grads, config, lr)?;
         step += 1;
 
         let loss = loss_sum / step_tokens as f64;
@@ -511,10 +582,11 @@ pub fn train(
             total_steps,
             epoch,
             loss,
+            lr,
             tokens_per_s: seen_tokens as f64 / elapsed.as_secs_f64().max(1e-9),
             eta: mean_step * (total_steps - step) as u32,
         };
-        tracing::debug!(step, loss, tokens_per_s = progress.tokens_per_s, "step");
+        tracing::debug!(step, loss, lr, tokens_per_s = progress.tokens_per_s, "step");
         let flow = on_step(&progress);
         let state = || CheckpointState {
             step,
@@ -571,7 +643,7 @@ pub fn generate(
         .to_vec();
     let start = ids.len();
     for _ in 0..max_new_tokens {
-        let input = Tensor::new(ids.as_slice(), &Device::Cpu)?.unsqueeze(0)?;
+        let input = Tensor::new(ids.as_slice(), model.device())?.unsqueeze(0)?;
         let hidden = model.hidden(&input, None, None, None)?;
         let last = hidden.narrow(1, ids.len() - 1, 1)?;
         let next = model
@@ -587,4 +659,97 @@ pub fn generate(
     base.tokenizer
         .decode(&ids[start..], true)
         .map_err(|e| Error::Tokenizer(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use rand::Rng;
+
+    /// The device-generic loss (run here on the CPU) equals the fused CPU op, forward and the
+    /// gradient of the logits.
+    #[test]
+    fn the_loss_by_tensor_ops_equals_the_cpu_op() {
+        let (n, vocab) = (6, 50);
+        let mut rng = StdRng::seed_from_u64(7);
+        let data: Vec<f32> = (0..n * vocab)
+            .map(|_| rng.random_range(-8.0..8.0))
+            .collect();
+        let logits = Var::from_vec(data, (n, vocab), &Device::Cpu).unwrap();
+        let targets: Vec<u32> = (0..n as u32).map(|i| i * 7 % vocab as u32).collect();
+        let loss = || CrossEntropy {
+            targets: Tensor::from_vec(targets.clone(), (n, 1), &Device::Cpu).unwrap(),
+        };
+        let fused = loss().nll(logits.as_tensor()).unwrap();
+        let generic = loss().nll_by_tensor_ops(logits.as_tensor()).unwrap();
+        let diff = |a: &Tensor, b: &Tensor| -> f32 {
+            let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+            d.to_scalar().unwrap()
+        };
+        assert!(diff(&fused, &generic) < 1e-5);
+        let weights = Tensor::arange(1f32, n as f32 + 1.0, &Device::Cpu).unwrap();
+        let grad = |nll: Tensor| {
+            let g = (nll * &weights)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            g.get(&logits).unwrap().clone()
+        };
+        assert!(diff(&grad(fused), &grad(generic)) < 1e-5);
+    }
+
+    fn config(schedule: Schedule, warmup_ratio: f64) -> TrainConfig {
+        TrainConfig {
+            lr: 1.0,
+            schedule,
+            warmup_ratio,
+            ..TrainConfig::default()
+        }
+    }
+
+    /// The factors transformers' `get_linear_schedule_with_warmup` and
+    /// `get_constant_schedule_with_warmup` give, with the warm-up steps of `warmup_ratio`
+    /// (`ceil(total × ratio)`), worked out by hand.
+    #[test]
+    fn the_rate_follows_transformers_schedules() {
+        let cases = [
+            // ceil(10 × 0.03) = 1 warm-up step: the first step runs at 0.
+            (
+                Schedule::Linear,
+                0.03,
+                10,
+                [(0, 0.0), (1, 1.0), (5, 5.0 / 9.0), (9, 1.0 / 9.0)],
+            ),
+            (
+                Schedule::Linear,
+                0.1,
+                100,
+                [(5, 0.5), (10, 1.0), (55, 0.5), (99, 1.0 / 90.0)],
+            ),
+            (
+                Schedule::Linear,
+                0.0,
+                4,
+                [(0, 1.0), (1, 0.75), (2, 0.5), (3, 0.25)],
+            ),
+            (
+                Schedule::Constant,
+                0.1,
+                100,
+                [(0, 0.0), (5, 0.5), (10, 1.0), (99, 1.0)],
+            ),
+        ];
+        for (schedule, ratio, total, expected) in cases {
+            for (done, factor) in expected {
+                let lr = config(schedule, ratio).lr_at(done, total);
+                assert!(
+                    (lr - factor).abs() < 1e-12,
+                    "{schedule:?} {ratio} step {done} of {total}: {lr}, not {factor}"
+                );
+            }
+        }
+    }
 }

@@ -45,7 +45,8 @@ pub struct RunArgs {
     #[command(flatten)]
     pub base: BaseArgs,
     /// Training settings as TOML (fields of the trainer's TrainConfig: max_len, held_out_fraction,
-    /// checkpoint_every, keep_checkpoints, seed, ...); a trigger's recipe still sets the LoRA
+    /// schedule = "linear" | "constant", warmup_ratio, checkpoint_every, keep_checkpoints, seed,
+    /// ...); a trigger's recipe still sets the LoRA
     /// shape, learning rate, epochs and batch. (Not `--config`: that is the global product
     /// configuration, `AION_CONFIG`.)
     #[arg(long, value_name = "FILE")]
@@ -70,6 +71,14 @@ pub struct RunArgs {
     /// Root of the adapter directories (default: `<state dir>/adapters`).
     #[arg(long, env = "AION_ADAPTERS_DIR", value_name = "DIR")]
     pub adapters_dir: Option<PathBuf>,
+    /// Where jobs train: `cpu`, or `cuda` / `cuda:N` for a GPU (a build with `--features cuda`).
+    #[arg(
+        long,
+        env = "AION_TRAIN_DEVICE",
+        default_value = "cpu",
+        value_name = "DEVICE"
+    )]
+    pub device: String,
 }
 
 impl RunArgs {
@@ -84,7 +93,25 @@ impl RunArgs {
             min_local_confidence: DataFilter::default().min_local_confidence,
             entity_weight: DataFilter::default().entity_weight as u64,
             adapters_dir: None,
+            device: "cpu".into(),
         }
+    }
+}
+
+/// `cpu`, `cuda` or `cuda:N`; a CUDA device this build or machine cannot open fails here, at
+/// start, with candle's reason.
+fn device(name: &str) -> Result<candle_core::Device> {
+    let cuda = |ordinal: usize| {
+        candle_core::Device::new_cuda(ordinal)
+            .with_context(|| format!("opening the training device {name}"))
+    };
+    match name {
+        "cpu" => Ok(candle_core::Device::Cpu),
+        "cuda" => cuda(0),
+        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(ordinal)) => cuda(ordinal),
+            _ => anyhow::bail!("`{other}` is not a training device: use cpu, cuda or cuda:N"),
+        },
     }
 }
 
@@ -113,6 +140,7 @@ pub fn options(ctx: &Context, args: RunArgs) -> Result<TrainerOptions> {
         shards_root: ctx.state().table(aion_events::layout::Table::Shards),
         adapters_root: adapters_dir(ctx, args.adapters_dir),
         base_model: args.base.path(),
+        device: device(&args.device)?,
         config,
         filter: DataFilter {
             fallback: true,
@@ -219,7 +247,7 @@ pub struct GenerateArgs {
 
 fn load_base(base: &BaseArgs, storage: Storage) -> Result<BaseModel> {
     let path = base.path();
-    BaseModel::load(&path, storage).with_context(|| {
+    BaseModel::load(&path, storage, &candle_core::Device::Cpu).with_context(|| {
         format!(
             "loading the base model {} (scripts/setup installs the offline one)",
             path.display()

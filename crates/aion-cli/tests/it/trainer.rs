@@ -444,3 +444,23 @@ async fn hostile_triggers_are_refused_with_a_reason_and_a_failed_status() {
         s.logs()
     );
 }
+
+/// A training device this build cannot open (no `cuda` feature here) fails the trainer at start,
+/// naming it; a name that is no device is refused with the choices.
+#[test]
+fn a_training_device_it_cannot_open_fails_at_start_naming_it() {
+    let s = Stack::offline();
+    let run = |device: &str| {
+        let out = s
+            .aion()
+            .args(["trainer", "run", "--device", device])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "--device {device} must fail");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let cuda = run("cuda:1");
+    assert!(cuda.contains("training device cuda:1"), "{cuda}");
+    let gpu = run("gpu");
+    assert!(gpu.contains("use cpu, cuda or cuda:N"), "{gpu}");
+}

@@ -37,7 +37,12 @@ pub fn base() -> Option<&'static BaseModel> {
     BASE.get_or_init(|| {
         let path = model_path()?;
         let start = std::time::Instant::now();
-        let base = BaseModel::load(&path, Storage::Nf4 { double_quant: true }).unwrap();
+        let base = BaseModel::load(
+            &path,
+            Storage::Nf4 { double_quant: true },
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
         eprintln!("loaded NF4 base in {:.1?}", start.elapsed());
         Some(base)
     })

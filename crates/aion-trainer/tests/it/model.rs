@@ -57,7 +57,12 @@ fn perplexity_of_an_english_paragraph_is_sane() {
         ids.len(),
         start.elapsed()
     );
-    let dense = BaseModel::load(&model_path().unwrap(), Storage::F32).unwrap();
+    let dense = BaseModel::load(
+        &model_path().unwrap(),
+        Storage::F32,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
     let ppl_f32 = nll(&dense.model, &ids, None).exp();
     eprintln!("f32 perplexity {ppl_f32:.2}");
     assert!(ppl_f32 > 2.0 && ppl_f32 < 60.0, "{ppl_f32}");
@@ -136,7 +141,7 @@ fn padded_batch_matches_single_rows() {
 #[test]
 fn hf_layout_matches_candle_quantized_llama_on_the_gguf() {
     let Some(path) = model_path() else { return };
-    let dense = BaseModel::load(&path, Storage::F32).unwrap();
+    let dense = BaseModel::load(&path, Storage::F32, &candle_core::Device::Cpu).unwrap();
     let ids = dense.tokenizer.encode(PARAGRAPH, false).unwrap().get_ids()[..24].to_vec();
     let input = Tensor::new(ids.as_slice(), &Device::Cpu)
         .unwrap()
@@ -217,7 +222,7 @@ fn exported_base_reloads_as_a_hugging_face_directory() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("base");
     aion_trainer::export_dequantised(base, &out).unwrap();
-    let reloaded = BaseModel::load(&out, Storage::F32).unwrap();
+    let reloaded = BaseModel::load(&out, Storage::F32, &candle_core::Device::Cpu).unwrap();
     let text = "Round trip through config.json, safetensors and tokenizer.json.";
     let ids = base
         .tokenizer
