@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Shape, Tensor, Var, D};
+use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Shape, Tensor, TensorId, Var, D};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -156,10 +156,10 @@ impl Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = match &self.weight {
             Weight::Nf4(w) => w.forward(x)?,
-            Weight::Dense(w) => x.broadcast_matmul(&w.t()?)?,
+            Weight::Dense(w) => x.broadcast_matmul(&w.to_dtype(x.dtype())?.t()?)?,
         };
         Ok(match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
+            Some(b) => y.broadcast_add(&b.to_dtype(x.dtype())?)?,
             None => y,
         })
     }
@@ -215,6 +215,8 @@ pub enum Storage {
 #[derive(Debug, Clone)]
 pub struct Llama {
     config: LlamaConfig,
+    /// The dtype hidden states and matmuls run in (see [`Llama::with_compute_dtype`]).
+    compute: DType,
     embed: Tensor,
     blocks: Vec<Block>,
     norm: Tensor,
@@ -286,6 +288,7 @@ impl Llama {
         let (cos, sin) = rope_tables(config)?;
         Ok(Self {
             config: config.clone(),
+            compute: DType::F32,
             embed,
             blocks,
             norm: get("model.norm.weight")?,
@@ -302,6 +305,23 @@ impl Llama {
     /// Where its weights are, and so where it computes.
     pub fn device(&self) -> &Device {
         self.embed.device()
+    }
+
+    /// The dtype of its hidden states and matmuls.
+    pub fn compute_dtype(&self) -> DType {
+        self.compute
+    }
+
+    /// The same model computing in `dtype`, QLoRA's `bnb_4bit_compute_dtype`: NF4 weights are
+    /// dequantised to it and every matmul of the blocks (LoRA's included) runs in it, while the
+    /// weights the model keeps (norms, embedding, lm_head, LoRA masters) stay f32. RMSNorm,
+    /// the attention softmax and the logits are computed in f32, as transformers does. Anything
+    /// but f32 takes the device-generic ops, also on the CPU.
+    pub fn with_compute_dtype(&self, dtype: DType) -> Llama {
+        Llama {
+            compute: dtype,
+            ..self.clone()
+        }
     }
 
     /// The same model on `device` (NF4 weights stay NF4 there).
@@ -323,6 +343,7 @@ impl Llama {
             .collect::<Result<_>>()?;
         Ok(Llama {
             config: self.config.clone(),
+            compute: self.compute,
             embed: self.embed.to_device(device)?,
             blocks,
             norm: self.norm.to_device(device)?,
@@ -404,6 +425,65 @@ impl Llama {
         lora: Option<&Lora>,
         mut dropout: Option<&mut StdRng>,
     ) -> Result<Tensor> {
+        let (pass, mut h) = self.pass(ids, lengths)?;
+        for i in 0..self.blocks.len() {
+            h = self.block(i, &h, &pass, lora, dropout.as_deref_mut())?;
+        }
+        rms_norm(&h, &self.norm, pass.eps)
+    }
+
+    /// The gradients of `head(hidden(ids, …))` with respect to `lora`'s variables, with gradient
+    /// checkpointing: the forward keeps only each block's input, and the backward recomputes one
+    /// block at a time (the dropout RNG replayed from its state before the block), so autograd
+    /// holds one block's activations instead of every block's, at the cost of a second forward.
+    /// The variables and gradients equal [`Llama::hidden`] + `backward` (up to float summation
+    /// order). Returns `head`'s value (detached) and the gradients by variable id.
+    pub fn checkpointed_grads(
+        &self,
+        ids: &Tensor,
+        lengths: Option<&[usize]>,
+        lora: &Lora,
+        mut dropout: Option<&mut StdRng>,
+        head: impl FnOnce(&Tensor) -> Result<Tensor>,
+    ) -> Result<(Tensor, HashMap<TensorId, Tensor>)> {
+        let (pass, mut h) = self.pass(ids, lengths)?;
+        let mut inputs = Vec::with_capacity(self.blocks.len());
+        for i in 0..self.blocks.len() {
+            inputs.push((h.clone(), dropout.as_deref().cloned()));
+            h = self
+                .block(i, &h, &pass, Some(lora), dropout.as_deref_mut())?
+                .detach();
+        }
+        let top = Var::from_tensor(&h)?;
+        let value = head(&rms_norm(top.as_tensor(), &self.norm, pass.eps)?)?;
+        let mut grad = value
+            .backward()?
+            .get(top.as_tensor())
+            .map(Tensor::detach)
+            .ok_or_else(|| {
+                Error::Invalid("the head does not depend on the hidden states".into())
+            })?;
+        let vars = lora.named_vars();
+        let mut grads = HashMap::new();
+        for (i, (input, rng)) in inputs.into_iter().enumerate().rev() {
+            let x = Var::from_tensor(&input)?;
+            let mut rng = rng;
+            let out = self.block(i, x.as_tensor(), &pass, Some(lora), rng.as_mut())?;
+            let store = (out * &grad)?.sum_all()?.backward()?;
+            for (_, var) in &vars {
+                if let Some(g) = store.get(var.as_tensor()) {
+                    grads.insert(var.as_tensor().id(), g.detach());
+                }
+            }
+            if let Some(g) = store.get(x.as_tensor()) {
+                grad = g.detach();
+            }
+        }
+        Ok((value.detach(), grads))
+    }
+
+    /// What every block of one forward pass shares, and the embedded input.
+    fn pass(&self, ids: &Tensor, lengths: Option<&[usize]>) -> Result<(Pass, Tensor)> {
         let (b, t) = ids.dims2()?;
         if t > self.config.max_position_embeddings {
             return Err(Error::Invalid(format!(
@@ -411,71 +491,92 @@ impl Llama {
                 self.config.max_position_embeddings
             )));
         }
-        let cfg = &self.config;
-        let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.kv_heads(), cfg.head_dim());
-        let cos = self.cos.narrow(0, 0, t)?;
-        let sin = self.sin.narrow(0, 0, t)?;
-        let attention = CausalAttention::new(t, lengths, self.device())?;
-        let eps = cfg.rms_norm_eps as f32;
-        let mut h =
-            self.embed
-                .index_select(&ids.flatten_all()?, 0)?
-                .reshape((b, t, cfg.hidden_size))?;
-        for (i, block) in self.blocks.iter().enumerate() {
-            let mut proj = |p: Proj, x: &Tensor| -> Result<Tensor> {
-                let y = block.projs[proj_index(p)].forward(x)?;
-                match lora.and_then(|l| l.pair(i, p)) {
-                    Some(pair) => {
-                        let Some(l) = lora else { return Ok(y) };
-                        let x = match dropout.as_deref_mut() {
-                            Some(rng) if l.config.dropout > 0.0 => {
-                                lora_dropout(x, l.config.dropout, rng)?
-                            }
-                            _ => x.clone(),
-                        };
-                        let delta = x
-                            .broadcast_matmul(&pair.a.as_tensor().t()?)?
-                            .broadcast_matmul(&pair.b.as_tensor().t()?)?;
-                        Ok((y + (delta * l.scaling())?)?)
-                    }
-                    None => Ok(y),
-                }
-            };
-            let x = candle_nn::ops::rms_norm_slow(&h, &block.input_norm, eps)?;
-            let q = proj(Proj::Q, &x)?
-                .reshape((b, t, nh, hd))?
-                .transpose(1, 2)?
-                .contiguous()?;
-            let k = proj(Proj::K, &x)?
-                .reshape((b, t, nkv, hd))?
-                .transpose(1, 2)?
-                .contiguous()?;
-            let v = proj(Proj::V, &x)?
-                .reshape((b, t, nkv, hd))?
-                .transpose(1, 2)?
-                .contiguous()?;
-            let q = candle_nn::rotary_emb::rope_slow(&q, &cos, &sin)?;
-            let k = candle_nn::rotary_emb::rope_slow(&k, &cos, &sin)?;
-            let (k, v) = (repeat_kv(&k, nh / nkv)?, repeat_kv(&v, nh / nkv)?);
-            let q = (q / (hd as f64).sqrt())?;
-            let probs = attention.probs(&q, &k)?;
-            let attn = probs
-                .matmul(&v)?
-                .transpose(1, 2)?
-                .reshape((b, t, nh * hd))?;
-            h = (h + proj(Proj::O, &attn)?)?;
-
-            let x = candle_nn::ops::rms_norm_slow(&h, &block.post_norm, eps)?;
-            let gate = proj(Proj::Gate, &x)?.silu()?;
-            let up = proj(Proj::Up, &x)?;
-            h = (h + proj(Proj::Down, &(gate * up)?)?)?;
-        }
-        Ok(candle_nn::ops::rms_norm_slow(&h, &self.norm, eps)?)
+        let dtype = self.compute;
+        let pass = Pass {
+            b,
+            t,
+            cos: self.cos.narrow(0, 0, t)?.to_dtype(dtype)?,
+            sin: self.sin.narrow(0, 0, t)?.to_dtype(dtype)?,
+            attention: CausalAttention::new(t, lengths, self.device())?,
+            eps: self.config.rms_norm_eps as f32,
+        };
+        let h = self
+            .embed
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, t, self.config.hidden_size))?
+            .to_dtype(dtype)?;
+        Ok((pass, h))
     }
 
-    /// `[..., hidden]` → `[..., vocab]`.
+    /// Decoder block `i` on `h` `[batch, seq, hidden]`.
+    fn block(
+        &self,
+        i: usize,
+        h: &Tensor,
+        pass: &Pass,
+        lora: Option<&Lora>,
+        mut dropout: Option<&mut StdRng>,
+    ) -> Result<Tensor> {
+        let cfg = &self.config;
+        let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.kv_heads(), cfg.head_dim());
+        let (b, t, dtype) = (pass.b, pass.t, self.compute);
+        let block = &self.blocks[i];
+        let mut proj = |p: Proj, x: &Tensor| -> Result<Tensor> {
+            let y = block.projs[proj_index(p)].forward(x)?;
+            match lora.and_then(|l| l.pair(i, p)) {
+                Some(pair) => {
+                    let Some(l) = lora else { return Ok(y) };
+                    let x = match dropout.as_deref_mut() {
+                        Some(rng) if l.config.dropout > 0.0 => {
+                            lora_dropout(x, l.config.dropout, rng)?
+                        }
+                        _ => x.clone(),
+                    };
+                    // The f32 masters cast to the compute dtype: the cast is differentiable,
+                    // so their gradients arrive in f32.
+                    let a = pair.a.as_tensor().to_dtype(dtype)?;
+                    let b = pair.b.as_tensor().to_dtype(dtype)?;
+                    let delta = x.broadcast_matmul(&a.t()?)?.broadcast_matmul(&b.t()?)?;
+                    Ok((y + (delta * l.scaling())?)?)
+                }
+                None => Ok(y),
+            }
+        };
+        let x = rms_norm(h, &block.input_norm, pass.eps)?;
+        let q = proj(Proj::Q, &x)?
+            .reshape((b, t, nh, hd))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let k = proj(Proj::K, &x)?
+            .reshape((b, t, nkv, hd))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let v = proj(Proj::V, &x)?
+            .reshape((b, t, nkv, hd))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let q = candle_nn::rotary_emb::rope_slow(&q, &pass.cos, &pass.sin)?;
+        let k = candle_nn::rotary_emb::rope_slow(&k, &pass.cos, &pass.sin)?;
+        let (k, v) = (repeat_kv(&k, nh / nkv)?, repeat_kv(&v, nh / nkv)?);
+        let q = (q / (hd as f64).sqrt())?;
+        let probs = pass.attention.probs(&q, &k)?;
+        let attn = probs
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((b, t, nh * hd))?;
+        let h = (h + proj(Proj::O, &attn)?)?;
+
+        let x = rms_norm(&h, &block.post_norm, pass.eps)?;
+        let gate = proj(Proj::Gate, &x)?.silu()?;
+        let up = proj(Proj::Up, &x)?;
+        Ok((&h + proj(Proj::Down, &(gate * up)?)?)?)
+    }
+
+    /// `[..., hidden]` → `[..., vocab]`, in f32 whatever the compute dtype.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        Ok(hidden.broadcast_matmul(&self.lm_head.t()?)?)
+        Ok(hidden
+            .to_dtype(DType::F32)?
+            .broadcast_matmul(&self.lm_head.t()?)?)
     }
 
     /// Logits `[batch, seq, vocab]` of right-padded `ids`, no dropout.
@@ -487,6 +588,24 @@ impl Llama {
     ) -> Result<Tensor> {
         self.logits(&self.hidden(ids, lengths, lora, None)?)
     }
+}
+
+/// transformers' `LlamaRMSNorm`: normalised in f32, the (f32) weight applied, back to `x`'s dtype.
+fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let y = candle_nn::ops::rms_norm_slow(&x.to_dtype(DType::F32)?, weight, eps)?;
+    Ok(y.to_dtype(dtype)?)
+}
+
+/// What the blocks of one forward pass share.
+struct Pass {
+    b: usize,
+    t: usize,
+    /// Rotary tables for the `t` positions, in the compute dtype.
+    cos: Tensor,
+    sin: Tensor,
+    attention: CausalAttention,
+    eps: f32,
 }
 
 fn proj_index(p: Proj) -> usize {
@@ -509,7 +628,7 @@ fn lora_dropout(x: &Tensor, p: f32, rng: &mut StdRng) -> Result<Tensor> {
     let mask: Vec<f32> = (0..x.elem_count())
         .map(|_| if rng.random::<f32>() < p { 0.0 } else { keep })
         .collect();
-    Ok((x * Tensor::from_vec(mask, x.shape(), x.device())?)?)
+    Ok((x * Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?)?)
 }
 
 /// Attention probabilities `softmax(q kᵀ + mask)` for `q`, `k` `[b, h, t, d]` (q pre-scaled by
@@ -545,10 +664,10 @@ impl CausalAttention {
         })
     }
 
-    /// `softmax(q kᵀ + mask)` `[b, h, t, t]`: the fused op on the CPU,
-    /// [`CausalAttention::probs_by_tensor_ops`] elsewhere.
+    /// `softmax(q kᵀ + mask)` `[b, h, t, t]` in `q`'s dtype: the fused op for f32 on the CPU,
+    /// [`CausalAttention::probs_by_tensor_ops`] otherwise.
     fn probs(&self, q: &Tensor, k: &Tensor) -> Result<Tensor> {
-        if q.device().is_cpu() {
+        if q.device().is_cpu() && q.dtype() == DType::F32 {
             Ok(q.apply_op2(k, self.clone())?)
         } else {
             self.probs_by_tensor_ops(q, k)
@@ -556,10 +675,14 @@ impl CausalAttention {
     }
 
     /// The device-generic path: candle's differentiable ops (autograd then also keeps the
-    /// scores and the softmax's intermediates).
+    /// scores and the softmax's intermediates). The scores matmul runs in `q`'s dtype, the mask
+    /// and softmax in f32 (transformers' eager attention).
     fn probs_by_tensor_ops(&self, q: &Tensor, k: &Tensor) -> Result<Tensor> {
-        let scores = q.matmul(&k.t()?)?.broadcast_add(&self.mask)?;
-        Ok(candle_nn::ops::softmax(&scores, D::Minus1)?)
+        let scores = q
+            .matmul(&k.t()?)?
+            .to_dtype(DType::F32)?
+            .broadcast_add(&self.mask)?;
+        Ok(candle_nn::ops::softmax(&scores, D::Minus1)?.to_dtype(q.dtype())?)
     }
 }
 
@@ -793,14 +916,17 @@ pub struct BaseModel {
 
 impl BaseModel {
     /// Loads a GGUF file or HF directory (see [`weights::load`]), stores its linear layers as
-    /// `storage` says and puts it on `device`.
+    /// `storage` says and puts it on `device`, computing in bf16 off the CPU
+    /// ([`Llama::with_compute_dtype`]).
     pub fn load(path: &Path, storage: Storage, device: &Device) -> Result<Self> {
         let loaded = weights::load(path)?;
         let model = Llama::load(&loaded.config, &loaded.tensors, storage)?;
+        // f32 on the CPU (its fused ops are f32; candle's CPU bf16 matmul widens to f32); bf16
+        // compute elsewhere, as QLoRA's recipe runs on a GPU.
         let model = if device.is_cpu() {
             model
         } else {
-            model.to_device(device)?
+            model.to_device(device)?.with_compute_dtype(DType::BF16)
         };
         Ok(Self {
             model,

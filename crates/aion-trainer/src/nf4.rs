@@ -270,10 +270,10 @@ impl Nf4Linear {
         &self.weight
     }
 
-    /// `x`: `[..., in]` → `[..., out]`, on the device the weight is on: the custom op on the
-    /// CPU, [`Nf4Linear::forward_by_tensor_ops`] elsewhere.
+    /// `x`: `[..., in]` → `[..., out]` in `x`'s dtype, on the device the weight is on: the
+    /// custom op for f32 on the CPU, [`Nf4Linear::forward_by_tensor_ops`] otherwise.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if x.device().is_cpu() {
+        if x.device().is_cpu() && x.dtype() == DType::F32 {
             Ok(x.apply_op1(Nf4Matmul(self.weight.clone()))?)
         } else {
             self.forward_by_tensor_ops(x)

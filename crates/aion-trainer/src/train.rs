@@ -6,7 +6,7 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use candle_core::{CpuStorage, CustomOp1, Device, Layout, Shape, Tensor, Var, D};
+use candle_core::{CpuStorage, CustomOp1, Device, Layout, Shape, Tensor, TensorId, Var, D};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -69,6 +69,10 @@ pub struct TrainConfig {
     pub checkpoint_every: usize,
     /// Checkpoints kept in the job directory (older ones are deleted).
     pub keep_checkpoints: usize,
+    /// Recompute each block's activations during backward instead of keeping them (transformers'
+    /// `gradient_checkpointing`): activation memory of one block instead of all, for about one
+    /// more forward pass of compute. For long sequences and big bases; off by default.
+    pub gradient_checkpointing: bool,
     /// Seeds the LoRA init, the data order and the dropout masks.
     pub seed: u64,
 }
@@ -92,6 +96,7 @@ impl Default for TrainConfig {
             max_steps: None,
             checkpoint_every: 200,
             keep_checkpoints: 2,
+            gradient_checkpointing: false,
             seed: 0,
         }
     }
@@ -206,40 +211,101 @@ fn encode(base: &BaseModel, examples: &[&Example], max_len: usize) -> Result<Vec
     Ok(out)
 }
 
+/// A micro-batch as model inputs: right-padded ids and where its response tokens are.
+struct Batch {
+    ids: Tensor,
+    lengths: Vec<usize>,
+    /// Flat `[batch × seq]` positions that predict a response token, and those tokens.
+    positions: Tensor,
+    targets: Tensor,
+    /// Response tokens.
+    n: usize,
+}
+
+impl Batch {
+    fn new(base: &BaseModel, batch: &[&Encoded]) -> Result<Self> {
+        let t = batch.iter().map(|e| e.ids.len()).max().unwrap_or(0);
+        let pad = base.special.pad.unwrap_or(base.special.eos);
+        let mut ids = Vec::with_capacity(batch.len() * t);
+        let (mut positions, mut targets) = (Vec::new(), Vec::new());
+        for (r, e) in batch.iter().enumerate() {
+            ids.extend(&e.ids);
+            ids.resize((r + 1) * t, pad);
+            for p in e.prompt_len - 1..e.ids.len() - 1 {
+                positions.push((r * t + p) as u32);
+                targets.push(e.ids[p + 1]);
+            }
+        }
+        let lengths: Vec<usize> = batch.iter().map(|e| e.ids.len()).collect();
+        let device = base.model.device();
+        let n = positions.len();
+        Ok(Self {
+            ids: Tensor::from_vec(ids, (batch.len(), t), device)?,
+            lengths,
+            positions: Tensor::from_vec(positions, n, device)?,
+            targets: Tensor::from_vec(targets, (n, 1), device)?,
+            n,
+        })
+    }
+
+    /// Sum of response-token NLL given the final hidden states `[batch, seq, hidden]`. The
+    /// lm_head runs only on the positions that predict a response token: the prompt's logits
+    /// are never materialised.
+    fn nll(&self, base: &BaseModel, hidden: &Tensor) -> Result<Tensor> {
+        let hidden = hidden
+            .reshape((self.lengths.len() * self.ids.dim(1)?, ()))?
+            .index_select(&self.positions, 0)?;
+        let loss = CrossEntropy {
+            targets: self.targets.clone(),
+        };
+        Ok(loss.nll(&base.model.logits(&hidden)?)?.sum_all()?)
+    }
+}
+
 /// Sum of response-token NLL of a micro-batch (a scalar tensor, differentiable w.r.t. the LoRA
-/// variables) and the number of tokens it covers. The lm_head runs only on the positions that
-/// predict a response token: the prompt's logits are never materialised.
+/// variables) and the number of tokens it covers.
 fn batch_nll(
     base: &BaseModel,
     lora: Option<&Lora>,
     batch: &[&Encoded],
     dropout: Option<&mut StdRng>,
 ) -> Result<(Tensor, usize)> {
-    let t = batch.iter().map(|e| e.ids.len()).max().unwrap_or(0);
-    let pad = base.special.pad.unwrap_or(base.special.eos);
-    let mut ids = Vec::with_capacity(batch.len() * t);
-    let (mut positions, mut targets) = (Vec::new(), Vec::new());
-    for (r, e) in batch.iter().enumerate() {
-        ids.extend(&e.ids);
-        ids.resize((r + 1) * t, pad);
-        for p in e.prompt_len - 1..e.ids.len() - 1 {
-            positions.push((r * t + p) as u32);
-            targets.push(e.ids[p + 1]);
-        }
+    let inputs = Batch::new(base, batch)?;
+    let hidden = base
+        .model
+        .hidden(&inputs.ids, Some(&inputs.lengths), lora, dropout)?;
+    Ok((inputs.nll(base, &hidden)?, inputs.n))
+}
+
+/// One micro-batch's summed NLL and the gradients of `nll × scale` by LoRA variable id, with
+/// the whole graph kept or with gradient checkpointing as `config` says.
+fn micro_grads(
+    base: &BaseModel,
+    lora: &Lora,
+    batch: &[&Encoded],
+    dropout: &mut StdRng,
+    scale: f64,
+    config: &TrainConfig,
+) -> Result<(f64, HashMap<TensorId, Tensor>)> {
+    if config.gradient_checkpointing {
+        let inputs = Batch::new(base, batch)?;
+        let (scaled, grads) = base.model.checkpointed_grads(
+            &inputs.ids,
+            Some(&inputs.lengths),
+            lora,
+            Some(dropout),
+            |hidden| Ok((inputs.nll(base, hidden)? * scale)?),
+        )?;
+        return Ok((scaled.to_scalar::<f32>()? as f64 / scale, grads));
     }
-    let lengths: Vec<usize> = batch.iter().map(|e| e.ids.len()).collect();
-    let device = base.model.device();
-    let ids = Tensor::from_vec(ids, (batch.len(), t), device)?;
-    let hidden = base.model.hidden(&ids, Some(&lengths), lora, dropout)?;
-    let n = positions.len();
-    let hidden = hidden
-        .reshape((batch.len() * t, ()))?
-        .index_select(&Tensor::from_vec(positions, n, device)?, 0)?;
-    let loss = CrossEntropy {
-        targets: Tensor::from_vec(targets, (n, 1), device)?,
-    };
-    let nll = loss.nll(&base.model.logits(&hidden)?)?;
-    Ok((nll.sum_all()?, n))
+    let (nll, _) = batch_nll(base, Some(lora), batch, Some(dropout))?;
+    let store = (&nll * scale)?.backward()?;
+    let grads = lora
+        .named_vars()
+        .into_iter()
+        .filter_map(|(_, var)| Some((var.as_tensor().id(), store.get(var.as_tensor())?.detach())))
+        .collect();
+    Ok((nll.to_scalar::<f32>()? as f64, grads))
 }
 
 /// Per-row `−log softmax(logits)[target]` for logits `[n, vocab]`, fused so that autograd keeps
@@ -550,13 +616,12 @@ pub fn train(
         let mut grads: Vec<Option<Tensor>> = vec![None; vars.len()];
         let (mut loss_sum, mut seen_tokens) = (0f64, 0usize);
         for micro in chosen.chunks(config.batch_size) {
-            let (nll, _) = batch_nll(base, Some(&lora), micro, Some(&mut dropout))?;
-            loss_sum += nll.to_scalar::<f32>()? as f64;
             // Gradient of the step's mean loss per response token.
-            let store = (nll / step_tokens as f64)?.backward()?;
+            let scale = 1.0 / step_tokens as f64;
+            let (nll, mut store) = micro_grads(base, &lora, micro, &mut dropout, scale, config)?;
+            loss_sum += nll;
             for (acc, (_, var)) in grads.iter_mut().zip(&vars) {
-                if let Some(g) = store.get(var.as_tensor()) {
-                    let g = g.detach();
+                if let Some(g) = store.remove(&var.as_tensor().id()) {
                     *acc = Some(match acc.take() {
                         Some(a) => (a + g)?,
                         None => g,

@@ -12,8 +12,8 @@ districts, where many residents have no car and the nearest train station is mor
 walk away. Others warned that the money would be better spent on repairing the roads that already \
 exist. After a long debate, the council agreed to commission a study and to vote again next month.";
 
-/// Mean next-token negative log-likelihood over `ids`.
-fn nll(model: &aion_trainer::Llama, ids: &[u32], lora: Option<&Lora>) -> f64 {
+/// Mean next-token negative log-likelihood over `ids`, as a differentiable scalar.
+fn nll_tensor(model: &aion_trainer::Llama, ids: &[u32], lora: Option<&Lora>) -> Tensor {
     let input = Tensor::new(ids, &Device::Cpu)
         .unwrap()
         .unsqueeze(0)
@@ -29,10 +29,16 @@ fn nll(model: &aion_trainer::Llama, ids: &[u32], lora: Option<&Lora>) -> f64 {
         .unwrap()
         .unsqueeze(1)
         .unwrap();
-    let picked = logp.gather(&targets, 1).unwrap();
-    -picked
+    logp.gather(&targets, 1)
+        .unwrap()
         .mean_all()
         .unwrap()
+        .neg()
+        .unwrap()
+}
+
+fn nll(model: &aion_trainer::Llama, ids: &[u32], lora: Option<&Lora>) -> f64 {
+    nll_tensor(model, ids, lora)
         .to_dtype(DType::F64)
         .unwrap()
         .to_scalar::<f64>()
@@ -69,6 +75,122 @@ fn perplexity_of_an_english_paragraph_is_sane() {
     assert!(ppl_nf4 > 2.0 && ppl_nf4 < 60.0, "{ppl_nf4}");
     // NF4 costs a little, not a lot.
     assert!(ppl_nf4 < ppl_f32 * 1.35, "{ppl_nf4} vs {ppl_f32}");
+}
+
+/// The GPU recipe's bf16 compute, run on the CPU through the device-generic ops: the loss stays
+/// within bf16 rounding of the f32 custom ops', and the f32 LoRA masters get f32 gradients
+/// pointing the same way.
+#[test]
+fn bf16_compute_matches_f32_and_trains_f32_adapters() {
+    let Some(base) = base() else { return };
+    let (ids, _) = crate::input(base, PARAGRAPH);
+    let ids = &ids[..48];
+    let lora = Lora::new(&LoraConfig::default(), &base.model, 3).unwrap();
+    // B starts at zero; give it values so that gradients reach A as well.
+    for (name, var) in lora.named_vars() {
+        if name.contains("lora_B") {
+            let (rows, cols) = var.dims2().unwrap();
+            let n = (rows * cols) as u32;
+            let b = Tensor::arange(0u32, n, &Device::Cpu)
+                .and_then(|i| i.to_dtype(DType::F32))
+                .and_then(|i| (i * 0.7)?.sin())
+                .and_then(|i| i * 0.02)
+                .and_then(|i| i.reshape((rows, cols)))
+                .unwrap();
+            var.set(&b).unwrap();
+        }
+    }
+    let bf16 = base.model.with_compute_dtype(DType::BF16);
+    let losses = [&base.model, &bf16].map(|model| nll_tensor(model, ids, Some(&lora)));
+    let [f32_loss, bf16_loss] = losses.clone().map(|l| l.to_scalar::<f32>().unwrap());
+    eprintln!("mean NLL: f32 {f32_loss:.4}, bf16 compute {bf16_loss:.4}");
+    assert!(
+        (f32_loss - bf16_loss).abs() < 0.05,
+        "{f32_loss} vs {bf16_loss}"
+    );
+
+    let [f32_grads, bf16_grads] = losses.map(|loss| {
+        let grads = loss.backward().unwrap();
+        let flat: Vec<Tensor> = lora
+            .named_vars()
+            .iter()
+            .map(|(name, var)| {
+                let g = grads
+                    .get(var)
+                    .unwrap_or_else(|| panic!("no gradient for {name}"));
+                assert_eq!(g.dtype(), DType::F32, "{name}");
+                g.flatten_all().unwrap()
+            })
+            .collect();
+        Tensor::cat(&flat, 0).unwrap()
+    });
+    let dot = |a: &Tensor, b: &Tensor| {
+        (a * b)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    let cosine = dot(&f32_grads, &bf16_grads)
+        / (dot(&f32_grads, &f32_grads).sqrt() * dot(&bf16_grads, &bf16_grads).sqrt());
+    eprintln!("cosine of the LoRA gradients, bf16 vs f32: {cosine:.4}");
+    assert!(cosine > 0.98, "{cosine}");
+}
+
+/// Gradient checkpointing recomputes each block in backward, with LoRA dropout replayed: the
+/// gradients equal those of the kept graph, on a padded batch.
+#[test]
+fn checkpointed_gradients_equal_the_kept_graphs() {
+    let Some(base) = base() else { return };
+    let config = LoraConfig {
+        dropout: 0.1,
+        ..LoraConfig::default()
+    };
+    let lora = Lora::new(&config, &base.model, 5).unwrap();
+    for (name, var) in lora.named_vars() {
+        if name.contains("lora_B") {
+            var.set(&(var.ones_like().unwrap() * 0.01).unwrap())
+                .unwrap();
+        }
+    }
+    let (ids, _) = crate::input(base, PARAGRAPH);
+    let t = 24;
+    let mut rows = ids[..16].to_vec();
+    rows.resize(t, 0);
+    rows.extend(&ids[30..30 + t]);
+    let input = Tensor::from_vec(rows, (2, t), &Device::Cpu).unwrap();
+    let lengths = [16, t];
+    let head = |hidden: &Tensor| -> aion_trainer::Result<Tensor> {
+        let logits = base.model.logits(hidden)?;
+        Ok(candle_nn::ops::log_softmax(&logits, D::Minus1)?.mean_all()?)
+    };
+    let seeded = || <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(11);
+
+    let mut rng = seeded();
+    let hidden = base
+        .model
+        .hidden(&input, Some(&lengths), Some(&lora), Some(&mut rng))
+        .unwrap();
+    let kept_value = head(&hidden).unwrap();
+    let kept = kept_value.backward().unwrap();
+    let mut rng = seeded();
+    let (value, grads) = base
+        .model
+        .checkpointed_grads(&input, Some(&lengths), &lora, Some(&mut rng), head)
+        .unwrap();
+
+    let scalar = |x: &Tensor| x.to_scalar::<f32>().unwrap();
+    assert_eq!(scalar(&value), scalar(&kept_value));
+    let vars = lora.named_vars();
+    assert_eq!(grads.len(), vars.len());
+    for (name, var) in vars {
+        let a = kept.get(var.as_tensor()).unwrap();
+        let b = &grads[&var.as_tensor().id()];
+        let scale = scalar(&a.abs().unwrap().max_all().unwrap()).max(1e-12);
+        let diff = scalar(&(a - b).unwrap().abs().unwrap().max_all().unwrap());
+        assert!(diff <= 1e-4 * scale, "{name}: max |Δ| {diff} of {scale}");
+    }
 }
 
 #[test]
