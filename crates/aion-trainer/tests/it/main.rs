@@ -14,11 +14,15 @@ use std::sync::OnceLock;
 use aion_trainer::model::Storage;
 use aion_trainer::BaseModel;
 
-pub fn model_path() -> Option<PathBuf> {
-    let cache = std::env::var_os("AION_CACHE_DIR")
+/// `$AION_CACHE_DIR`, else `~/.cache/aion`: where `scripts/setup` installs models and venvs.
+pub fn cache_dir() -> Option<PathBuf> {
+    std::env::var_os("AION_CACHE_DIR")
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/aion")))?;
-    let path = cache.join("models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/aion")))
+}
+
+pub fn model_path() -> Option<PathBuf> {
+    let path = cache_dir()?.join("models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
     if path.is_file() {
         return Some(path);
     }
