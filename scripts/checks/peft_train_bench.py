@@ -9,7 +9,8 @@ first step is a warm-up and is not timed. Prints one JSON line with the same fie
 runs: tokens, wall_s, cpu_s, loss, rss_after_load, peak_train, peak_process (bytes).
 
   python peft_train_bench.py --base DIR --ids FILE [--batch 1] [--steps 5] [--threads N]
-  python peft_train_bench.py ... --device cuda --nf4   # QLoRA on a GPU (needs bitsandbytes)
+  python peft_train_bench.py ... --device cuda --nf4 --compute-dtype bfloat16
+      # QLoRA on a GPU (needs bitsandbytes), as `aion-bench train --device cuda` runs it
 """
 import argparse
 import json
@@ -55,6 +56,17 @@ def main() -> None:
         action="store_true",
         help="load the base in bitsandbytes NF4 with double quantisation (CUDA only)",
     )
+    parser.add_argument(
+        "--compute-dtype",
+        default="float32",
+        choices=["float32", "bfloat16"],
+        help="bitsandbytes' bnb_4bit_compute_dtype with --nf4",
+    )
+    parser.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="recompute activations in backward (transformers' gradient checkpointing)",
+    )
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -66,13 +78,18 @@ def main() -> None:
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.float32,
+            bnb_4bit_compute_dtype=getattr(torch, args.compute_dtype),
         )
         load_kwargs["device_map"] = {"": device}
     model = AutoModelForCausalLM.from_pretrained(args.base, **load_kwargs)
     if not args.nf4:
         model.to(device)
     model.config.use_cache = False
+    if args.gradient_checkpointing:
+        # Non-reentrant, and inputs that require grad so the frozen embedding does not cut the
+        # graph: what PEFT's prepare_model_for_kbit_training sets up.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
     model = get_peft_model(
         model,
         LoraConfig(

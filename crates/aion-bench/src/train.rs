@@ -1,14 +1,18 @@
-//! `aion-bench train`: LoRA training tokens/s and peak memory of the trainer on the CPU, with the
-//! base in NF4 and in f32, next to transformers + PEFT on torch-CPU training the same adapter on
-//! the same token ids (`scripts/checks/peft_train_bench.py`).
+//! `aion-bench train`: LoRA training tokens/s and peak memory of the trainer, with the base in
+//! NF4 and in f32, next to transformers + PEFT training the same adapter on the same token ids
+//! (`scripts/checks/peft_train_bench.py`). On the CPU the reference is f32 (bitsandbytes' 4-bit
+//! kernels need CUDA); with `--device cuda` both sides run QLoRA's recipe, NF4 storage with bf16
+//! compute, and the table adds each process's peak GPU memory.
 //!
-//! Each aion storage runs in a child process of its own (this binary re-executed with `--child`)
-//! so that its peak RSS is its own and not the other run's or the parent's.
+//! Each run is a child process of its own (this binary re-executed with `--child`, or Python) so
+//! that its peak RSS and GPU memory are its own and not the other run's or the parent's.
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Instant;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use aion_trainer::model::Proj;
 use aion_trainer::nf4::Nf4Tensor;
@@ -17,7 +21,7 @@ use anyhow::{bail, Context as _, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::cpu_seconds;
-use aion_cli::commands::trainer::default_base;
+use aion_cli::commands::trainer::{default_base, device};
 
 /// Examples in the synthetic set (more when `batch × steps` needs more, so no step is short).
 const EXAMPLES: usize = 64;
@@ -41,8 +45,16 @@ pub struct Args {
     /// `AION_PEFT_CHECK=1 scripts/setup` creates in `$AION_CACHE_DIR/venv-trainer`).
     #[arg(long, env = "AION_TRAINER_PYTHON")]
     pub python: Option<PathBuf>,
+    /// Recompute activations in backward on both sides (transformers'
+    /// `gradient_checkpointing_enable`): less memory at long `--seq-len`, more compute.
+    #[arg(long)]
+    pub gradient_checkpointing: bool,
+    /// Where both sides train: `cpu`, or `cuda` / `cuda:N` (aion needs a `cuda` build, the
+    /// reference bitsandbytes in the venv). On CUDA both run NF4 with bf16 compute.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
     /// Keep the exported base (`DIR/base`) and token ids (`DIR/ids.json`) here instead of a
-    /// temporary directory, e.g. to rerun the reference on a GPU machine.
+    /// temporary directory.
     #[arg(long, value_name = "DIR")]
     pub work_dir: Option<PathBuf>,
     /// Internal: run one aion measurement in this process and print it as one JSON line.
@@ -91,6 +103,10 @@ struct Measured {
     peak_train: Option<u64>,
     /// Peak resident bytes of the whole process, loading included.
     peak_process: u64,
+    /// Peak GPU memory of the process as the driver reports it (CUDA context included), sampled
+    /// by the parent every 50 ms; None on the CPU.
+    #[serde(default)]
+    peak_gpu: Option<u64>,
 }
 
 pub async fn run(args: Args) -> Result<()> {
@@ -99,6 +115,8 @@ pub async fn run(args: Args) -> Result<()> {
         println!("{}", serde_json::to_string(&measured)?);
         return Ok(());
     }
+    // A device this build or machine cannot open fails here, before anything is exported.
+    let gpu = !device(&args.device)?.is_cpu();
     let base_path = args.base.clone().unwrap_or_else(default_base);
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
     let temporary = args.work_dir.is_none();
@@ -106,37 +124,35 @@ pub async fn run(args: Args) -> Result<()> {
         std::env::temp_dir().join(format!("aion-bench-train-{}", std::process::id()))
     });
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
-    let result = compare(&args, &base_path, &work, threads);
+    let result = compare(&args, &base_path, &work, threads, gpu);
     if temporary {
         std::fs::remove_dir_all(&work).ok();
     }
     result
 }
 
-fn compare(args: &Args, base_path: &Path, work: &Path, threads: usize) -> Result<()> {
+fn compare(args: &Args, base_path: &Path, work: &Path, threads: usize, gpu: bool) -> Result<()> {
     let exe = std::env::current_exe().context("locating aion-bench to re-run")?;
     let mut ours = Vec::new();
     for which in [StorageArg::Nf4, StorageArg::F32] {
         eprintln!("bench train: aion, {} base ...", which.label());
-        let out = Command::new(&exe)
+        let mut command = Command::new(&exe);
+        command
             .args(["--log", "warn", "train", "--child", which.label()])
             .arg("--base")
             .arg(base_path)
             .arg("--work-dir")
             .arg(work)
+            .args(["--device", &args.device])
             .args(["--steps", &args.steps.to_string()])
             .args(["--batch", &args.batch.to_string()])
-            .args(["--seq-len", &args.seq_len.to_string()])
-            .output()
-            .context("running the aion measurement")?;
-        if !out.status.success() {
-            bail!(
-                "aion {} run failed: {}",
-                which.label(),
-                String::from_utf8_lossy(&out.stderr)
-            );
+            .args(["--seq-len", &args.seq_len.to_string()]);
+        if args.gradient_checkpointing {
+            command.arg("--gradient-checkpointing");
         }
-        ours.push((which, parse_measured(&out.stdout)?));
+        let measured =
+            measure(command, gpu).with_context(|| format!("aion {} run", which.label()))?;
+        ours.push((which, measured));
     }
 
     // The reference trains on the NF4-dequantised base (the same values aion's NF4 run uses),
@@ -163,20 +179,27 @@ fn compare(args: &Args, base_path: &Path, work: &Path, threads: usize) -> Result
         .unwrap_or_else(|| aion_broker::cache_dir().join("venv-trainer/bin/python"));
     let reference = if python.exists() {
         eprintln!("bench train: PEFT reference ...");
-        Some(reference(args, &base, &python, work, threads))
+        Some(reference(args, &base, &python, work, threads, gpu))
     } else {
         None
     };
     drop(base);
 
     println!();
+    let compute = if gpu { "bf16" } else { "f32" };
+    let checkpointing = if args.gradient_checkpointing {
+        "with"
+    } else {
+        "no"
+    };
     println!(
-        "{name}: {} optimiser steps of batch {} × {} tokens (first step is warm-up, not timed), \
-         LoRA r 16 α 16 on q/k/v/o, dropout 0, AdamW lr 2e-4, {threads} threads each side",
-        args.steps, args.batch, args.seq_len
+        "{name} on {}: {} optimiser steps of batch {} × {} tokens (first step is warm-up, not \
+         timed), LoRA r 16 α 16 on q/k/v/o, dropout 0, AdamW lr 2e-4, {compute} compute, \
+         {checkpointing} gradient checkpointing, {threads} CPU threads each side",
+        args.device, args.steps, args.batch, args.seq_len
     );
-    println!("| side | base weights | tokens/s (wall) | tokens per CPU-s | RSS after load | peak RSS, training | peak RSS, process | last loss | wall vs PEFT |");
-    println!("|------|--------------|----------------:|-----------------:|---------------:|-------------------:|------------------:|----------:|-------------:|");
+    println!("| side | base weights | tokens/s (wall) | tokens per CPU-s | RSS after load | peak RSS, training | peak RSS, process | peak GPU memory | last loss | wall vs PEFT |");
+    println!("|------|--------------|----------------:|-----------------:|---------------:|-------------------:|------------------:|----------------:|----------:|-------------:|");
     let reference_rate = match &reference {
         Some(Ok(r)) => Some(r.tokens as f64 / r.wall_s.max(1e-9)),
         _ => None,
@@ -188,16 +211,23 @@ fn compare(args: &Args, base_path: &Path, work: &Path, threads: usize) -> Result
         };
         row("aion (candle)", weights, m, reference_rate);
     }
+    let reference_weights = if gpu {
+        "NF4, double-quant scales (bitsandbytes)"
+    } else {
+        "f32 (4-bit needs CUDA)"
+    };
     match &reference {
         Some(Ok(r)) => row(
             &format!("PEFT ({})", r.runtime),
-            "f32 (4-bit needs CUDA)",
+            reference_weights,
             r,
             reference_rate,
         ),
-        Some(Err(_)) => println!("| PEFT | f32 | failed, see below | | | | | | |"),
+        Some(Err(_)) => {
+            println!("| PEFT | {reference_weights} | failed, see below | | | | | | | |")
+        }
         None => println!(
-            "| PEFT | f32 | not run: no {} | | | | | | |",
+            "| PEFT | {reference_weights} | not run: no {} | | | | | | | |",
             python.display()
         ),
     }
@@ -234,20 +264,15 @@ fn compare(args: &Args, base_path: &Path, work: &Path, threads: usize) -> Result
     println!("- tokens: real tokens through forward + backward + AdamW; per CPU-s counts every thread's time.");
     println!("- peak RSS, training: high-water mark reset once the base is loaded (aion loads a GGUF through f32");
     println!("  tensors before quantising, so the process peak includes a transient f32 copy).");
-    println!("- the reference is fp32: bitsandbytes' 4-bit (QLoRA) kernels need CUDA. It uses transformers'");
+    if gpu {
+        println!("- peak GPU memory: the driver's per-process figure (CUDA context included), sampled every 50 ms.");
+        println!("- the reference is QLoRA as bitsandbytes runs it: NF4 with double quantisation, bf16 compute.");
+    } else {
+        println!("- the reference is f32: bitsandbytes' 4-bit (QLoRA) kernels need CUDA. On a GPU machine,");
+        println!("  `--device cuda` (a `cuda` build, bitsandbytes in the venv) runs both sides as QLoRA.");
+    }
     println!(
-        "  default (sdpa) attention, no gradient checkpointing, LoRA dropout 0, weight decay 0."
-    );
-    println!(
-        "- GPU: the trainer runs on one (`aion trainer run --device cuda`, a `cuda` build), but this benchmark"
-    );
-    println!("  measures the CPU only: no GPU here to measure tokens/s and GPU memory on.");
-    println!("  The reference alone runs on a GPU, NF4 as QLoRA (needs bitsandbytes in the venv; not run here):");
-    println!(
-        "    aion-bench train --work-dir DIR   # keeps DIR/base and DIR/ids.json\n    \
-         python scripts/checks/peft_train_bench.py --base DIR/base --ids DIR/ids.json \
-         --batch {} --steps {} --device cuda --nf4",
-        args.batch, args.steps
+        "- the reference uses transformers' default (sdpa) attention, LoRA dropout 0, weight decay 0."
     );
     match reference {
         None => println!(
@@ -264,17 +289,85 @@ fn row(side: &str, weights: &str, m: &Measured, reference_rate: Option<f64>) {
     let wall = m.tokens as f64 / m.wall_s.max(1e-9);
     let ratio = reference_rate.map_or("".into(), |r| format!("{:.2}x", wall / r.max(1e-9)));
     println!(
-        "| {side} | {weights} | {wall:.0} | {:.0} | {} | {} | {} | {:.3} | {ratio} |",
+        "| {side} | {weights} | {wall:.0} | {:.0} | {} | {} | {} | {} | {:.3} | {ratio} |",
         m.tokens as f64 / m.cpu_s.max(1e-9),
         mb(m.rss_after_load),
         m.peak_train.map_or("n/a".into(), mb),
         mb(m.peak_process),
+        m.peak_gpu.map_or("–".into(), mb),
         m.loss
     );
 }
 
 fn mb(bytes: u64) -> String {
     format!("{:.0} MB", bytes as f64 / 1e6)
+}
+
+/// Runs one measurement process to its end and parses its result line; with `gpu`, samples the
+/// process's GPU memory while it runs.
+fn measure(mut command: Command, gpu: bool) -> Result<Measured> {
+    let child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting the measurement")?;
+    let sampler = gpu.then(|| GpuSampler::start(child.id()));
+    let out = child
+        .wait_with_output()
+        .context("waiting for the measurement")?;
+    let peak_gpu = sampler.map(GpuSampler::stop).transpose()?;
+    if !out.status.success() {
+        bail!("{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let mut measured = parse_measured(&out.stdout)?;
+    measured.peak_gpu = peak_gpu;
+    Ok(measured)
+}
+
+/// Samples one process's GPU memory with `nvidia-smi` (the driver's per-process figure, the same
+/// for candle and torch) and keeps the highest reading.
+struct GpuSampler {
+    done: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Result<u64>>,
+}
+
+impl GpuSampler {
+    fn start(pid: u32) -> Self {
+        let done = Arc::new(AtomicBool::new(false));
+        let stop = done.clone();
+        let thread = std::thread::spawn(move || {
+            let mut peak = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let out = Command::new("nvidia-smi")
+                    .args([
+                        "--query-compute-apps=pid,used_memory",
+                        "--format=csv,noheader,nounits",
+                    ])
+                    .output()
+                    .context("running nvidia-smi to read GPU memory")?;
+                // Lines `pid, MiB`.
+                let text = String::from_utf8_lossy(&out.stdout);
+                for line in text.lines() {
+                    if let Some((p, mib)) = line.split_once(',') {
+                        if p.trim() == pid.to_string() {
+                            let mib: u64 = mib.trim().parse().unwrap_or(0);
+                            peak = peak.max(mib << 20);
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Ok(peak)
+        });
+        Self { done, thread }
+    }
+
+    fn stop(self) -> Result<u64> {
+        self.done.store(true, Ordering::Relaxed);
+        self.thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("the GPU memory sampler panicked"))?
+    }
 }
 
 fn parse_measured(stdout: &[u8]) -> Result<Measured> {
@@ -471,6 +564,7 @@ fn train_config(args: &Args) -> TrainConfig {
         max_steps: Some(args.steps as usize),
         checkpoint_every: usize::MAX,
         keep_checkpoints: 1,
+        gradient_checkpointing: args.gradient_checkpointing,
         ..TrainConfig::default()
     }
 }
@@ -479,7 +573,7 @@ fn train_config(args: &Args) -> TrainConfig {
 fn child(args: &Args, which: StorageArg) -> Result<Measured> {
     let base_path = args.base.clone().unwrap_or_else(default_base);
     let work = args.work_dir.clone().context("--child needs --work-dir")?;
-    let base = BaseModel::load(&base_path, which.storage(), &candle_core::Device::Cpu)
+    let base = BaseModel::load(&base_path, which.storage(), &device(&args.device)?)
         .with_context(|| format!("loading {}", base_path.display()))?;
     let rss_after_load = crate::proc_status_bytes("self", "VmRSS")?;
     let load_peak = crate::proc_status_bytes("self", "VmHWM")?;
@@ -513,6 +607,7 @@ fn child(args: &Args, which: StorageArg) -> Result<Measured> {
         rss_after_load,
         peak_train: reset.then_some(train_peak),
         peak_process: load_peak.max(train_peak),
+        peak_gpu: None,
     })
 }
 
@@ -528,6 +623,7 @@ fn reference(
     python: &Path,
     work: &Path,
     threads: usize,
+    gpu: bool,
 ) -> Result<Measured> {
     let base_dir = work.join("base");
     if !base_dir.exists() {
@@ -538,7 +634,8 @@ fn reference(
     std::fs::write(&ids_path, serde_json::to_vec(&encoded)?)?;
     let script =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/checks/peft_train_bench.py");
-    let out = Command::new(python)
+    let mut command = Command::new(python);
+    command
         .arg(&script)
         .arg("--base")
         .arg(&base_dir)
@@ -547,13 +644,12 @@ fn reference(
         .args(["--batch", &args.batch.to_string()])
         .args(["--steps", &args.steps.to_string()])
         .args(["--threads", &threads.to_string()])
-        .output()
-        .with_context(|| format!("running {}", python.display()))?;
-    if !out.status.success() {
-        bail!(
-            "PEFT reference failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        .args(["--device", &args.device]);
+    if gpu {
+        command.args(["--nf4", "--compute-dtype", "bfloat16"]);
     }
-    parse_measured(&out.stdout)
+    if args.gradient_checkpointing {
+        command.arg("--gradient-checkpointing");
+    }
+    measure(command, gpu).with_context(|| format!("PEFT reference ({})", python.display()))
 }

@@ -33,3 +33,48 @@ fn the_ner_benchmark_reports_its_ratios_and_exact_entities() {
     assert_eq!(report["model"].as_array().unwrap().len(), 6, "{report}");
     assert_eq!(report["events"].as_array().unwrap().len(), 3, "{report}");
 }
+
+/// `aion-bench train` on a tiny budget: both aion storages train and land in the table (the
+/// PEFT reference too when its venv exists), so the GPU benchmark's code path cannot rot.
+#[test]
+fn the_training_benchmark_trains_both_storages_on_a_tiny_budget() {
+    let out = Command::new(env!("CARGO_BIN_EXE_aion-bench"))
+        .args(["--log", "warn", "train", "--steps", "2", "--seq-len", "64"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{stdout}");
+    for weights in ["NF4, double-quant scales", "f32"] {
+        let row = stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("| aion (candle) | {weights} |")))
+            .unwrap_or_else(|| panic!("no aion {weights} row in\n{stdout}"));
+        // Tokens/s is a number and the last loss is finite: the run trained.
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        assert!(cells[3].parse::<f64>().unwrap() > 0.0, "{row}");
+        assert!(cells[9].parse::<f64>().unwrap().is_finite(), "{row}");
+    }
+    assert!(
+        stdout.contains("| PEFT |") || stdout.contains("| PEFT ("),
+        "{stdout}"
+    );
+}
+
+/// A device the build or machine cannot open fails before anything is loaded, naming it.
+#[test]
+fn the_training_benchmark_refuses_a_device_it_cannot_open() {
+    let out = Command::new(env!("CARGO_BIN_EXE_aion-bench"))
+        .args([
+            "--log", "warn", "train", "--device", "cuda:7", "--steps", "2",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("training device cuda:7"), "{stderr}");
+}

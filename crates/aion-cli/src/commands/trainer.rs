@@ -100,7 +100,7 @@ impl RunArgs {
 
 /// `cpu`, `cuda` or `cuda:N`; a CUDA device this build or machine cannot open fails here, at
 /// start, with candle's reason.
-fn device(name: &str) -> Result<candle_core::Device> {
+pub fn device(name: &str) -> Result<candle_core::Device> {
     let cuda = |ordinal: usize| {
         candle_core::Device::new_cuda(ordinal)
             .with_context(|| format!("opening the training device {name}"))
