@@ -184,6 +184,12 @@ pub async fn run(args: Args) -> Result<()> {
         / rate(SHIPPED, "realistic events").max(1e-9);
     let realistic_ratio = traffic[1].1 / python_events.max(1e-9);
     let entity_f1 = accuracy[0].2;
+    // What the cache holds, next to the distinct segments' text it would hold if keyed by text.
+    let distinct: std::collections::HashSet<&str> = events[..args.traffic_events]
+        .iter()
+        .flat_map(aion_ner::segments)
+        .collect();
+    let text_bytes: usize = distinct.iter().map(|s| s.len()).sum();
 
     if args.json {
         let out = json!({
@@ -197,6 +203,7 @@ pub async fn run(args: Args) -> Result<()> {
             "model": rows.iter().map(|r| json!({"runtime": r.runtime, "set": r.set, "tokens_per_cpu_s": r.tokens_per_cpu_s})).collect::<Vec<_>>(),
             "accuracy": accuracy.iter().map(|(r, a, f)| json!({"runtime": r, "token_agreement": a, "entity_f1": f})).collect::<Vec<_>>(),
             "events": traffic.iter().map(|(p, e, h)| json!({"pipeline": p, "events_per_cpu_s": e, "cache_hit_rate": h})).collect::<Vec<_>>(),
+            "cache": {"entries": cache.len(), "bytes": cache.bytes(), "segment_text_bytes": text_bytes},
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
@@ -244,6 +251,13 @@ pub async fn run(args: Args) -> Result<()> {
             events / python_events.max(1e-9)
         );
     }
+    println!();
+    println!(
+        "segment cache after the traffic: {} entries holding {} KB; the same segments' text alone is {} KB",
+        cache.len(),
+        cache.bytes() / 1000,
+        text_bytes / 1000
+    );
     println!();
     println!("raw_ratio {raw_ratio:.2} (target ≥ 1.5 in f32), realistic_ratio {realistic_ratio:.2} (target ≥ 10), entity_f1 {entity_f1:.4}");
     Ok(())

@@ -44,6 +44,7 @@ pub const METRICS: &[Metric] = &[
     metric("aion_ner_batch_seconds", Histogram, "Seconds the enricher's model took per batch of retrieval events"),
     metric("aion_ner_segments_total", Counter, "Text segments the enricher labelled (source: the model, or the segment cache)"),
     metric("aion_ner_cache_entries", Gauge, "Segments held in the enricher's cache"),
+    metric("aion_ner_cache_bytes", Gauge, "Heap bytes the enricher's cache holds (keys and entities; passages are held as 128-bit keys)"),
     metric("aion_ner_cache_evictions_total", Counter, "Segments evicted from the enricher's cache"),
     metric("aion_redactions_total", Counter, "PII spans replaced by placeholders in the training shards (by type)"),
     metric("aion_shards_committed_total", Counter, "Parquet files committed to a shard table's manifest (by table)"),

@@ -2,20 +2,32 @@
 //! documents are retrieved again and again), and each is a segment of its own, so most of them
 //! need the model once.
 
+use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use crate::Entity;
 
-/// A bounded map from a segment's text (the key itself: no hash collision can swap two texts'
-/// entities) to its entities, offsets relative to the segment. Two generations: when the young
-/// one holds half the capacity it becomes the old one and the previous old one is dropped; a hit
-/// in the old generation moves the entry back. Lookups and inserts are O(1); what is used stays.
+/// A segment's key: two independently keyed SipHash-1-3 values of its text, 128 bits. The keys
+/// are random per process, so no input can be crafted to collide with another passage and be
+/// given its entities; by chance, any two of 100,000 segments collide with probability about
+/// 10⁻²⁹. The text itself is not held: a passage of thousands of characters costs 16 bytes.
+type Key = (u64, u64);
+
+/// A bounded map from a segment's text to its entities, offsets relative to the segment. One
+/// cache belongs to one loaded model, so the model is part of every key implicitly. Two
+/// generations: when the young one holds half the capacity it becomes the old one and the
+/// previous old one is dropped; a hit in the old generation moves the entry back. Lookups and
+/// inserts are O(1); what is used stays.
 #[derive(Debug, Default)]
 pub struct SegmentCache {
     capacity: usize,
-    young: HashMap<String, Arc<Vec<Entity>>>,
-    old: HashMap<String, Arc<Vec<Entity>>>,
+    hashers: (RandomState, RandomState),
+    young: HashMap<Key, Arc<Vec<Entity>>>,
+    old: HashMap<Key, Arc<Vec<Entity>>>,
+    young_bytes: usize,
+    old_bytes: usize,
     /// Segments answered without the model (cached, or repeated within a batch).
     pub hits: u64,
     /// Segments the model ran on.
@@ -41,25 +53,55 @@ impl SegmentCache {
         self.len() == 0
     }
 
+    /// Heap bytes the entries hold (keys, entity lists, their strings), for the memory gauge.
+    pub fn bytes(&self) -> usize {
+        self.young_bytes + self.old_bytes
+    }
+
+    fn key(&self, text: &str) -> Key {
+        (self.hashers.0.hash_one(text), self.hashers.1.hash_one(text))
+    }
+
     pub(crate) fn get(&mut self, text: &str) -> Option<Arc<Vec<Entity>>> {
-        if let Some(found) = self.young.get(text) {
+        let key = self.key(text);
+        if let Some(found) = self.young.get(&key) {
             return Some(found.clone());
         }
-        let (text, found) = self.old.remove_entry(text)?;
-        self.insert(text, found.clone());
+        let found = self.old.remove(&key)?;
+        self.old_bytes -= weight(&found);
+        self.insert_key(key, found.clone());
         Some(found)
     }
 
-    pub(crate) fn insert(&mut self, text: String, entities: Arc<Vec<Entity>>) {
+    pub(crate) fn insert(&mut self, text: &str, entities: Arc<Vec<Entity>>) {
+        let key = self.key(text);
+        self.insert_key(key, entities);
+    }
+
+    fn insert_key(&mut self, key: Key, entities: Arc<Vec<Entity>>) {
         if self.capacity == 0 {
             return;
         }
         if self.young.len() >= (self.capacity / 2).max(1) {
             self.evictions += self.old.len() as u64;
             self.old = std::mem::take(&mut self.young);
+            self.old_bytes = std::mem::take(&mut self.young_bytes);
         }
-        self.young.insert(text, entities);
+        self.young_bytes += weight(&entities);
+        if let Some(replaced) = self.young.insert(key, entities) {
+            self.young_bytes -= weight(&replaced);
+        }
     }
+}
+
+/// Heap bytes of one entry: its key and entity list in the map, the entities and their strings.
+fn weight(entities: &[Entity]) -> usize {
+    std::mem::size_of::<(Key, Arc<Vec<Entity>>)>()
+        + std::mem::size_of::<Vec<Entity>>()
+        + entities
+            .iter()
+            .map(|e| std::mem::size_of::<Entity>() + e.label.len() + e.text.len())
+            .sum::<usize>()
 }
 
 #[cfg(test)]
@@ -84,13 +126,13 @@ mod tests {
     fn bounded_and_what_is_used_stays() {
         let mut c = SegmentCache::new(4);
         for i in 0..4 {
-            c.insert(format!("t{i}"), entities(i));
+            c.insert(&format!("t{i}"), entities(i));
         }
         assert_eq!(c.len(), 4);
         // t0 is used: it moves to the young generation and survives the next turn.
         assert_eq!(c.get("t0").unwrap().len(), 0);
         for i in 4..6 {
-            c.insert(format!("t{i}"), entities(1));
+            c.insert(&format!("t{i}"), entities(1));
         }
         assert!(c.len() <= 4);
         assert!(c.get("t0").is_some());
@@ -101,8 +143,34 @@ mod tests {
     #[test]
     fn capacity_zero_caches_nothing() {
         let mut c = SegmentCache::new(0);
-        c.insert("t".into(), entities(1));
+        c.insert("t", entities(1));
         assert!(c.get("t").is_none());
         assert!(c.is_empty());
+        assert_eq!(c.bytes(), 0);
+    }
+
+    /// The byte count follows what is held: a passage's length does not count (only its key),
+    /// entity strings do, and evicted or replaced entries leave it.
+    #[test]
+    fn bytes_count_entities_not_passages() {
+        let mut c = SegmentCache::new(4);
+        let passage = "a long passage ".repeat(1000);
+        c.insert(&passage, entities(0));
+        let empty = c.bytes();
+        assert!(empty < 200, "{empty}");
+        c.insert(&passage, entities(2));
+        assert_eq!(c.bytes(), weight(&entities(2)));
+        assert!(c.get(&passage).is_some_and(|e| e.len() == 2));
+        for i in 0..4 {
+            c.insert(&format!("t{i}"), entities(1));
+        }
+        let held: usize = c
+            .young
+            .values()
+            .chain(c.old.values())
+            .map(|e| weight(e))
+            .sum();
+        assert_eq!(c.bytes(), held);
+        assert!(c.get(&passage).is_none(), "evicted");
     }
 }

@@ -49,8 +49,8 @@ pub struct EnrichOptions {
     pub decode: DecodeLimits,
 }
 
-/// Default of [`EnrichOptions::cache_entries`]: a few tens of MB for passages of a few hundred
-/// characters.
+/// Default of [`EnrichOptions::cache_entries`]: about 300 bytes an entry for a passage with a few
+/// entities, whatever its length (passages are held as 128-bit keys), so about 30 MB when full.
 pub const DEFAULT_CACHE_ENTRIES: usize = 100_000;
 
 /// Live counts.
@@ -122,7 +122,7 @@ pub fn enrich(
     }
     for (segment, entities) in todo.iter().zip(model.entities_batch(&todo, batch_size)?) {
         let entities = Arc::new(entities);
-        cache.insert((*segment).to_owned(), entities.clone());
+        cache.insert(segment, entities.clone());
         known.insert(segment, entities);
     }
     events
@@ -207,6 +207,7 @@ impl Stage for EnrichStage<'_> {
             .increment(cache.misses - misses);
         metrics::counter!("aion_ner_cache_evictions_total").increment(cache.evictions - evictions);
         metrics::gauge!("aion_ner_cache_entries").set(cache.len() as f64);
+        metrics::gauge!("aion_ner_cache_bytes").set(cache.bytes() as f64);
         drop(inputs);
         for ((record, event), enriched) in valid.into_iter().zip(enriched) {
             io.send(

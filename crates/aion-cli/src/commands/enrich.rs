@@ -22,7 +22,8 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 50)]
     pub max_wait_ms: u64,
     /// Segments (queries, passages) whose entities are kept, so a passage retrieved again skips
-    /// the model; 0 turns the cache off. Results are the same either way.
+    /// the model; 0 turns the cache off. Results are the same either way. An entry holds a
+    /// 128-bit key and the entities, not the text: about 300 bytes.
     #[arg(long, env = "AION_NER_CACHE_ENTRIES", default_value_t = aion_ner::DEFAULT_CACHE_ENTRIES)]
     pub cache_entries: usize,
 }
