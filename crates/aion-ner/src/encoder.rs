@@ -248,7 +248,7 @@ impl Encoder {
             "relu" => Activation::Relu,
             other => return Err(format!("hidden_act {other:?} is not supported")),
         };
-        if c.num_attention_heads == 0 || c.hidden_size % c.num_attention_heads != 0 {
+        if c.num_attention_heads == 0 || !c.hidden_size.is_multiple_of(c.num_attention_heads) {
             return Err(format!(
                 "hidden size {} is not a multiple of {} heads",
                 c.hidden_size, c.num_attention_heads

@@ -450,7 +450,7 @@ fn sum(xs: &[f32]) -> f32 {
 pub(crate) fn erf(x: f32) -> f32 {
     let x = x.clamp(-4.0, 4.0);
     let x2 = x * x;
-    let mut p = -2.726_142_2e-10_f32;
+    let mut p = -2.726_142e-10_f32;
     for c in [
         2.770_681_4e-8,
         -2.101_024e-6,

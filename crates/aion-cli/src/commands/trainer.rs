@@ -45,10 +45,10 @@ pub struct RunArgs {
     #[command(flatten)]
     pub base: BaseArgs,
     /// Training settings as TOML (fields of the trainer's TrainConfig: max_len, held_out_fraction,
-    /// schedule = "linear" | "constant", warmup_ratio, checkpoint_every, keep_checkpoints, seed,
-    /// ...); a trigger's recipe still sets the LoRA
-    /// shape, learning rate, epochs and batch. (Not `--config`: that is the global product
-    /// configuration, `AION_CONFIG`.)
+    /// schedule = "linear" | "constant", warmup_ratio, gradient_checkpointing = true for long
+    /// sequences, checkpoint_every, keep_checkpoints, seed, ...); a trigger's recipe still sets
+    /// the LoRA shape, learning rate, epochs and batch. (Not `--config`: that is the global
+    /// product configuration, `AION_CONFIG`.)
     #[arg(long, value_name = "FILE")]
     pub train_config: Option<PathBuf>,
     /// Stop each job after this many optimiser steps (smoke runs, CPU demos).
@@ -71,7 +71,8 @@ pub struct RunArgs {
     /// Root of the adapter directories (default: `<state dir>/adapters`).
     #[arg(long, env = "AION_ADAPTERS_DIR", value_name = "DIR")]
     pub adapters_dir: Option<PathBuf>,
-    /// Where jobs train: `cpu`, or `cuda` / `cuda:N` for a GPU (a build with `--features cuda`).
+    /// Where jobs train: `cpu` (f32 compute), or `cuda` / `cuda:N` for a GPU (bf16 compute over
+    /// the NF4 base, f32 adapters and optimiser state; a build with `--features cuda`).
     #[arg(
         long,
         env = "AION_TRAIN_DEVICE",

@@ -38,8 +38,11 @@ fn probe(rng: &mut StdRng) -> Value {
     }
 }
 
-/// Generated documents both sides judged differently, as (document, the decoder's verdict).
-fn disagreements<T: Schema>(seed: u64, cases: usize) -> (usize, Vec<(Value, Result<(), String>)>) {
+/// A generated document and the decoder's verdict on it.
+type Judged = (Value, Result<(), String>);
+
+/// How many generated documents the decoder accepted, and those both sides judged differently.
+fn disagreements<T: Schema>(seed: u64, cases: usize) -> (usize, Vec<Judged>) {
     let path = schema_dir().join(format!("{}.schema.json", T::NAME));
     let schema: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     // answer.v1 refers to retrieval.v1's definitions by its `$id`.
