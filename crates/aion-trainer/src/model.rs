@@ -307,11 +307,6 @@ impl Llama {
         self.embed.device()
     }
 
-    /// The dtype of its hidden states and matmuls.
-    pub fn compute_dtype(&self) -> DType {
-        self.compute
-    }
-
     /// The same model computing in `dtype`, QLoRA's `bnb_4bit_compute_dtype`: NF4 weights are
     /// dequantised to it and every matmul of the blocks (LoRA's included) runs in it, while the
     /// weights the model keeps (norms, embedding, lm_head, LoRA masters) stay f32. RMSNorm,
@@ -465,9 +460,8 @@ impl Llama {
             })?;
         let vars = lora.named_vars();
         let mut grads = HashMap::new();
-        for (i, (input, rng)) in inputs.into_iter().enumerate().rev() {
+        for (i, (input, mut rng)) in inputs.into_iter().enumerate().rev() {
             let x = Var::from_tensor(&input)?;
-            let mut rng = rng;
             let out = self.block(i, x.as_tensor(), &pass, Some(lora), rng.as_mut())?;
             let store = (out * &grad)?.sum_all()?.backward()?;
             for (_, var) in &vars {
