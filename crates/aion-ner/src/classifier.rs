@@ -10,7 +10,7 @@ use candle_nn::{Linear, Module};
 use serde::Deserialize;
 use tokenizers::Tokenizer;
 
-use crate::encoder::Encoder;
+use crate::encoder::{Encoder, Precision};
 use crate::entities::{aggregate, Aggregation, Entity, TokenPrediction};
 use crate::{kernels, Error, Result};
 
@@ -46,8 +46,9 @@ fn load_error(path: &Path, message: impl ToString) -> Error {
 }
 
 impl TokenClassifier {
-    /// Loads a Hugging Face token-classification directory.
-    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+    /// Loads a Hugging Face token-classification directory, its dense layers computed in
+    /// `precision` (int8 only on the CPU).
+    pub fn load(dir: &Path, device: &Device, precision: Precision) -> Result<Self> {
         let config_path = dir.join("config.json");
         let text =
             std::fs::read_to_string(&config_path).map_err(|e| load_error(&config_path, e))?;
@@ -64,7 +65,8 @@ impl TokenClassifier {
         let weights = dir.join("model.safetensors");
         let tensors = candle_core::safetensors::load(&weights, device)
             .map_err(|e| load_error(&weights, e))?;
-        let encoder = Encoder::load(&text, &tensors).map_err(|e| load_error(&weights, e))?;
+        let encoder =
+            Encoder::load(&text, &tensors, precision).map_err(|e| load_error(&weights, e))?;
         let classifier = match (
             tensors.get("classifier.weight"),
             tensors.get("classifier.bias"),

@@ -11,7 +11,7 @@ use futures::StreamExt;
 use object_store::http::HttpBuilder;
 use object_store::{ClientOptions, HeaderMap, HeaderValue, ObjectStoreExt, RetryConfig};
 
-use crate::{Error, Result, TokenClassifier};
+use crate::{Error, Precision, Result, TokenClassifier};
 
 /// What a token-classification directory needs; the optional files are fetched when present.
 const REQUIRED: [&str; 3] = ["config.json", "model.safetensors", "tokenizer.json"];
@@ -126,7 +126,7 @@ pub async fn pull(hub: &Hub, repo: &str, revision: &str, dest: &Path) -> Result<
         }
         out.sync_all().map_err(|e| pull_error(repo, e))?;
     }
-    TokenClassifier::load(&staging, &Device::Cpu)?;
+    TokenClassifier::load(&staging, &Device::Cpu, Precision::F32)?;
     let _ = std::fs::remove_dir_all(dest);
     std::fs::rename(&staging, dest).map_err(|e| pull_error(repo, e))?;
     Ok(dest.to_owned())

@@ -268,6 +268,92 @@ impl CustomOp1 for Dense<'_> {
     }
 }
 
+/// A linear layer's weights and bias for [`dense_int8`]: the weights quantised once (blocks of 32
+/// inputs on their own integer grid, which for a 4-bit model are its own codes).
+#[derive(Debug)]
+pub struct Quantized {
+    weights: aion_int8::Weights,
+    bias: Vec<f32>,
+}
+
+impl Quantized {
+    /// Quantises `weight` `[inputs, outputs]`; `bias` is `[outputs]`.
+    pub fn new(weight: &Tensor, bias: &Tensor) -> candle_core::Result<Self> {
+        let (inputs, outputs) = weight.dims2()?;
+        let values: Vec<f32> = weight.flatten_all()?.to_vec1()?;
+        Ok(Self {
+            weights: aion_int8::Weights::quantize(&values, inputs, outputs),
+            bias: bias.to_vec1()?,
+        })
+    }
+}
+
+/// [`dense`] in int8: the rows quantised per block of 32 to int8, multiplied by the quantised
+/// weights in integers ([`aion_int8`]), then bias and GELU in f32.
+pub fn dense_int8(x: &Tensor, q: &Quantized, gelu: bool) -> candle_core::Result<Tensor> {
+    x.apply_op1_no_bwd(&DenseInt8 { q, gelu })
+}
+
+struct DenseInt8<'a> {
+    q: &'a Quantized,
+    gelu: bool,
+}
+
+impl CustomOp1 for DenseInt8<'_> {
+    fn name(&self) -> &'static str {
+        "aion-dense-int8"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous(self.name(), s, l)?;
+        let (rows, inputs) = l.shape().dims2()?;
+        let w = &self.q.weights;
+        if inputs != w.inputs() {
+            candle_core::bail!(
+                "dense: {inputs} input features, the weights take {}",
+                w.inputs()
+            );
+        }
+        let mut out = vec![0f32; rows * w.outputs()];
+        aion_int8::matmul(
+            &aion_int8::Activations::quantize(x, rows, inputs),
+            w,
+            &mut out,
+        );
+        pulp::Arch::new().dispatch(BiasGelu {
+            out: &mut out,
+            bias: &self.q.bias,
+            gelu: self.gelu,
+        });
+        Ok((CpuStorage::F32(out), Shape::from((rows, w.outputs()))))
+    }
+}
+
+/// Adds the bias to every row, then exact GELU if `gelu`; vectorised inside `pulp`'s dispatch.
+struct BiasGelu<'a> {
+    out: &'a mut [f32],
+    bias: &'a [f32],
+    gelu: bool,
+}
+
+impl pulp::WithSimd for BiasGelu<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) {
+        for row in self.out.chunks_exact_mut(self.bias.len().max(1)) {
+            for (v, b) in row.iter_mut().zip(self.bias) {
+                *v += b;
+            }
+            if self.gelu {
+                for v in row.iter_mut() {
+                    *v = gelu_erf_scalar(*v);
+                }
+            }
+        }
+    }
+}
+
 /// Rows of the largest tile.
 const MAX_TILE_ROWS: usize = 12;
 /// Input bytes of the rows one pass of the panels covers: a quarter of a typical 1 MiB L2.

@@ -22,6 +22,7 @@ mod terms;
 
 pub use cache::SegmentCache;
 pub use classifier::TokenClassifier;
+pub use encoder::Precision;
 pub use entities::{aggregate, argmax, likely_names, Aggregation, Entity, TokenPrediction};
 pub use hub::{pull, Hub};
 pub use keyphrases::keyphrases;

@@ -22,7 +22,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::{
-    keyphrases, merge_entities, top_terms, Entity, Error, Result, SegmentCache, TokenClassifier,
+    keyphrases, merge_entities, top_terms, Entity, Error, Precision, Result, SegmentCache,
+    TokenClassifier,
 };
 
 const STAGE: &str = "enrich";
@@ -47,6 +48,8 @@ pub struct EnrichOptions {
     /// Segments whose entities are kept ([`SegmentCache`]); 0 turns the cache off.
     pub cache_entries: usize,
     pub decode: DecodeLimits,
+    /// The dense layers' arithmetic.
+    pub precision: Precision,
 }
 
 /// Default of [`EnrichOptions::cache_entries`]: about 300 bytes an entry for a passage with a few
@@ -226,7 +229,7 @@ impl Stage for EnrichStage<'_> {
 
 /// Runs until `stop`.
 pub async fn run(options: &EnrichOptions, stop: CancellationToken, stats: &Stats) -> Result<()> {
-    let model = TokenClassifier::load(&options.model_dir, &Device::Cpu)?;
+    let model = TokenClassifier::load(&options.model_dir, &Device::Cpu, options.precision)?;
     let mut plan = Plan::new(
         vec![options.input_topic.clone()],
         vec![options.output_topic.clone()],
@@ -235,7 +238,7 @@ pub async fn run(options: &EnrichOptions, stop: CancellationToken, stats: &Stats
     plan.batch = options.batch_size;
     plan.max_wait = options.max_wait;
     plan.decode = options.decode;
-    info!(model = %options.model_dir.display(), batch = options.batch_size, cache = options.cache_entries, "enricher model loaded");
+    info!(model = %options.model_dir.display(), precision = %options.precision, batch = options.batch_size, cache = options.cache_entries, "enricher model loaded");
     let stage = EnrichStage {
         options,
         stats,

@@ -26,6 +26,13 @@ pub struct RunArgs {
     /// 128-bit key and the entities, not the text: about 300 bytes.
     #[arg(long, env = "AION_NER_CACHE_ENTRIES", default_value_t = aion_ner::DEFAULT_CACHE_ENTRIES)]
     pub cache_entries: usize,
+    /// The arithmetic of the model's dense layers. `f32` gives the shipped model's results.
+    /// `int8` quantises activations per block of 32 against the weights' own 4-bit grid (the
+    /// numerics of onnxruntime's `accuracy_level = 4`): on the offline model, 1.6× the events per
+    /// CPU-second at entity F1 0.992 against the shipped model. Default: int8 where the CPU has
+    /// AVX2 or VNNI, else f32.
+    #[arg(long, env = "AION_NER_PRECISION", default_value_t = aion_ner::Precision::default())]
+    pub precision: aion_ner::Precision,
 }
 
 /// The offline model's directory.
@@ -51,6 +58,7 @@ pub async fn run(args: RunArgs, ctx: &Context, stop: CancellationToken) -> Resul
         max_wait: Duration::from_millis(args.max_wait_ms),
         cache_entries: args.cache_entries,
         decode: ctx.decode_limits(),
+        precision: args.precision,
     };
     Ok(aion_ner::run(&options, stop, &Stats::default()).await?)
 }

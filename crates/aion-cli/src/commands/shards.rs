@@ -121,7 +121,12 @@ impl NerFinder {
                 dir.display()
             );
         }
-        let model = aion_ner::TokenClassifier::load(dir, &candle_core::Device::Cpu)?;
+        // f32: redaction is where a missed name leaks, so it keeps the shipped model's results.
+        let model = aion_ner::TokenClassifier::load(
+            dir,
+            &candle_core::Device::Cpu,
+            aion_ner::Precision::F32,
+        )?;
         Ok(Self(aion_ner::NameFinder::new(model)))
     }
 }

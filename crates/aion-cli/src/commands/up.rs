@@ -84,6 +84,7 @@ pub async fn run(args: Args, mut ctx: Context, stop: CancellationToken) -> Resul
             max_wait: Duration::from_millis(50),
             cache_entries: aion_ner::DEFAULT_CACHE_ENTRIES,
             decode: ctx.decode_limits(),
+            precision: aion_ner::Precision::default(),
         };
         println!("          enrich: NER + keyphrases → retrieval.enriched.v1");
         let (stop, stats) = (stop.clone(), enrich_stats.clone());

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 
 use std::collections::HashSet;
 
-use aion_ner::{Aggregation, Entity, TokenClassifier};
+use aion_ner::{Aggregation, Entity, Precision, TokenClassifier};
 use candle_core::Device;
 
 fn cache() -> PathBuf {
@@ -18,14 +18,19 @@ fn cache() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/aion"))
 }
 
-fn model() -> TokenClassifier {
+fn model_dir() -> PathBuf {
     let dir = cache().join("models/rampart-1.4.0");
     assert!(
         dir.join("model.safetensors").is_file(),
         "{}: run scripts/setup",
         dir.display()
     );
-    TokenClassifier::load(&dir, &Device::Cpu).unwrap()
+    dir
+}
+
+/// The model in f32, the shipped model's arithmetic.
+fn model() -> TokenClassifier {
+    TokenClassifier::load(&model_dir(), &Device::Cpu, Precision::F32).unwrap()
 }
 
 const TEXTS: [&str; 4] = [
@@ -164,6 +169,51 @@ fn entities_match_the_reference_aggregation_over_onnxruntime() {
         assert!(both > 1000, "the texts are full of entities: {both}");
         assert!(f1 >= 0.99, "{}: entity F1 {f1}", strategy.name());
     }
+}
+
+/// Int8, the enricher's default where the CPU has an int8 kernel: its entities against the
+/// shipped model's (the reference aggregation over onnxruntime) on the same 640 texts, and its
+/// token labels against f32's, which equal onnxruntime's (test above).
+#[test]
+fn int8_entities_stay_within_one_percent_of_the_shipped_model() {
+    let mut texts = aion_ner::parity_texts();
+    texts.extend(labelled().into_iter().map(|l| l.text));
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let expected: Vec<std::collections::HashMap<String, Vec<Span>>> =
+        reference("ner_entities_reference.py", &refs);
+    let int8 = TokenClassifier::load(&model_dir(), &Device::Cpu, Precision::Int8).unwrap();
+    let strategy = int8.aggregation();
+    let ours: Vec<HashSet<Span>> = int8
+        .entities_batch(&refs, 16)
+        .unwrap()
+        .iter()
+        .map(|e| spans(e))
+        .collect();
+    let theirs: Vec<HashSet<Span>> = expected
+        .iter()
+        .map(|e| e[strategy.name()].iter().cloned().collect())
+        .collect();
+    let (both, only_ours, only_theirs, f1) = f1(&ours, &theirs);
+    let f32_labels = model().token_predictions(&refs, 16).unwrap();
+    let int8_labels = int8.token_predictions(&refs, 16).unwrap();
+    let (mut tokens, mut agree) = (0usize, 0usize);
+    for (a, b) in f32_labels
+        .iter()
+        .flatten()
+        .zip(int8_labels.iter().flatten())
+    {
+        tokens += 1;
+        agree += usize::from(aion_ner::argmax(&a.probs).0 == aion_ner::argmax(&b.probs).0);
+    }
+    let agreement = agree as f64 / tokens as f64;
+    eprintln!("int8 ({} kernel): {both} entities shared, {only_ours} only int8, {only_theirs} only the reference, F1 {f1:.4}; token agreement with f32 {:.4}%", aion_int8::Kernel::detect().name(), agreement * 100.0);
+    assert!(both > 1000, "the texts are full of entities: {both}");
+    assert!(f1 >= 0.99, "int8 entity F1 {f1}");
+    assert!(agreement >= 0.995, "int8 token agreement {agreement}");
+    assert!(
+        agreement < 1.0,
+        "int8 computed exactly what f32 did: is it running?"
+    );
 }
 
 /// The default aggregation is the one with the best entity F1 against the gold words of the

@@ -1,0 +1,484 @@
+//! Int8 matrix products `x · W` for inference on the CPU, with the numerics of onnxruntime's
+//! 4-bit `MatMulNBits` at `accuracy_level = 4`:
+//! - **weights** are split into blocks of [`BLOCK`] inputs per output column, each block a scale
+//!   and integer codes. A block that lies exactly on a grid of at most 63 steps (a 4-bit model's
+//!   own codes, dequantised) keeps that grid, so its codes are the model's; any other block is
+//!   rounded to 63 steps.
+//! - **activations** are quantised per row and block of 32 to int8 with a scale of `max|x| / 127`.
+//! - Each block's products are summed exactly in 32-bit integers, then scaled and accumulated in
+//!   f32, block after block, with one fused multiply-add per block.
+//!
+//! Four kernels, chosen at run time ([`Kernel::detect`]): AVX-512 VNNI, AVX-VNNI, AVX2 and
+//! scalar. They compute the same operations in the same order, so their results are equal bit
+//! for bit; the tests hold every kernel the CPU has to the scalar one.
+//!
+//! VNNI multiplies unsigned by signed bytes, so weight codes are stored shifted by 64 as `u8`, and
+//! each block's integer sum starts from `-64 · Σ activation codes` (computed when the activations
+//! are quantised), which cancels the shift at no cost in the inner loop. Weight codes stay within
+//! ±63 so that AVX2's pairwise 16-bit sums (`127 · 127 · 2`) cannot saturate.
+
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+/// Inputs per quantisation block.
+pub const BLOCK: usize = 32;
+/// Inputs one 32-bit lane sums: VNNI's four byte products.
+const GROUP: usize = 4;
+/// Output columns per packed panel: one AVX-512 vector of 32-bit lanes.
+const PANEL: usize = 16;
+/// Bytes of one panel's codes for one block.
+const PANEL_BLOCK: usize = PANEL * BLOCK;
+/// The largest weight code.
+const MAX_CODE: i32 = 63;
+/// What weight codes are shifted by to be unsigned.
+const SHIFT: i32 = 64;
+
+/// An implementation of [`matmul`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    /// 512-bit `vpdpbusd` (AVX-512 VNNI).
+    Avx512Vnni,
+    /// 256-bit `vpdpbusd` (AVX-VNNI).
+    AvxVnni,
+    /// 256-bit `vpmaddubsw` + `vpmaddwd` (AVX2).
+    Avx2,
+    /// Plain Rust: the reference, and any other CPU.
+    Scalar,
+}
+
+impl Kernel {
+    /// Every kernel, fastest first.
+    pub const ALL: [Kernel; 4] = [
+        Kernel::Avx512Vnni,
+        Kernel::AvxVnni,
+        Kernel::Avx2,
+        Kernel::Scalar,
+    ];
+
+    /// The fastest kernel this CPU runs.
+    pub fn detect() -> Kernel {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.available())
+            .unwrap_or(Kernel::Scalar)
+    }
+
+    /// Whether this CPU has the instructions of `self`.
+    pub fn available(self) -> bool {
+        match self {
+            Kernel::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512Vnni => x86::has_avx512_vnni(),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::AvxVnni => x86::has_avx_vnni(),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => x86::has_avx2(),
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// A short name, as metrics and benchmarks print it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Avx512Vnni => "avx512-vnni",
+            Kernel::AvxVnni => "avx-vnni",
+            Kernel::Avx2 => "avx2",
+            Kernel::Scalar => "scalar",
+        }
+    }
+}
+
+/// A weight matrix `[inputs, outputs]` quantised and packed once: panels of 16 output columns;
+/// within a panel, block after block; within a block, groups of 4 inputs, each group the 16
+/// columns' 4 codes side by side (what one `vpdpbusd` takes).
+#[derive(Clone, Debug)]
+pub struct Weights {
+    inputs: usize,
+    outputs: usize,
+    blocks: usize,
+    panels: usize,
+    /// Codes plus [`SHIFT`].
+    codes: Vec<u8>,
+    /// `[panel][block][column]`.
+    scales: Vec<f32>,
+}
+
+impl Weights {
+    /// Quantises `weight`, row-major `[inputs][outputs]` (inputs along the rows, as `x · W`
+    /// reads it).
+    ///
+    /// # Panics
+    /// If `weight` does not hold `inputs · outputs` values.
+    pub fn quantize(weight: &[f32], inputs: usize, outputs: usize) -> Self {
+        assert_eq!(
+            weight.len(),
+            inputs * outputs,
+            "weight is not {inputs} × {outputs}"
+        );
+        let blocks = inputs.div_ceil(BLOCK);
+        let panels = outputs.div_ceil(PANEL);
+        let mut codes = vec![SHIFT as u8; panels * blocks * PANEL_BLOCK];
+        let mut scales = vec![0f32; panels * blocks * PANEL];
+        let mut values = [0f32; BLOCK];
+        for n in 0..outputs {
+            let (panel, column) = (n / PANEL, n % PANEL);
+            for b in 0..blocks {
+                let ks = b * BLOCK..inputs.min((b + 1) * BLOCK);
+                values.fill(0.0);
+                for (v, k) in values.iter_mut().zip(ks) {
+                    *v = weight[k * outputs + n];
+                }
+                let (scale, block_codes) = quantize_weight_block(&values);
+                let at = (panel * blocks + b) * PANEL + column;
+                scales[at] = scale;
+                let base = (panel * blocks + b) * PANEL_BLOCK;
+                for (i, &c) in block_codes.iter().enumerate() {
+                    let (group, lane) = (i / GROUP, i % GROUP);
+                    codes[base + (group * PANEL + column) * GROUP + lane] = (c + SHIFT) as u8;
+                }
+            }
+        }
+        Self {
+            inputs,
+            outputs,
+            blocks,
+            panels,
+            codes,
+            scales,
+        }
+    }
+
+    /// Input features.
+    pub fn inputs(&self) -> usize {
+        self.inputs
+    }
+
+    /// Output features.
+    pub fn outputs(&self) -> usize {
+        self.outputs
+    }
+
+    /// The weight a code stands for, `[input][output]`: what [`matmul`] multiplies by.
+    pub fn dequantized(&self, input: usize, output: usize) -> f32 {
+        let (panel, column) = (output / PANEL, output % PANEL);
+        let (b, i) = (input / BLOCK, input % BLOCK);
+        let base = (panel * self.blocks + b) * PANEL_BLOCK;
+        let code = i32::from(self.codes[base + (i / GROUP * PANEL + column) * GROUP + i % GROUP]);
+        (code - SHIFT) as f32 * self.scales[(panel * self.blocks + b) * PANEL + column]
+    }
+
+    /// One panel's shifted codes and scales for one block.
+    #[inline(always)]
+    fn panel_block(&self, panel: usize, block: usize) -> (&[u8], &[f32]) {
+        let at = panel * self.blocks + block;
+        (
+            &self.codes[at * PANEL_BLOCK..][..PANEL_BLOCK],
+            &self.scales[at * PANEL..][..PANEL],
+        )
+    }
+}
+
+/// A block's scale and codes: the coarsest grid of at most [`MAX_CODE`] steps every value lies on
+/// (to 1e-4 of a step), else [`MAX_CODE`] steps rounded.
+fn quantize_weight_block(values: &[f32; BLOCK]) -> (f32, [i32; BLOCK]) {
+    let max = values.iter().fold(0f32, |m, v| m.max(v.abs()));
+    if max == 0.0 {
+        return (0.0, [0; BLOCK]);
+    }
+    let on_grid = |steps: i32| {
+        values.iter().all(|&v| {
+            let x = v * steps as f32 / max;
+            (x - x.round()).abs() <= 1e-4
+        })
+    };
+    let steps = (1..=MAX_CODE).find(|&s| on_grid(s)).unwrap_or(MAX_CODE);
+    let scale = max / steps as f32;
+    let codes = values.map(|v| (v / scale).round().clamp(-MAX_CODE as f32, MAX_CODE as f32) as i32);
+    (scale, codes)
+}
+
+/// Rows of activations `[rows, inputs]` quantised per block of 32 inputs.
+#[derive(Clone, Debug)]
+pub struct Activations {
+    rows: usize,
+    inputs: usize,
+    blocks: usize,
+    /// `[row][blocks · BLOCK]`, zero past `inputs`.
+    codes: Vec<i8>,
+    /// `[row][block]`.
+    scales: Vec<f32>,
+    /// `[row][block]`: `-SHIFT · Σ codes`, where a block's integer sum starts.
+    starts: Vec<i32>,
+}
+
+impl Activations {
+    /// Quantises `x`, row-major `[rows][inputs]`.
+    ///
+    /// # Panics
+    /// If `x` does not hold `rows · inputs` values.
+    pub fn quantize(x: &[f32], rows: usize, inputs: usize) -> Self {
+        assert_eq!(
+            x.len(),
+            rows * inputs,
+            "activations are not {rows} × {inputs}"
+        );
+        let blocks = inputs.div_ceil(BLOCK);
+        let mut a = Self {
+            rows,
+            inputs,
+            blocks,
+            codes: vec![0; rows * blocks * BLOCK],
+            scales: vec![0f32; rows * blocks],
+            starts: vec![0; rows * blocks],
+        };
+        #[cfg(target_arch = "x86_64")]
+        if x86::has_avx2() {
+            x86::quantize_activations_avx2(x, &mut a);
+            return a;
+        }
+        quantize_activations(x, &mut a);
+        a
+    }
+
+    /// Rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// One row's codes, scales and block starts.
+    #[inline(always)]
+    fn row(&self, row: usize) -> (&[i8], &[f32], &[i32]) {
+        (
+            &self.codes[row * self.blocks * BLOCK..][..self.blocks * BLOCK],
+            &self.scales[row * self.blocks..][..self.blocks],
+            &self.starts[row * self.blocks..][..self.blocks],
+        )
+    }
+}
+
+/// The body of [`Activations::quantize`] on CPUs without AVX2.
+fn quantize_activations(x: &[f32], a: &mut Activations) {
+    let width = a.blocks * BLOCK;
+    for (((row, codes), scales), starts) in x
+        .chunks_exact(a.inputs.max(1))
+        .zip(a.codes.chunks_exact_mut(width))
+        .zip(a.scales.chunks_exact_mut(a.blocks))
+        .zip(a.starts.chunks_exact_mut(a.blocks))
+    {
+        for (((values, codes), scale), start) in row
+            .chunks(BLOCK)
+            .zip(codes.chunks_exact_mut(BLOCK))
+            .zip(scales.iter_mut())
+            .zip(starts.iter_mut())
+        {
+            // Eight running maxima: a select per lane vectorises, a float `max` fold does not.
+            let mut max = [0f32; 8];
+            for (i, v) in values.iter().enumerate() {
+                let a = v.abs();
+                max[i % 8] = if a > max[i % 8] { a } else { max[i % 8] };
+            }
+            let max = max.into_iter().fold(0f32, f32::max);
+            *scale = max / 127.0;
+            let inverse = if max > 0.0 { 127.0 / max } else { 0.0 };
+            for (c, &v) in codes.iter_mut().zip(values) {
+                *c = (v * inverse).round_ties_even() as i8;
+            }
+            *start = -SHIFT * codes.iter().map(|&c| i32::from(c)).sum::<i32>();
+        }
+    }
+}
+
+/// `out = x · W`, row-major `[rows][outputs]`, with the fastest kernel of this CPU.
+///
+/// # Panics
+/// If the shapes do not match.
+pub fn matmul(x: &Activations, w: &Weights, out: &mut [f32]) {
+    matmul_with(Kernel::detect(), x, w, out);
+}
+
+/// [`matmul`] with a chosen kernel.
+///
+/// # Panics
+/// If the shapes do not match, or the CPU does not have the kernel's instructions.
+pub fn matmul_with(kernel: Kernel, x: &Activations, w: &Weights, out: &mut [f32]) {
+    assert_eq!(
+        x.inputs, w.inputs,
+        "activations and weights differ in inputs"
+    );
+    assert_eq!(out.len(), x.rows * w.outputs, "out is not rows × outputs");
+    assert!(
+        kernel.available(),
+        "this CPU cannot run the {} kernel",
+        kernel.name()
+    );
+    match kernel {
+        Kernel::Scalar => scalar(x, w, out),
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512Vnni => x86::avx512_vnni(x, w, out),
+        #[cfg(target_arch = "x86_64")]
+        Kernel::AvxVnni => x86::avx_vnni(x, w, out),
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 => x86::avx2(x, w, out),
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => unreachable!("checked available"),
+    }
+}
+
+/// The reference kernel: per block, the exact integer sum, then one fused multiply-add.
+fn scalar(x: &Activations, w: &Weights, out: &mut [f32]) {
+    for (row, out) in out.chunks_exact_mut(w.outputs.max(1)).enumerate() {
+        let (codes, x_scales, starts) = x.row(row);
+        for (n, out) in out.iter_mut().enumerate() {
+            let (panel, column) = (n / PANEL, n % PANEL);
+            let mut acc = 0f32;
+            for (b, &x_scale) in x_scales.iter().enumerate() {
+                let (w_codes, w_scales) = w.panel_block(panel, b);
+                let mut sum = starts[b];
+                for (i, &xc) in codes[b * BLOCK..][..BLOCK].iter().enumerate() {
+                    let wc = w_codes[(i / GROUP * PANEL + column) * GROUP + i % GROUP];
+                    sum += i32::from(xc) * i32::from(wc);
+                }
+                acc = (sum as f32).mul_add(w_scales[column] * x_scale, acc);
+            }
+            *out = acc;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::{rngs::StdRng, Rng, SeedableRng};
+
+    use super::*;
+
+    fn random(rng: &mut StdRng, n: usize) -> Vec<f32> {
+        (0..n).map(|_| rng.random_range(-2.0f32..2.0)).collect()
+    }
+
+    /// Every kernel this CPU has equals the scalar one bit for bit, on shapes with partial blocks,
+    /// partial panels and row counts that leave partial tiles.
+    #[test]
+    fn every_available_kernel_equals_the_scalar_one() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut ran = Vec::new();
+        for (rows, inputs, outputs) in [
+            (1, 32, 16),
+            (7, 64, 48),
+            (13, 384, 1152),
+            (5, 70, 23),
+            (9, 1536, 384),
+            (2, 31, 1),
+            (0, 64, 32),
+        ] {
+            let w = Weights::quantize(&random(&mut rng, inputs * outputs), inputs, outputs);
+            let x = Activations::quantize(&random(&mut rng, rows * inputs), rows, inputs);
+            let mut reference = vec![0f32; rows * outputs];
+            matmul_with(Kernel::Scalar, &x, &w, &mut reference);
+            for kernel in Kernel::ALL.into_iter().filter(|k| k.available()) {
+                let mut out = vec![f32::NAN; rows * outputs];
+                matmul_with(kernel, &x, &w, &mut out);
+                let same = out
+                    .iter()
+                    .zip(&reference)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(
+                    same,
+                    "{} differs from scalar at {rows}×{inputs}×{outputs}",
+                    kernel.name()
+                );
+                ran.push(kernel.name());
+            }
+        }
+        ran.dedup();
+        eprintln!("kernels run: {ran:?}");
+    }
+
+    /// The scalar kernel computes what the module says: per block, the integer sum of the codes'
+    /// products times both scales, against an f64 computation of the same codes.
+    #[test]
+    fn the_scalar_kernel_is_the_blockwise_definition() {
+        let mut rng = StdRng::seed_from_u64(8);
+        let (rows, inputs, outputs) = (3, 100, 20);
+        let xs = random(&mut rng, rows * inputs);
+        let w = Weights::quantize(&random(&mut rng, inputs * outputs), inputs, outputs);
+        let x = Activations::quantize(&xs, rows, inputs);
+        let mut out = vec![0f32; rows * outputs];
+        matmul_with(Kernel::Scalar, &x, &w, &mut out);
+        for r in 0..rows {
+            let (codes, scales, _) = x.row(r);
+            for n in 0..outputs {
+                let expected: f64 = (0..inputs)
+                    .map(|k| {
+                        let xq = f64::from(codes[k]) * f64::from(scales[k / BLOCK]);
+                        xq * f64::from(w.dequantized(k, n))
+                    })
+                    .sum();
+                let got = f64::from(out[r * outputs + n]);
+                assert!(
+                    (got - expected).abs() < 1e-4 * (1.0 + expected.abs()),
+                    "{got} vs {expected}"
+                );
+                // And the quantised product is near the float one.
+                let float: f64 = (0..inputs)
+                    .map(|k| f64::from(xs[r * inputs + k]) * f64::from(w.dequantized(k, n)))
+                    .sum();
+                assert!(
+                    (got - float).abs() < 0.05 * (1.0 + float.abs()),
+                    "{got} vs {float}"
+                );
+            }
+        }
+    }
+
+    /// Weights on a 4-bit grid (a 4-bit model dequantised: `(q - 8) · scale`) keep their codes:
+    /// every weight is represented exactly.
+    #[test]
+    fn a_four_bit_model_keeps_its_own_codes() {
+        let mut rng = StdRng::seed_from_u64(9);
+        let (inputs, outputs) = (96, 40);
+        let scales: Vec<f32> = (0..outputs * 3)
+            .map(|_| rng.random_range(0.001f32..0.1))
+            .collect();
+        let weight: Vec<f32> = (0..inputs * outputs)
+            .map(|i| {
+                let (k, n) = (i / outputs, i % outputs);
+                (rng.random_range(0..16) - 8) as f32 * scales[n * 3 + k / BLOCK]
+            })
+            .collect();
+        let w = Weights::quantize(&weight, inputs, outputs);
+        for k in 0..inputs {
+            for n in 0..outputs {
+                let (a, b) = (w.dequantized(k, n), weight[k * outputs + n]);
+                assert!((a - b).abs() <= 2.0 * f32::EPSILON * b.abs(), "{a} vs {b}");
+            }
+        }
+        // Off the grid: 63 steps, so within half a step of each block's largest value.
+        let noisy: Vec<f32> = weight
+            .iter()
+            .map(|v| v + rng.random_range(-1e-3f32..1e-3))
+            .collect();
+        let w = Weights::quantize(&noisy, inputs, outputs);
+        for k in 0..inputs {
+            for n in 0..outputs {
+                let block = (k / BLOCK * BLOCK..(k / BLOCK + 1) * BLOCK)
+                    .map(|k| noisy[k * outputs + n].abs());
+                let half_step = block.fold(0f32, f32::max) / (2.0 * 63.0);
+                let err = (w.dequantized(k, n) - noisy[k * outputs + n]).abs();
+                assert!(
+                    err <= half_step * 1.001,
+                    "error {err}, half a step {half_step}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn zero_rows_and_blocks_give_zeros() {
+        let w = Weights::quantize(&[0.0; 64 * 3], 64, 3);
+        let x = Activations::quantize(&[1.0; 2 * 64], 2, 64);
+        let mut out = vec![1f32; 6];
+        matmul(&x, &w, &mut out);
+        assert_eq!(out, vec![0.0; 6]);
+    }
+}
