@@ -139,12 +139,35 @@ impl Dense {
 struct Norm {
     weight: Tensor,
     bias: Tensor,
+    /// The weight and bias as the CPU kernel reads them.
+    cpu: Option<(Vec<f32>, Vec<f32>)>,
     eps: f32,
 }
 
 impl Norm {
+    fn new(weight: Tensor, bias: Tensor, eps: f64) -> candle_core::Result<Self> {
+        let cpu = match weight.device() {
+            Device::Cpu => Some((weight.to_vec1()?, bias.to_vec1()?)),
+            _ => None,
+        };
+        Ok(Self {
+            weight,
+            bias,
+            cpu,
+            eps: eps as f32,
+        })
+    }
+
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps)
+    }
+
+    /// `LayerNorm(x + residual)`, one fused pass on the CPU.
+    fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> candle_core::Result<Tensor> {
+        match &self.cpu {
+            Some((weight, bias)) => kernels::add_layer_norm(x, residual, weight, bias, self.eps),
+            None => self.forward(&x.add(residual)?),
+        }
     }
 }
 
@@ -280,11 +303,8 @@ impl Weights<'_> {
             self.get(&format!("{name}.{a}"))
                 .or_else(|_| self.get(&format!("{name}.{b}")))
         };
-        Ok(Norm {
-            weight: either("weight", "gamma")?,
-            bias: either("bias", "beta")?,
-            eps: eps as f32,
-        })
+        Norm::new(either("weight", "gamma")?, either("bias", "beta")?, eps)
+            .map_err(|e| format!("{name}: {e}"))
     }
 }
 
@@ -403,11 +423,11 @@ impl Encoder {
             let context = kernels::attention(&qkv, lengths, self.heads)?;
             let attended = layer
                 .attention_norm
-                .forward(&layer.attention_out.forward(&context)?.add(&x)?)?;
+                .forward_residual(&layer.attention_out.forward(&context)?, &x)?;
             let up = layer.up.forward_activated(&attended, self.activation)?;
             x = layer
                 .output_norm
-                .forward(&layer.down.forward(&up)?.add(&attended)?)?;
+                .forward_residual(&layer.down.forward(&up)?, &attended)?;
         }
         Ok(x)
     }

@@ -6,7 +6,7 @@
 //! SSE2) without unsafe code or a `target-cpu` baked into the binary. Other devices use candle's
 //! ops.
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 
 /// Softmax over the last dimension.
 pub fn softmax_last_dim(xs: &Tensor) -> candle_core::Result<Tensor> {
@@ -97,26 +97,30 @@ struct PackedAttention<'a> {
     hidden: usize,
 }
 
+/// Queries per attention tile: their scores share each key vector loaded, and their context
+/// sums share each value vector, in independent registers.
+const QUERIES: usize = 4;
+
 impl pulp::WithSimd for PackedAttention<'_> {
     type Output = ();
 
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, simd: S) {
         let lanes = S::F32_LANES;
-        let block = 4 * lanes;
+        // Two vectors: the width of a score tile and of a context tile.
+        let block = 2 * lanes;
         let (hidden, dim) = (self.hidden, self.hidden / self.heads);
-        let padded_dim = dim.next_multiple_of(lanes);
+        let padded_dim = dim.next_multiple_of(block);
         let row = |t: usize| &self.qkv[t * 3 * hidden..(t + 1) * 3 * hidden];
         let zero = simd.splat_f32s(0.0);
-        // One head's keys transposed, `[dim][n rounded up to a block]`: a query's scores are then
-        // multiply-adds of whole vectors across the keys, four vectors at a time in registers.
+        // One head's keys transposed, `[dim][n rounded up to a block]`: the scores of a tile of
+        // queries are then multiply-adds of whole key vectors.
         let mut keys = Vec::new();
-        // One head's values by vector of the head's width, `[dim / lanes][n rounded up][lanes]`:
-        // each output vector is then a sum over the keys in four independent registers.
+        // One head's values, `[n][dim rounded up to a block]`.
         let mut values = Vec::new();
+        // A tile's scores, `[QUERIES][n rounded up]`.
         let mut scores = Vec::new();
-        let mut context = vec![zero; padded_dim / lanes];
-        let mut scratch = vec![0f32; padded_dim];
+        let mut tile = vec![0f32; block];
         let mut start = 0;
         for &n in self.lengths {
             let tokens = start..start + n;
@@ -124,8 +128,9 @@ impl pulp::WithSimd for PackedAttention<'_> {
             keys.clear();
             keys.resize(dim * padded_n, 0f32);
             values.clear();
-            values.resize(padded_n * padded_dim, 0f32);
-            scores.resize(padded_n, 0f32);
+            values.resize(n * padded_dim, 0f32);
+            scores.clear();
+            scores.resize(QUERIES * padded_n, 0f32);
             for head in 0..self.heads {
                 let at = head * dim;
                 for (j, t) in tokens.clone().enumerate() {
@@ -133,45 +138,56 @@ impl pulp::WithSimd for PackedAttention<'_> {
                     for (c, &k) in r[hidden + at..hidden + at + dim].iter().enumerate() {
                         keys[c * padded_n + j] = k;
                     }
-                    for (c, &v) in r[2 * hidden + at..2 * hidden + at + dim].iter().enumerate() {
-                        values[((c / lanes) * padded_n + j) * lanes + c % lanes] = v;
-                    }
+                    values[j * padded_dim..j * padded_dim + dim]
+                        .copy_from_slice(&r[2 * hidden + at..2 * hidden + at + dim]);
                 }
-                for i in tokens.clone() {
-                    let q = &row(i)[at..at + dim];
+                for first_query in tokens.clone().step_by(QUERIES) {
+                    let live = QUERIES.min(tokens.end - first_query);
+                    // Queries past the sequence's end repeat its last one; they are not stored.
+                    let queries: [&[f32]; QUERIES] =
+                        std::array::from_fn(|q| &row(first_query + q.min(live - 1))[at..at + dim]);
                     for first in (0..padded_n).step_by(block) {
-                        let mut acc = [zero; 4];
-                        for (c, &qc) in q.iter().enumerate() {
-                            let qc = simd.splat_f32s(qc);
-                            let at = c * padded_n + first;
-                            let (k, _) = S::as_simd_f32s(&keys[at..at + block]);
-                            for (acc, &k) in acc.iter_mut().zip(k) {
-                                *acc = simd.mul_add_e_f32s(qc, k, *acc);
+                        let mut acc = [[zero; 2]; QUERIES];
+                        for c in 0..dim {
+                            let (k, _) = S::as_simd_f32s(&keys[c * padded_n + first..][..block]);
+                            for (acc, query) in acc.iter_mut().zip(&queries) {
+                                let qc = simd.splat_f32s(query[c]);
+                                acc[0] = simd.mul_add_e_f32s(qc, k[0], acc[0]);
+                                acc[1] = simd.mul_add_e_f32s(qc, k[1], acc[1]);
                             }
                         }
-                        let (out, _) = S::as_mut_simd_f32s(&mut scores[first..first + block]);
-                        out.copy_from_slice(&acc);
+                        for (q, acc) in acc.iter().enumerate() {
+                            let at = q * padded_n + first;
+                            S::as_mut_simd_f32s(&mut scores[at..at + block])
+                                .0
+                                .copy_from_slice(acc);
+                        }
                     }
-                    let (live, padding) = scores.split_at_mut(n);
-                    let scale = simd.splat_f32s(exp_shifted(live));
-                    padding.fill(0.0);
-                    let (by_vector, _) = S::as_simd_f32s(&values);
-                    for (out, values) in context.iter_mut().zip(by_vector.chunks_exact(padded_n)) {
-                        let mut acc = [zero; 4];
-                        for (p, v) in scores.chunks_exact(4).zip(values.chunks_exact(4)) {
-                            for ((acc, &p), &v) in acc.iter_mut().zip(p).zip(v) {
-                                *acc = simd.mul_add_e_f32s(simd.splat_f32s(p), v, *acc);
+                    let mut scale = [0f32; QUERIES];
+                    for (q, scale) in scale.iter_mut().enumerate() {
+                        *scale = exp_shifted(&mut scores[q * padded_n..q * padded_n + n]);
+                    }
+                    for first in (0..padded_dim).step_by(block) {
+                        let mut acc = [[zero; 2]; QUERIES];
+                        for j in 0..n {
+                            let (v, _) =
+                                S::as_simd_f32s(&values[j * padded_dim + first..][..block]);
+                            for (q, acc) in acc.iter_mut().enumerate() {
+                                let p = simd.splat_f32s(scores[q * padded_n + j]);
+                                acc[0] = simd.mul_add_e_f32s(p, v[0], acc[0]);
+                                acc[1] = simd.mul_add_e_f32s(p, v[1], acc[1]);
                             }
                         }
-                        let sum = simd
-                            .add_f32s(simd.add_f32s(acc[0], acc[1]), simd.add_f32s(acc[2], acc[3]));
-                        *out = simd.mul_f32s(sum, scale);
+                        let width = block.min(dim - first);
+                        for (q, acc) in acc.iter().take(live).enumerate() {
+                            let s = simd.splat_f32s(scale[q]);
+                            let (out, _) = S::as_mut_simd_f32s(&mut tile);
+                            out[0] = simd.mul_f32s(acc[0], s);
+                            out[1] = simd.mul_f32s(acc[1], s);
+                            let at = (first_query + q) * hidden + at + first;
+                            self.out[at..at + width].copy_from_slice(&tile[..width]);
+                        }
                     }
-                    S::as_mut_simd_f32s(&mut scratch)
-                        .0
-                        .copy_from_slice(&context);
-                    self.out[i * hidden + at..i * hidden + at + dim]
-                        .copy_from_slice(&scratch[..dim]);
                 }
             }
             start += n;
@@ -447,6 +463,100 @@ fn gelu_erf_scalar(x: f32) -> f32 {
     0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
+/// `LayerNorm(x + residual)` over the last dimension, in one pass per row on the CPU (candle's
+/// add and layer norm are two ops, each a full pass and an allocation).
+pub fn add_layer_norm(
+    x: &Tensor,
+    residual: &Tensor,
+    weight: &[f32],
+    bias: &[f32],
+    eps: f32,
+) -> candle_core::Result<Tensor> {
+    x.apply_op2_no_bwd(residual, &AddLayerNorm { weight, bias, eps })
+}
+
+struct AddLayerNorm<'a> {
+    weight: &'a [f32],
+    bias: &'a [f32],
+    eps: f32,
+}
+
+impl CustomOp2 for AddLayerNorm<'_> {
+    fn name(&self) -> &'static str {
+        "aion-add-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous(self.name(), s1, l1)?;
+        let residual = contiguous(self.name(), s2, l2)?;
+        let width = self.weight.len();
+        if l1.shape() != l2.shape() || l1.shape().dims().last() != Some(&width) {
+            candle_core::bail!(
+                "add_layer_norm: {:?} + {:?} over {width} features",
+                l1.shape(),
+                l2.shape()
+            );
+        }
+        let mut out = vec![0f32; x.len()];
+        pulp::Arch::new().dispatch(AddNormRows {
+            x,
+            residual,
+            out: &mut out,
+            norm: self,
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+struct AddNormRows<'a> {
+    x: &'a [f32],
+    residual: &'a [f32],
+    out: &'a mut [f32],
+    norm: &'a AddLayerNorm<'a>,
+}
+
+impl pulp::WithSimd for AddNormRows<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) {
+        let (weight, bias) = (self.norm.weight, self.norm.bias);
+        let width = weight.len().max(1);
+        let rows = self
+            .x
+            .chunks_exact(width)
+            .zip(self.residual.chunks_exact(width));
+        for ((x, r), out) in rows.zip(self.out.chunks_exact_mut(width)) {
+            for ((o, x), r) in out.iter_mut().zip(x).zip(r) {
+                *o = x + r;
+            }
+            let mean = sum(out) / width as f32;
+            for o in out.iter_mut() {
+                *o -= mean;
+            }
+            let mut squares = [0f32; 16];
+            let chunks = out.chunks_exact(16);
+            let tail: f32 = chunks.remainder().iter().map(|o| o * o).sum();
+            for chunk in chunks {
+                for (l, o) in squares.iter_mut().zip(chunk) {
+                    *l += o * o;
+                }
+            }
+            let variance = (squares.iter().sum::<f32>() + tail) / width as f32;
+            let inverse = 1.0 / (variance + self.norm.eps).sqrt();
+            for ((o, w), b) in out.iter_mut().zip(weight).zip(bias) {
+                *o = *o * inverse * w + b;
+            }
+        }
+    }
+}
+
 /// The f32 values of a contiguous tensor.
 fn contiguous<'a>(
     op: &str,
@@ -647,6 +757,26 @@ mod tests {
 
     /// The packed dense layer against candle's matmul, at shapes that leave partial tiles and
     /// partial panels, with and without the fused GELU.
+    #[test]
+    fn add_layer_norm_equals_candles_add_then_layer_norm() {
+        let cpu = candle_core::Device::Cpu;
+        let x = Tensor::randn(0.5f32, 2.0, (7, 384), &cpu).unwrap();
+        let r = Tensor::randn(0f32, 1.0, (7, 384), &cpu).unwrap();
+        let w = Tensor::randn(1f32, 0.1, 384, &cpu).unwrap();
+        let b = Tensor::randn(0f32, 0.1, 384, &cpu).unwrap();
+        let ours = add_layer_norm(
+            &x,
+            &r,
+            &w.to_vec1::<f32>().unwrap(),
+            &b.to_vec1::<f32>().unwrap(),
+            1e-12,
+        )
+        .unwrap();
+        let theirs = candle_nn::ops::layer_norm(&(&x + &r).unwrap(), &w, &b, 1e-12).unwrap();
+        let diff = (ours - theirs).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(diff.to_scalar::<f32>().unwrap() < 1e-5);
+    }
+
     #[test]
     fn dense_equals_matmul_plus_bias() {
         let cpu = candle_core::Device::Cpu;
