@@ -107,8 +107,9 @@ impl pulp::WithSimd for PackedAttention<'_> {
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, simd: S) {
         let lanes = S::F32_LANES;
-        // Two vectors: the width of a score tile and of a context tile.
+        // Two vectors: the width of a context tile; four: of a score tile.
         let block = 2 * lanes;
+        let key_block = 4 * lanes;
         let (hidden, dim) = (self.hidden, self.hidden / self.heads);
         let padded_dim = dim.next_multiple_of(block);
         let row = |t: usize| &self.qkv[t * 3 * hidden..(t + 1) * 3 * hidden];
@@ -124,7 +125,7 @@ impl pulp::WithSimd for PackedAttention<'_> {
         let mut start = 0;
         for &n in self.lengths {
             let tokens = start..start + n;
-            let padded_n = n.next_multiple_of(block);
+            let padded_n = n.next_multiple_of(key_block);
             keys.clear();
             keys.resize(dim * padded_n, 0f32);
             values.clear();
@@ -146,19 +147,21 @@ impl pulp::WithSimd for PackedAttention<'_> {
                     // Queries past the sequence's end repeat its last one; they are not stored.
                     let queries: [&[f32]; QUERIES] =
                         std::array::from_fn(|q| &row(first_query + q.min(live - 1))[at..at + dim]);
-                    for first in (0..padded_n).step_by(block) {
-                        let mut acc = [[zero; 2]; QUERIES];
+                    for first in (0..padded_n).step_by(key_block) {
+                        let mut acc = [[zero; 4]; QUERIES];
                         for c in 0..dim {
-                            let (k, _) = S::as_simd_f32s(&keys[c * padded_n + first..][..block]);
+                            let at = c * padded_n + first;
+                            let (k, _) = S::as_simd_f32s(&keys[at..at + key_block]);
                             for (acc, query) in acc.iter_mut().zip(&queries) {
                                 let qc = simd.splat_f32s(query[c]);
-                                acc[0] = simd.mul_add_e_f32s(qc, k[0], acc[0]);
-                                acc[1] = simd.mul_add_e_f32s(qc, k[1], acc[1]);
+                                for (acc, &k) in acc.iter_mut().zip(k) {
+                                    *acc = simd.mul_add_e_f32s(qc, k, *acc);
+                                }
                             }
                         }
                         for (q, acc) in acc.iter().enumerate() {
                             let at = q * padded_n + first;
-                            S::as_mut_simd_f32s(&mut scores[at..at + block])
+                            S::as_mut_simd_f32s(&mut scores[at..at + key_block])
                                 .0
                                 .copy_from_slice(acc);
                         }
@@ -619,11 +622,30 @@ impl pulp::WithSimd for Rows<'_> {
 /// last scaling, which callers fuse into what they do next.
 #[inline(always)]
 fn exp_shifted(xs: &mut [f32]) -> f32 {
-    let max = xs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let max = max(xs);
     for x in xs.iter_mut() {
         *x = exp(*x - max);
     }
     1.0 / sum(xs)
+}
+
+/// The largest value, in 16 independent lanes: a comparison and a select per lane vectorise, a
+/// fold of `f32::max` (whose NaN rule is not the instruction's) is one serial chain.
+#[inline(always)]
+fn max(xs: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let chunks = xs.chunks_exact(16);
+    let tail = chunks
+        .remainder()
+        .iter()
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
+    for chunk in chunks {
+        for (l, &x) in lanes.iter_mut().zip(chunk) {
+            *l = if x > *l { x } else { *l };
+        }
+    }
+    lanes.into_iter().fold(tail, f32::max)
 }
 
 /// A sum in 16 independent lanes, so that it vectorises (a plain fold is one serial chain).
@@ -689,9 +711,10 @@ pub(crate) fn exp(x: f32) -> f32 {
         p = p.mul_add(r, c);
     }
     let p = p * r * r + r + 1.0;
-    // Wrapping: n is within [-126, 127] after the clamp, and a checked add would keep the loop
-    // from vectorising in builds with overflow checks.
-    p * f32::from_bits(((n as i32).wrapping_add(127) as u32) << 23)
+    // 2ⁿ from the exponent bits. n + 127 is within [1, 254] after the clamp; adding 2²³ puts it in
+    // the low mantissa bits, so no float-to-int conversion is needed (a saturating `as i32`
+    // keeps the loop from vectorising).
+    p * f32::from_bits((n + (127.0 + 8_388_608.0)).to_bits() << 23)
 }
 
 #[cfg(test)]
