@@ -257,35 +257,42 @@ impl Activations {
     }
 }
 
-/// The body of [`Activations::quantize`] on CPUs without AVX2.
-fn quantize_activations(x: &[f32], a: &mut Activations) {
+/// Every block of `x` with where its codes, scale and start go in `a`.
+#[inline(always)]
+fn blocks<'a>(
+    x: &'a [f32],
+    a: &'a mut Activations,
+) -> impl Iterator<Item = (&'a [f32], &'a mut [i8], &'a mut f32, &'a mut i32)> {
     let width = a.blocks * BLOCK;
-    for (((row, codes), scales), starts) in x
-        .chunks_exact(a.inputs.max(1))
+    x.chunks_exact(a.inputs.max(1))
         .zip(a.codes.chunks_exact_mut(width))
         .zip(a.scales.chunks_exact_mut(a.blocks))
         .zip(a.starts.chunks_exact_mut(a.blocks))
-    {
-        for (((values, codes), scale), start) in row
-            .chunks(BLOCK)
-            .zip(codes.chunks_exact_mut(BLOCK))
-            .zip(scales.iter_mut())
-            .zip(starts.iter_mut())
-        {
-            // Eight running maxima: a select per lane vectorises, a float `max` fold does not.
-            let mut max = [0f32; 8];
-            for (i, v) in values.iter().enumerate() {
-                let a = v.abs();
-                max[i % 8] = if a > max[i % 8] { a } else { max[i % 8] };
-            }
-            let max = max.into_iter().fold(0f32, f32::max);
-            *scale = max / 127.0;
-            let inverse = if max > 0.0 { 127.0 / max } else { 0.0 };
-            for (c, &v) in codes.iter_mut().zip(values) {
-                *c = (v * inverse).round_ties_even() as i8;
-            }
-            *start = -SHIFT * codes.iter().map(|&c| i32::from(c)).sum::<i32>();
+        .flat_map(|(((row, codes), scales), starts)| {
+            row.chunks(BLOCK)
+                .zip(codes.chunks_exact_mut(BLOCK))
+                .zip(scales.iter_mut())
+                .zip(starts.iter_mut())
+                .map(|(((values, codes), scale), start)| (values, codes, scale, start))
+        })
+}
+
+/// The body of [`Activations::quantize`] on CPUs without AVX2.
+fn quantize_activations(x: &[f32], a: &mut Activations) {
+    for (values, codes, scale, start) in blocks(x, a) {
+        // Eight running maxima: a select per lane vectorises, a float `max` fold does not.
+        let mut max = [0f32; 8];
+        for (i, v) in values.iter().enumerate() {
+            let a = v.abs();
+            max[i % 8] = if a > max[i % 8] { a } else { max[i % 8] };
         }
+        let max = max.into_iter().fold(0f32, f32::max);
+        *scale = max / 127.0;
+        let inverse = if max > 0.0 { 127.0 / max } else { 0.0 };
+        for (c, &v) in codes.iter_mut().zip(values) {
+            *c = (v * inverse).round_ties_even() as i8;
+        }
+        *start = -SHIFT * codes.iter().map(|&c| i32::from(c)).sum::<i32>();
     }
 }
 
@@ -392,6 +399,29 @@ mod tests {
         }
         ran.dedup();
         eprintln!("kernels run: {ran:?}");
+    }
+
+    /// The vectorised activation quantiser gives the portable one's codes, scales and starts,
+    /// halves rounded to even included.
+    #[test]
+    fn both_activation_quantisers_agree() {
+        let mut rng = StdRng::seed_from_u64(10);
+        let (rows, inputs) = (5, 100);
+        let mut x = random(&mut rng, rows * inputs);
+        // Values whose codes fall exactly halfway: 127 · v / max = k + 0.5.
+        x[1] = 0.5 * 2.0 / 127.0;
+        x[2] = 2.0;
+        let fast = Activations::quantize(&x, rows, inputs);
+        let mut portable = Activations {
+            codes: vec![0; fast.codes.len()],
+            scales: vec![0.0; fast.scales.len()],
+            starts: vec![0; fast.starts.len()],
+            ..fast.clone()
+        };
+        quantize_activations(&x, &mut portable);
+        assert_eq!(fast.codes, portable.codes);
+        assert_eq!(fast.scales, portable.scales);
+        assert_eq!(fast.starts, portable.starts);
     }
 
     /// The scalar kernel computes what the module says: per block, the integer sum of the codes'

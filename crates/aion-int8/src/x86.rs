@@ -30,47 +30,34 @@ pub fn quantize_activations_avx2(x: &[f32], a: &mut Activations) {
 /// even codes and block starts.
 #[target_feature(enable = "avx2,fma")]
 fn quantize_avx2(x: &[f32], a: &mut Activations) {
-    let width = a.blocks * BLOCK;
     let magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(i32::MAX));
-    for (((row, codes), scales), starts) in x
-        .chunks_exact(a.inputs.max(1))
-        .zip(a.codes.chunks_exact_mut(width))
-        .zip(a.scales.chunks_exact_mut(a.blocks))
-        .zip(a.starts.chunks_exact_mut(a.blocks))
-    {
-        for (((values, codes), scale), start) in row
-            .chunks(BLOCK)
-            .zip(codes.chunks_exact_mut(BLOCK))
-            .zip(scales.iter_mut())
-            .zip(starts.iter_mut())
-        {
-            let mut block = [0f32; BLOCK];
-            block[..values.len()].copy_from_slice(values);
-            let mut v = [_mm256_setzero_ps(); BLOCK / 8];
-            let mut max = _mm256_setzero_ps();
-            for (i, v) in v.iter_mut().enumerate() {
-                // SAFETY: `block` holds 32 f32: 8 from i · 8 are in bounds.
-                *v = unsafe { _mm256_loadu_ps(block[i * 8..].as_ptr()) };
-                max = _mm256_max_ps(max, _mm256_and_ps(*v, magnitude));
-            }
-            let mut lanes = [0f32; 8];
-            // SAFETY: `lanes` holds 8 f32.
-            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), max) };
-            let max = lanes.into_iter().fold(0f32, f32::max);
-            *scale = max / 127.0;
-            let inverse = _mm256_set1_ps(if max > 0.0 { 127.0 / max } else { 0.0 });
-            let mut q = [0i32; BLOCK];
-            for (i, v) in v.iter().enumerate() {
-                // Rounds half to even, as `round_ties_even`.
-                let r = _mm256_cvtps_epi32(_mm256_mul_ps(*v, inverse));
-                // SAFETY: `q` holds 32 i32: 8 from i · 8 are in bounds.
-                unsafe { _mm256_storeu_si256(q[i * 8..].as_mut_ptr().cast(), r) };
-            }
-            for (c, q) in codes.iter_mut().zip(q) {
-                *c = q as i8;
-            }
-            *start = -SHIFT * q.iter().sum::<i32>();
+    for (values, codes, scale, start) in crate::blocks(x, a) {
+        let mut block = [0f32; BLOCK];
+        block[..values.len()].copy_from_slice(values);
+        let mut v = [_mm256_setzero_ps(); BLOCK / 8];
+        let mut max = _mm256_setzero_ps();
+        for (i, v) in v.iter_mut().enumerate() {
+            // SAFETY: `block` holds 32 f32: 8 from i · 8 are in bounds.
+            *v = unsafe { _mm256_loadu_ps(block[i * 8..].as_ptr()) };
+            max = _mm256_max_ps(max, _mm256_and_ps(*v, magnitude));
         }
+        let mut lanes = [0f32; 8];
+        // SAFETY: `lanes` holds 8 f32.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), max) };
+        let max = lanes.into_iter().fold(0f32, f32::max);
+        *scale = max / 127.0;
+        let inverse = _mm256_set1_ps(if max > 0.0 { 127.0 / max } else { 0.0 });
+        let mut q = [0i32; BLOCK];
+        for (i, v) in v.iter().enumerate() {
+            // Rounds half to even, as `round_ties_even`.
+            let r = _mm256_cvtps_epi32(_mm256_mul_ps(*v, inverse));
+            // SAFETY: `q` holds 32 i32: 8 from i · 8 are in bounds.
+            unsafe { _mm256_storeu_si256(q[i * 8..].as_mut_ptr().cast(), r) };
+        }
+        for (c, q) in codes.iter_mut().zip(q) {
+            *c = q as i8;
+        }
+        *start = -SHIFT * q.iter().sum::<i32>();
     }
 }
 

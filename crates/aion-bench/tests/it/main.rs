@@ -21,16 +21,25 @@ fn the_ner_benchmark_reports_its_ratios_and_exact_entities() {
     );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     eprintln!("{report:#}");
-    for key in ["raw_ratio", "realistic_ratio"] {
+    for key in [
+        "raw_ratio",
+        "raw_ratio_f32",
+        "raw_ratio_int8",
+        "realistic_ratio",
+    ] {
         assert!(report[key].as_f64().unwrap() > 0.0, "{key}: {report}");
     }
     assert!(report["entity_f1"].as_f64().unwrap() >= 0.99, "{report}");
     assert!(
+        report["int8_entity_f1"].as_f64().unwrap() >= 0.99,
+        "{report}"
+    );
+    assert!(
         report["token_agreement"].as_f64().unwrap() >= 0.995,
         "{report}"
     );
-    // aion, onnxruntime shipped and onnxruntime int8, on both sets.
-    assert_eq!(report["model"].as_array().unwrap().len(), 6, "{report}");
+    // aion f32 and int8, onnxruntime shipped and onnxruntime int8, on both sets.
+    assert_eq!(report["model"].as_array().unwrap().len(), 8, "{report}");
     assert_eq!(report["events"].as_array().unwrap().len(), 3, "{report}");
 }
 

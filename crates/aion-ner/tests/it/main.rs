@@ -109,6 +109,25 @@ fn spans(entities: &[Entity]) -> HashSet<Span> {
         .collect()
 }
 
+/// Entity F1 of `m` (with its aggregation) against the reference's entities of the same strategy.
+fn f1_against(
+    m: &TokenClassifier,
+    texts: &[&str],
+    expected: &[std::collections::HashMap<String, Vec<Span>>],
+) -> (usize, usize, usize, f64) {
+    let ours: Vec<HashSet<Span>> = m
+        .entities_batch(texts, 16)
+        .unwrap()
+        .iter()
+        .map(|e| spans(e))
+        .collect();
+    let theirs: Vec<HashSet<Span>> = expected
+        .iter()
+        .map(|e| e[m.aggregation().name()].iter().cloned().collect())
+        .collect();
+    f1(&ours, &theirs)
+}
+
 /// Token-level parity with the original model on the 320 PT/EN texts of `data/texts.jsonl`:
 /// candle's labels (batched, as the enricher runs) and logits against onnxruntime on the
 /// quantised ONNX.
@@ -154,17 +173,7 @@ fn entities_match_the_reference_aggregation_over_onnxruntime() {
         reference("ner_entities_reference.py", &refs);
     for strategy in Aggregation::ALL {
         let m = model().with_aggregation(strategy);
-        let ours: Vec<HashSet<Span>> = m
-            .entities_batch(&refs, 16)
-            .unwrap()
-            .iter()
-            .map(|e| spans(e))
-            .collect();
-        let theirs: Vec<HashSet<Span>> = expected
-            .iter()
-            .map(|e| e[strategy.name()].iter().cloned().collect())
-            .collect();
-        let (both, only_ours, only_theirs, f1) = f1(&ours, &theirs);
+        let (both, only_ours, only_theirs, f1) = f1_against(&m, &refs, &expected);
         eprintln!("{}: {both} entities shared, {only_ours} only candle, {only_theirs} only the reference, F1 {f1:.4}", strategy.name());
         assert!(both > 1000, "the texts are full of entities: {both}");
         assert!(f1 >= 0.99, "{}: entity F1 {f1}", strategy.name());
@@ -182,18 +191,7 @@ fn int8_entities_stay_within_one_percent_of_the_shipped_model() {
     let expected: Vec<std::collections::HashMap<String, Vec<Span>>> =
         reference("ner_entities_reference.py", &refs);
     let int8 = TokenClassifier::load(&model_dir(), &Device::Cpu, Precision::Int8).unwrap();
-    let strategy = int8.aggregation();
-    let ours: Vec<HashSet<Span>> = int8
-        .entities_batch(&refs, 16)
-        .unwrap()
-        .iter()
-        .map(|e| spans(e))
-        .collect();
-    let theirs: Vec<HashSet<Span>> = expected
-        .iter()
-        .map(|e| e[strategy.name()].iter().cloned().collect())
-        .collect();
-    let (both, only_ours, only_theirs, f1) = f1(&ours, &theirs);
+    let (both, only_ours, only_theirs, f1) = f1_against(&int8, &refs, &expected);
     let f32_labels = model().token_predictions(&refs, 16).unwrap();
     let int8_labels = int8.token_predictions(&refs, 16).unwrap();
     let (mut tokens, mut agree) = (0usize, 0usize);
