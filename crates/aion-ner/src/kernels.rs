@@ -19,9 +19,9 @@ pub fn softmax_last_dim(xs: &Tensor) -> candle_core::Result<Tensor> {
 
 /// Self-attention of sequences packed one after another: `qkv` is `[tokens, 3 · hidden]` (each
 /// token's queries, keys and values; queries already scaled), `lengths` where each sequence ends;
-/// the result `[tokens, hidden]`, each sequence attending only to itself. One pass per query row
-/// with the scores in registers' reach: the sequences are short, and as matmuls they are too
-/// small for a GEMM to amortise its packing.
+/// the result `[tokens, hidden]`, each sequence attending only to itself. One pass per tile of 4
+/// query rows with their scores in registers' reach: the sequences are short, and as matmuls they
+/// are too small for a GEMM to amortise its packing.
 pub fn attention(qkv: &Tensor, lengths: &[usize], heads: usize) -> candle_core::Result<Tensor> {
     if qkv.device().is_cpu() {
         qkv.apply_op1_no_bwd(&Attention { lengths, heads })

@@ -28,9 +28,9 @@ pub struct RunArgs {
     pub cache_entries: usize,
     /// The arithmetic of the model's dense layers. `f32` gives the shipped model's results.
     /// `int8` quantises activations per block of 32 against the weights' own 4-bit grid (the
-    /// numerics of onnxruntime's `accuracy_level = 4`): on the offline model, 1.6× the events per
-    /// CPU-second at entity F1 0.992 against the shipped model. Default: int8 where the CPU has
-    /// AVX2 or VNNI, else f32.
+    /// numerics of onnxruntime's `accuracy_level = 4`): on the offline model, about 1.7× f32's
+    /// tokens per CPU-second at entity F1 0.992 against the shipped model. Default: int8 where the
+    /// CPU has AVX2 or VNNI, else f32.
     #[arg(long, env = "AION_NER_PRECISION", default_value_t = aion_ner::Precision::default())]
     pub precision: aion_ner::Precision,
 }
