@@ -32,8 +32,15 @@ pub fn quantize_activations_avx2(x: &[f32], a: &mut Activations) {
 fn quantize_avx2(x: &[f32], a: &mut Activations) {
     let magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(i32::MAX));
     for (values, codes, scale, start) in crate::blocks(x, a) {
-        let mut block = [0f32; BLOCK];
-        block[..values.len()].copy_from_slice(values);
+        // A full block is read in place; only a row's last, partial block is copied (a copy of a
+        // run-time length is a `memmove` call per block).
+        let mut padded = [0f32; BLOCK];
+        let block: &[f32] = if values.len() == BLOCK {
+            values
+        } else {
+            padded[..values.len()].copy_from_slice(values);
+            &padded
+        };
         let mut v = [_mm256_setzero_ps(); BLOCK / 8];
         let mut max = _mm256_setzero_ps();
         for (i, v) in v.iter_mut().enumerate() {
