@@ -70,7 +70,15 @@ pub async fn run(args: Args) -> Result<()> {
         (Precision::F32, F32_ROW.to_string(), load(Precision::F32)?),
         (
             Precision::Int8,
-            format!("aion int8 ({} kernel)", aion_int8::Kernel::detect().name()),
+            format!(
+                "aion int8 ({} kernel, {} attention)",
+                aion_simd::int8::Kernel::detect().name(),
+                if aion_simd::bf16::available() {
+                    "bf16"
+                } else {
+                    "f32"
+                }
+            ),
             load(Precision::Int8)?,
         ),
     ];

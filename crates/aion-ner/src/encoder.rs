@@ -57,7 +57,8 @@ pub enum Precision {
     F32,
     /// Dense layers in int8: activations quantised per block of 32 inputs, weights on their own
     /// per-block grid (a 4-bit model's own codes), as onnxruntime's `accuracy_level = 4` computes
-    /// 4-bit models. Attention, norms and the classifier stay f32.
+    /// 4-bit models. Attention's two products in bf16 with f32 sums where the CPU has AVX-512 BF16;
+    /// the softmax, norms and the classifier stay f32.
     Int8,
 }
 
@@ -66,8 +67,8 @@ impl Default for Precision {
     /// 1.7× f32's tokens per CPU-second at entity F1 0.992 against the shipped model (see
     /// `aion-bench ner`). f32 elsewhere, where int8 would be plain scalar code.
     fn default() -> Self {
-        match aion_int8::Kernel::detect() {
-            aion_int8::Kernel::Scalar => Self::F32,
+        match aion_simd::int8::Kernel::detect() {
+            aion_simd::int8::Kernel::Scalar => Self::F32,
             _ => Self::Int8,
         }
     }
@@ -193,6 +194,8 @@ pub(crate) struct Encoder {
     activation: Activation,
     /// XLM-RoBERTa counts positions from after the padding index.
     first_position: usize,
+    /// Attention's products in bf16 where the CPU has AVX-512 BF16 (the int8 precision).
+    bf16_attention: bool,
     /// The longest sequence the position embeddings cover.
     pub max_len: usize,
 }
@@ -387,6 +390,7 @@ impl Encoder {
             hidden: c.hidden_size,
             activation,
             first_position,
+            bf16_attention: precision == Precision::Int8,
             max_len: c.max_position_embeddings.saturating_sub(first_position),
         })
     }
@@ -420,7 +424,7 @@ impl Encoder {
         let mut x = self.embedding_norm.forward(&x)?;
         for layer in &self.layers {
             let qkv = layer.qkv.forward(&x)?;
-            let context = kernels::attention(&qkv, lengths, self.heads)?;
+            let context = kernels::attention(&qkv, lengths, self.heads, self.bf16_attention)?;
             let attended = layer
                 .attention_norm
                 .forward_residual(&layer.attention_out.forward(&context)?, &x)?;

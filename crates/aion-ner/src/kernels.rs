@@ -22,9 +22,21 @@ pub fn softmax_last_dim(xs: &Tensor) -> candle_core::Result<Tensor> {
 /// the result `[tokens, hidden]`, each sequence attending only to itself. One pass per tile of 4
 /// query rows with their scores in registers' reach: the sequences are short, and as matmuls they
 /// are too small for a GEMM to amortise its packing.
-pub fn attention(qkv: &Tensor, lengths: &[usize], heads: usize) -> candle_core::Result<Tensor> {
+///
+/// With `bf16` (on CPUs with AVX-512 BF16, see [`aion_simd::bf16`]) the two products round their
+/// inputs to bf16 and sum in f32, at twice the multiply-adds per instruction; the softmax stays f32.
+pub fn attention(
+    qkv: &Tensor,
+    lengths: &[usize],
+    heads: usize,
+    bf16: bool,
+) -> candle_core::Result<Tensor> {
     if qkv.device().is_cpu() {
-        qkv.apply_op1_no_bwd(&Attention { lengths, heads })
+        qkv.apply_op1_no_bwd(&Attention {
+            lengths,
+            heads,
+            bf16,
+        })
     } else {
         attention_by_matmuls(qkv, lengths, heads)
     }
@@ -57,6 +69,7 @@ fn attention_by_matmuls(
 struct Attention<'a> {
     lengths: &'a [usize],
     heads: usize,
+    bf16: bool,
 }
 
 impl CustomOp1 for Attention<'_> {
@@ -84,6 +97,7 @@ impl CustomOp1 for Attention<'_> {
             lengths: self.lengths,
             heads: self.heads,
             hidden,
+            bf16: self.bf16 && aion_simd::bf16::available(),
         });
         Ok((CpuStorage::F32(dst), Shape::from((tokens, hidden))))
     }
@@ -95,6 +109,8 @@ struct PackedAttention<'a> {
     lengths: &'a [usize],
     heads: usize,
     hidden: usize,
+    /// The products in bf16 ([`aion_simd::bf16`]); the CPU has the instructions.
+    bf16: bool,
 }
 
 /// Queries per attention tile: their scores share each key vector loaded, and their context
@@ -122,53 +138,79 @@ impl pulp::WithSimd for PackedAttention<'_> {
         // A tile's scores, `[QUERIES][n rounded up]`.
         let mut scores = Vec::new();
         let mut tile = vec![0f32; block];
+        let mut bf16 = aion_simd::bf16::Head::default();
         let mut start = 0;
         for &n in self.lengths {
             let tokens = start..start + n;
-            let padded_n = n.next_multiple_of(key_block);
-            keys.clear();
-            keys.resize(dim * padded_n, 0f32);
-            values.clear();
-            values.resize(n * padded_dim, 0f32);
+            let padded_n = match self.bf16 {
+                true => aion_simd::bf16::score_stride(n),
+                false => n.next_multiple_of(key_block),
+            };
             scores.clear();
             scores.resize(QUERIES * padded_n, 0f32);
+            if !self.bf16 {
+                keys.clear();
+                keys.resize(dim * padded_n, 0f32);
+                values.clear();
+                values.resize(n * padded_dim, 0f32);
+            }
             for head in 0..self.heads {
                 let at = head * dim;
-                for (j, t) in tokens.clone().enumerate() {
-                    let r = row(t);
-                    for (c, &k) in r[hidden + at..hidden + at + dim].iter().enumerate() {
-                        keys[c * padded_n + j] = k;
+                if self.bf16 {
+                    bf16.pack(
+                        n,
+                        dim,
+                        |j| &row(start + j)[hidden + at..][..dim],
+                        |j| &row(start + j)[2 * hidden + at..][..dim],
+                    );
+                } else {
+                    for (j, t) in tokens.clone().enumerate() {
+                        let r = row(t);
+                        for (c, &k) in r[hidden + at..hidden + at + dim].iter().enumerate() {
+                            keys[c * padded_n + j] = k;
+                        }
+                        values[j * padded_dim..j * padded_dim + dim]
+                            .copy_from_slice(&r[2 * hidden + at..2 * hidden + at + dim]);
                     }
-                    values[j * padded_dim..j * padded_dim + dim]
-                        .copy_from_slice(&r[2 * hidden + at..2 * hidden + at + dim]);
                 }
                 for first_query in tokens.clone().step_by(QUERIES) {
                     let live = QUERIES.min(tokens.end - first_query);
                     // Queries past the sequence's end repeat its last one; they are not stored.
                     let queries: [&[f32]; QUERIES] =
                         std::array::from_fn(|q| &row(first_query + q.min(live - 1))[at..at + dim]);
-                    for first in (0..padded_n).step_by(key_block) {
-                        let mut acc = [[zero; 4]; QUERIES];
-                        for c in 0..dim {
-                            let at = c * padded_n + first;
-                            let (k, _) = S::as_simd_f32s(&keys[at..at + key_block]);
-                            for (acc, query) in acc.iter_mut().zip(&queries) {
-                                let qc = simd.splat_f32s(query[c]);
-                                for (acc, &k) in acc.iter_mut().zip(k) {
-                                    *acc = simd.mul_add_e_f32s(qc, k, *acc);
+                    if self.bf16 {
+                        bf16.scores(&queries[..live], &mut scores, padded_n);
+                    } else {
+                        for first in (0..padded_n).step_by(key_block) {
+                            let mut acc = [[zero; 4]; QUERIES];
+                            for c in 0..dim {
+                                let at = c * padded_n + first;
+                                let (k, _) = S::as_simd_f32s(&keys[at..at + key_block]);
+                                for (acc, query) in acc.iter_mut().zip(&queries) {
+                                    let qc = simd.splat_f32s(query[c]);
+                                    for (acc, &k) in acc.iter_mut().zip(k) {
+                                        *acc = simd.mul_add_e_f32s(qc, k, *acc);
+                                    }
                                 }
                             }
-                        }
-                        for (q, acc) in acc.iter().enumerate() {
-                            let at = q * padded_n + first;
-                            S::as_mut_simd_f32s(&mut scores[at..at + key_block])
-                                .0
-                                .copy_from_slice(acc);
+                            for (q, acc) in acc.iter().enumerate() {
+                                let at = q * padded_n + first;
+                                S::as_mut_simd_f32s(&mut scores[at..at + key_block])
+                                    .0
+                                    .copy_from_slice(acc);
+                            }
                         }
                     }
                     let mut scale = [0f32; QUERIES];
                     for (q, scale) in scale.iter_mut().enumerate() {
                         *scale = exp_shifted(&mut scores[q * padded_n..q * padded_n + n]);
+                    }
+                    if self.bf16 {
+                        let probs: [&[f32]; QUERIES] =
+                            std::array::from_fn(|q| &scores[q * padded_n..][..n]);
+                        let out = &mut self.out[first_query * hidden + at..];
+                        bf16.context(&probs[..live], &scale[..live], out, hidden);
+                        continue;
                     }
                     for first in (0..padded_dim).step_by(block) {
                         let mut acc = [[zero; 2]; QUERIES];
@@ -291,7 +333,7 @@ impl CustomOp1 for Dense<'_> {
 /// inputs on their own integer grid, which for a 4-bit model are its own codes).
 #[derive(Debug)]
 pub struct Quantized {
-    weights: aion_int8::Weights,
+    weights: aion_simd::int8::Weights,
     bias: Vec<f32>,
 }
 
@@ -301,14 +343,14 @@ impl Quantized {
         let (inputs, outputs) = weight.dims2()?;
         let values: Vec<f32> = weight.flatten_all()?.to_vec1()?;
         Ok(Self {
-            weights: aion_int8::Weights::quantize(&values, inputs, outputs),
+            weights: aion_simd::int8::Weights::quantize(&values, inputs, outputs),
             bias: bias.to_vec1()?,
         })
     }
 }
 
 /// [`dense`] in int8: the rows quantised per block of 32 to int8, multiplied by the quantised
-/// weights in integers ([`aion_int8`]), then bias and GELU in f32.
+/// weights in integers ([`aion_simd::int8`]), then bias and GELU in f32.
 pub fn dense_int8(x: &Tensor, q: &Quantized, gelu: bool) -> candle_core::Result<Tensor> {
     x.apply_op1_no_bwd(&DenseInt8 { q, gelu })
 }
@@ -333,12 +375,8 @@ impl CustomOp1 for DenseInt8<'_> {
                 w.inputs()
             );
         }
-        let mut out = vec![0f32; rows * w.outputs()];
-        aion_int8::matmul(
-            &aion_int8::Activations::quantize(x, rows, inputs),
-            w,
-            &mut out,
-        );
+        let mut out =
+            aion_simd::int8::matmul(&aion_simd::int8::Activations::quantize(x, rows, inputs), w);
         pulp::Arch::new().dispatch(BiasGelu {
             out: &mut out,
             bias: &self.q.bias,
@@ -773,8 +811,28 @@ mod tests {
             let width = 3 * dim * heads;
             let qkv = Tensor::randn(0f32, 1.0, (120, width), &candle_core::Device::Cpu).unwrap();
             let lengths = [1, 13, 26, 80];
-            let ours = attention(&qkv, &lengths, heads).unwrap();
-            assert!(close(ours, attention_by_matmuls(&qkv, &lengths, heads).unwrap()) < 1e-5);
+            let reference = attention_by_matmuls(&qkv, &lengths, heads).unwrap();
+            let ours = attention(&qkv, &lengths, heads, false).unwrap();
+            assert!(close(ours, reference.clone()) < 1e-5);
+            // bf16 products: inputs rounded to 8 bits of mantissa, sums in f32. Queries scaled
+            // as the encoder scales them (by 1/√dim, folded into their weights).
+            if aion_simd::bf16::available() {
+                let hidden = dim * heads;
+                let scale = Tensor::cat(
+                    &[
+                        Tensor::full((dim as f32).sqrt().recip(), hidden, qkv.device()).unwrap(),
+                        Tensor::ones(2 * hidden, candle_core::DType::F32, qkv.device()).unwrap(),
+                    ],
+                    0,
+                )
+                .unwrap();
+                let qkv = qkv.broadcast_mul(&scale).unwrap();
+                let reference = attention_by_matmuls(&qkv, &lengths, heads).unwrap();
+                let bf16 = attention(&qkv, &lengths, heads, true).unwrap();
+                let diff = close(bf16, reference);
+                eprintln!("bf16 attention, {heads} heads of {dim}: max |Δ| {diff}");
+                assert!(diff < 0.02, "bf16 attention off by {diff}");
+            }
         }
     }
 

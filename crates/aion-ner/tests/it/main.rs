@@ -204,7 +204,7 @@ fn int8_entities_stay_within_one_percent_of_the_shipped_model() {
         agree += usize::from(aion_ner::argmax(&a.probs).0 == aion_ner::argmax(&b.probs).0);
     }
     let agreement = agree as f64 / tokens as f64;
-    eprintln!("int8 ({} kernel): {both} entities shared, {only_ours} only int8, {only_theirs} only the reference, F1 {f1:.4}; token agreement with f32 {:.4}%", aion_int8::Kernel::detect().name(), agreement * 100.0);
+    eprintln!("int8 ({} kernel): {both} entities shared, {only_ours} only int8, {only_theirs} only the reference, F1 {f1:.4}; token agreement with f32 {:.4}%", aion_simd::int8::Kernel::detect().name(), agreement * 100.0);
     assert!(both > 1000, "the texts are full of entities: {both}");
     assert!(f1 >= 0.99, "int8 entity F1 {f1}");
     assert!(agreement >= 0.995, "int8 token agreement {agreement}");

@@ -1,10 +1,10 @@
 //! The x86-64 kernels. Each is a safe function that checked the CPU feature it needs is present
-//! (its caller, [`crate::matmul_with`], asserted it) and calls an `unsafe` body compiled for that
+//! (its caller, [`super::matmul_with`], asserted it) and calls an `unsafe` body compiled for that
 //! feature. Tiles: a few rows × whole panels, accumulated in registers block by block.
 
-use std::arch::x86_64::*;
+use std::{arch::x86_64::*, mem::MaybeUninit};
 
-use crate::{Activations, Weights, BLOCK, GROUP, PANEL, SHIFT};
+use super::{Activations, Weights, BLOCK, GROUP, PANEL, SHIFT};
 
 pub fn has_avx512_vnni() -> bool {
     is_x86_feature_detected!("avx512f")
@@ -26,12 +26,12 @@ pub fn quantize_activations_avx2(x: &[f32], a: &mut Activations) {
     unsafe { quantize_avx2(x, a) }
 }
 
-/// [`crate::quantize_activations`] eight lanes at a time: the same maximum, scale, round-half-to-
+/// [`super::quantize_activations`] eight lanes at a time: the same maximum, scale, round-half-to-
 /// even codes and block starts.
 #[target_feature(enable = "avx2,fma")]
 fn quantize_avx2(x: &[f32], a: &mut Activations) {
     let magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(i32::MAX));
-    for (values, codes, scale, start) in crate::blocks(x, a) {
+    for (values, codes, scale, start) in super::blocks(x, a) {
         // A full block is read in place; only a row's last, partial block is copied (a copy of a
         // run-time length is a `memmove` call per block).
         let mut padded = [0f32; BLOCK];
@@ -68,7 +68,7 @@ fn quantize_avx2(x: &[f32], a: &mut Activations) {
     }
 }
 
-pub fn avx512_vnni(x: &Activations, w: &Weights, out: &mut [f32]) {
+pub fn avx512_vnni(x: &Activations, w: &Weights, out: &mut [MaybeUninit<f32>]) {
     assert!(has_avx512_vnni());
     let mut panel = 0;
     while panel + PANELS_512 <= w.panels {
@@ -92,7 +92,12 @@ const PANELS_512: usize = 4;
 /// Panels `first..first + P` for every row. (Loops, not closures: a closure is not compiled with
 /// its function's target features, so its intrinsics would not inline.)
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-fn avx512_panels<const P: usize>(x: &Activations, w: &Weights, out: &mut [f32], first: usize) {
+fn avx512_panels<const P: usize>(
+    x: &Activations,
+    w: &Weights,
+    out: &mut [MaybeUninit<f32>],
+    first: usize,
+) {
     const R: usize = ROWS_512;
     for row0 in (0..x.rows).step_by(R) {
         let n = R.min(x.rows - row0);
@@ -142,30 +147,40 @@ fn avx512_panels<const P: usize>(x: &Activations, w: &Weights, out: &mut [f32], 
             }
         }
         for (r, acc) in acc.iter().take(n).enumerate() {
-            let mut tile = [0f32; PANELS_512 * PANEL];
+            let row = &mut out[(row0 + r) * w.outputs..][..w.outputs];
             for (p, &v) in acc.iter().enumerate() {
-                // SAFETY: `tile` holds 64 f32, and p < 4: 16 f32 from p · 16 are in bounds.
-                unsafe { _mm512_storeu_ps(tile[p * PANEL..].as_mut_ptr(), v) };
+                let col = (first + p) * PANEL;
+                // A panel starts inside the row; the last one may be partial.
+                let cols = PANEL.min(w.outputs - col);
+                let mask = ((1u32 << cols) - 1) as __mmask16;
+                // SAFETY: the mask stores `cols` f32 from `col`, inside `row`.
+                unsafe { _mm512_mask_storeu_ps(row[col..].as_mut_ptr().cast(), mask, v) };
             }
-            store(out, w.outputs, row0 + r, first * PANEL, &tile[..P * PANEL]);
         }
     }
 }
 
-/// One tile row's columns into `out`, without the panel's padding past `outputs`.
-#[inline(always)]
-fn store(out: &mut [f32], outputs: usize, row: usize, col: usize, tile: &[f32]) {
-    let cols = tile.len().min(outputs - col);
-    out[row * outputs + col..][..cols].copy_from_slice(&tile[..cols]);
+/// Stores the lanes of `v` below `cols` at `to` (the 256-bit kernels' masked store).
+///
+/// # Safety
+/// `to` must hold `cols` ≤ 8 f32.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn store_256(to: &mut [MaybeUninit<f32>], cols: usize, v: __m256) {
+    debug_assert!(cols <= 8 && to.len() >= cols);
+    let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(cols as i32), lanes);
+    // SAFETY: lanes at and past `cols` are masked off; the caller guarantees the rest.
+    unsafe { _mm256_maskstore_ps(to.as_mut_ptr().cast(), mask, v) };
 }
 
-pub fn avx_vnni(x: &Activations, w: &Weights, out: &mut [f32]) {
+pub fn avx_vnni(x: &Activations, w: &Weights, out: &mut [MaybeUninit<f32>]) {
     assert!(has_avx_vnni());
     // SAFETY: the CPU has AVX2, FMA and AVX-VNNI (asserted above).
     unsafe { avx_vnni_body(x, w, out) }
 }
 
-pub fn avx2(x: &Activations, w: &Weights, out: &mut [f32]) {
+pub fn avx2(x: &Activations, w: &Weights, out: &mut [MaybeUninit<f32>]) {
     assert!(has_avx2());
     // SAFETY: the CPU has AVX2 and FMA (asserted above).
     unsafe { avx2_body(x, w, out) }
@@ -196,7 +211,7 @@ const ROWS_256: usize = 3;
 macro_rules! avx256_kernel {
     ($name:ident, $features:literal, $dot:ident) => {
         #[target_feature(enable = $features)]
-        fn $name(x: &Activations, w: &Weights, out: &mut [f32]) {
+        fn $name(x: &Activations, w: &Weights, out: &mut [MaybeUninit<f32>]) {
             const R: usize = ROWS_256;
             for panel in 0..w.panels {
                 for row0 in (0..x.rows).step_by(R) {
@@ -239,12 +254,15 @@ macro_rules! avx256_kernel {
                         }
                     }
                     for (r, acc) in acc.iter().take(n).enumerate() {
-                        let mut tile = [0f32; PANEL];
+                        let row = &mut out[(row0 + r) * w.outputs..][..w.outputs];
                         for (h, &v) in acc.iter().enumerate() {
-                            // SAFETY: `tile` holds 16 f32: 8 from h · 8 are in bounds.
-                            unsafe { _mm256_storeu_ps(tile[h * 8..].as_mut_ptr(), v) };
+                            let col = panel * PANEL + h * 8;
+                            if col < w.outputs {
+                                let cols = 8.min(w.outputs - col);
+                                // SAFETY: `row` holds `cols` f32 from `col`.
+                                unsafe { store_256(&mut row[col..], cols, v) };
+                            }
                         }
-                        store(out, w.outputs, row0 + r, panel * PANEL, &tile);
                     }
                 }
             }
