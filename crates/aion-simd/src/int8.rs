@@ -234,12 +234,7 @@ impl Activations {
             scales: vec![0f32; rows * blocks],
             starts: vec![0; rows * blocks],
         };
-        #[cfg(target_arch = "x86_64")]
-        if x86::has_avx2() {
-            x86::quantize_activations_avx2(x, &mut a);
-            return a;
-        }
-        quantize_activations(x, &mut a);
+        quantize_activations_fastest(x, &mut a);
         a
     }
 
@@ -277,6 +272,17 @@ fn blocks<'a>(
                 .zip(starts.iter_mut())
                 .map(|(((values, codes), scale), start)| (values, codes, scale, start))
         })
+}
+
+/// The body of [`Activations::quantize`]: the widest quantiser this CPU runs.
+fn quantize_activations_fastest(x: &[f32], a: &mut Activations) {
+    #[cfg(target_arch = "x86_64")]
+    if x86::has_avx512() {
+        return x86::quantize_activations_avx512(x, a);
+    } else if x86::has_avx2() {
+        return x86::quantize_activations_avx2(x, a);
+    }
+    quantize_activations(x, a)
 }
 
 /// The body of [`Activations::quantize`] on CPUs without AVX2.
@@ -418,27 +424,48 @@ mod tests {
         eprintln!("kernels run: {ran:?}");
     }
 
-    /// The vectorised activation quantiser gives the portable one's codes, scales and starts,
-    /// halves rounded to even included.
+    /// Every vectorised activation quantiser this CPU runs gives the portable one's codes, scales
+    /// and starts, halves rounded to even and partial blocks included.
     #[test]
-    fn both_activation_quantisers_agree() {
+    fn every_activation_quantiser_agrees_with_the_portable_one() {
         let mut rng = StdRng::seed_from_u64(10);
         let (rows, inputs) = (5, 100);
         let mut x = random(&mut rng, rows * inputs);
         // Values whose codes fall exactly halfway: 127 · v / max = k + 0.5.
         x[1] = 0.5 * 2.0 / 127.0;
         x[2] = 2.0;
-        let fast = Activations::quantize(&x, rows, inputs);
-        let mut portable = Activations {
-            codes: vec![0; fast.codes.len()],
-            scales: vec![0.0; fast.scales.len()],
-            starts: vec![0; fast.starts.len()],
-            ..fast.clone()
+        let quantized = |quantize: &dyn Fn(&[f32], &mut Activations)| {
+            let blocks = inputs.div_ceil(BLOCK);
+            let mut a = Activations {
+                rows,
+                inputs,
+                blocks,
+                codes: vec![0; rows * blocks * BLOCK],
+                scales: vec![0.0; rows * blocks],
+                starts: vec![0; rows * blocks],
+            };
+            quantize(&x, &mut a);
+            a
         };
-        quantize_activations(&x, &mut portable);
-        assert_eq!(fast.codes, portable.codes);
-        assert_eq!(fast.scales, portable.scales);
-        assert_eq!(fast.starts, portable.starts);
+        let portable = quantized(&quantize_activations);
+        type Quantiser<'a> = &'a dyn Fn(&[f32], &mut Activations);
+        let mut vectorised: Vec<(&str, Quantiser)> = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if x86::has_avx512() {
+                vectorised.push(("avx512", &x86::quantize_activations_avx512));
+            }
+            if x86::has_avx2() {
+                vectorised.push(("avx2", &x86::quantize_activations_avx2));
+            }
+        }
+        for (name, quantize) in vectorised {
+            let fast = quantized(quantize);
+            assert_eq!(fast.codes, portable.codes, "{name}");
+            assert_eq!(fast.scales, portable.scales, "{name}");
+            assert_eq!(fast.starts, portable.starts, "{name}");
+            eprintln!("{name} quantiser agrees");
+        }
     }
 
     /// The scalar kernel computes what the module says: per block, the integer sum of the codes'

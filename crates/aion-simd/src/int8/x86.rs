@@ -12,6 +12,11 @@ pub fn has_avx512_vnni() -> bool {
         && is_x86_feature_detected!("avx512vnni")
 }
 
+/// AVX-512 F and BW: the 512-bit quantiser.
+pub fn has_avx512() -> bool {
+    is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw")
+}
+
 pub fn has_avx_vnni() -> bool {
     is_x86_feature_detected!("avx2") && is_x86_feature_detected!("avxvnni")
 }
@@ -65,6 +70,38 @@ fn quantize_avx2(x: &[f32], a: &mut Activations) {
             *c = q as i8;
         }
         *start = -SHIFT * q.iter().sum::<i32>();
+    }
+}
+
+pub fn quantize_activations_avx512(x: &[f32], a: &mut Activations) {
+    assert!(has_avx512());
+    // SAFETY: the CPU has AVX-512 F and BW (asserted above).
+    unsafe { quantize_avx512(x, a) }
+}
+
+/// [`super::quantize_activations`] a block (two vectors) at a time: the same maximum, scale,
+/// round-half-to-even codes and block starts.
+#[target_feature(enable = "avx512f,avx512bw")]
+fn quantize_avx512(x: &[f32], a: &mut Activations) {
+    for (values, codes, scale, start) in super::blocks(x, a) {
+        // A row's last block may be partial: the rest of it reads as zeros.
+        let [low, high] = [0, 16].map(|first| {
+            let live = 16.min(values.len().saturating_sub(first));
+            let mask = ((1u32 << live) - 1) as __mmask16;
+            // SAFETY: the mask reads `live` f32 from `first`, inside `values`.
+            unsafe { _mm512_maskz_loadu_ps(mask, values.as_ptr().wrapping_add(first)) }
+        });
+        let max = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(low), _mm512_abs_ps(high)));
+        *scale = max / 127.0;
+        let inverse = _mm512_set1_ps(if max > 0.0 { 127.0 / max } else { 0.0 });
+        // Rounds half to even, as `round_ties_even`.
+        let [low, high] = [low, high].map(|v| _mm512_cvtps_epi32(_mm512_mul_ps(v, inverse)));
+        for (half, q) in codes.chunks_exact_mut(16).zip([low, high]) {
+            let bytes = _mm512_cvtsepi32_epi8(q);
+            // SAFETY: `half` holds 16 bytes, what the narrowed vector stores.
+            unsafe { _mm_storeu_si128(half.as_mut_ptr().cast(), bytes) };
+        }
+        *start = -SHIFT * _mm512_reduce_add_epi32(_mm512_add_epi32(low, high));
     }
 }
 
