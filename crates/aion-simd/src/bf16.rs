@@ -85,16 +85,28 @@ impl Head {
         self.values.clear();
         self.values.resize(n.div_ceil(2) * padded_dim, 0);
         assert!(available(), "this CPU lacks AVX-512 BF16");
-        for j in 0..n {
-            let (k, v) = (key(j), value(j));
-            assert!(
-                k.len() == dim && v.len() == dim,
-                "keys and values are {dim} wide"
-            );
+        for first in (0..n).step_by(16) {
+            let live = 16.min(n - first);
+            let keys: [&[f32]; 16] = std::array::from_fn(|r| match r < live {
+                true => key(first + r),
+                false => &[],
+            });
+            for (r, k) in keys.iter().take(live).enumerate() {
+                let v = value(first + r);
+                assert!(
+                    k.len() == dim && v.len() == dim,
+                    "keys and values are {dim} wide"
+                );
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: the CPU has AVX-512 F, BW and BF16 (asserted above).
+                unsafe {
+                    pack_value_avx512(self, first + r, v)
+                };
+            }
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: the CPU has AVX-512 F, BW and BF16 (asserted above).
+            // SAFETY: as above.
             unsafe {
-                pack_avx512(self, j, k, v)
+                pack_keys_avx512(self, first, &keys)
             };
         }
     }
@@ -220,25 +232,71 @@ fn rounded(v: __m512) -> __m512i {
     _mm512_and_si512(up, _mm512_set1_epi32(0xffff_0000_u32 as i32))
 }
 
-/// Key `j`'s pairs into the keys' columns, value `j` into its half of the values' pairs.
+/// Keys `first..first + 16` (empty past the last) into the keys' columns: each key's features
+/// as bf16 pairs, 16 keys' pairs transposed in registers.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-fn pack_avx512(head: &mut Head, j: usize, key: &[f32], value: &[f32]) {
-    let padded_n = head.padded_n();
-    let mut pairs = [0u32; 16];
-    for first in (0..head.dim).step_by(32) {
+fn pack_keys_avx512(head: &mut Head, first: usize, keys: &[&[f32]; 16]) {
+    let (padded_n, pairs) = (head.padded_n(), head.dim.div_ceil(2));
+    for feature in (0..head.dim).step_by(32) {
         // 32 features as 16 pairs, in order: the low half of `vcvtne2ps2bf16` is its second input.
-        let packed = _mm512_cvtne2ps_pbh(load_16(key, first + 16), load_16(key, first));
-        // SAFETY: `pairs` holds 16 u32, 64 bytes.
-        unsafe { _mm512_storeu_si512(pairs.as_mut_ptr().cast(), as_integers(packed)) };
-        for (c, &p) in pairs
-            .iter()
-            .enumerate()
-            .take(head.dim.div_ceil(2) - first / 2)
-        {
-            head.keys[(first / 2 + c) * padded_n + j] = p;
+        let rows = keys.map(|k| {
+            as_integers(_mm512_cvtne2ps_pbh(
+                load_16(k, feature + 16),
+                load_16(k, feature),
+            ))
+        });
+        let columns = transpose(rows);
+        for (c, column) in columns.iter().enumerate().take(pairs - feature / 2) {
+            let to = &mut head.keys[(feature / 2 + c) * padded_n + first..][..16];
+            // SAFETY: `to` holds 16 u32 (a row of keys is padded to 64, `first` is a multiple
+            // of 16 below it).
+            unsafe { _mm512_storeu_si512(to.as_mut_ptr().cast(), *column) };
         }
     }
+}
+
+/// A 16 × 16 matrix of 32-bit lanes transposed: `out[c]` lane `r` is `rows[r]` lane `c`. Pairs
+/// of rows interleaved by 32 then 64 bits leave 4 × 4 blocks transposed inside each 128-bit
+/// lane; two rounds of 128-bit shuffles put the blocks in place.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn transpose(rows: [__m512i; 16]) -> [__m512i; 16] {
+    let zero = _mm512_setzero_si512();
+    let mut t = [zero; 16];
+    for i in 0..8 {
+        t[2 * i] = _mm512_unpacklo_epi32(rows[2 * i], rows[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_epi32(rows[2 * i], rows[2 * i + 1]);
+    }
+    // u[4g + k], 128-bit lane l: column 4l + k of rows 4g..4g + 4.
+    let mut u = [zero; 16];
+    for g in 0..4 {
+        u[4 * g] = _mm512_unpacklo_epi64(t[4 * g], t[4 * g + 2]);
+        u[4 * g + 1] = _mm512_unpackhi_epi64(t[4 * g], t[4 * g + 2]);
+        u[4 * g + 2] = _mm512_unpacklo_epi64(t[4 * g + 1], t[4 * g + 3]);
+        u[4 * g + 3] = _mm512_unpackhi_epi64(t[4 * g + 1], t[4 * g + 3]);
+    }
+    // Column 4l + k is lane l of u[k], u[4 + k], u[8 + k], u[12 + k].
+    let mut out = [zero; 16];
+    for k in 0..4 {
+        let (a0, a1, a2, a3) = (u[k], u[4 + k], u[8 + k], u[12 + k]);
+        let even_01 = _mm512_shuffle_i32x4::<0x88>(a0, a1);
+        let odd_01 = _mm512_shuffle_i32x4::<0xdd>(a0, a1);
+        let even_23 = _mm512_shuffle_i32x4::<0x88>(a2, a3);
+        let odd_23 = _mm512_shuffle_i32x4::<0xdd>(a2, a3);
+        out[k] = _mm512_shuffle_i32x4::<0x88>(even_01, even_23);
+        out[4 + k] = _mm512_shuffle_i32x4::<0x88>(odd_01, odd_23);
+        out[8 + k] = _mm512_shuffle_i32x4::<0xdd>(even_01, even_23);
+        out[12 + k] = _mm512_shuffle_i32x4::<0xdd>(odd_01, odd_23);
+    }
+    out
+}
+
+/// Value `j` into its half of the values' pairs.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+fn pack_value_avx512(head: &mut Head, j: usize, value: &[f32]) {
     let padded_dim = head.padded_dim();
     let row = &mut head.values[j / 2 * padded_dim..][..padded_dim];
     for first in (0..head.dim).step_by(16) {
