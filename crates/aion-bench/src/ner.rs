@@ -35,8 +35,9 @@ pub struct Args {
     /// Realistic events in the raw-model set and the Python pipeline's run.
     #[arg(long, default_value_t = 20)]
     pub events: usize,
-    /// Realistic events through aion's enricher (cold cache first, then steady state).
-    #[arg(long, default_value_t = 600)]
+    /// Realistic events through aion's enricher, one cache from cold to warm: timed in phases
+    /// of growing length (the first 100 events, then ×3 each), the last one the steady state.
+    #[arg(long, default_value_t = 3000)]
     pub traffic_events: usize,
     /// The enricher's precision in the whole-events run (the raw-model rows measure both).
     #[arg(long, default_value_t = Precision::default())]
@@ -188,12 +189,8 @@ pub async fn run(args: Args) -> Result<()> {
         .map(|(_, _, m)| m)
         .context("no model of that precision")?;
     let mut cache = SegmentCache::new(DEFAULT_CACHE_ENTRIES);
-    let cold_len = (args.traffic_events / 6).max(1);
     let mut traffic = Vec::new();
-    for (phase, range) in [
-        ("aion enricher, cold cache", 0..cold_len),
-        ("aion enricher, steady state", cold_len..args.traffic_events),
-    ] {
+    for range in phases(args.traffic_events) {
         let (hits, misses) = (cache.hits, cache.misses);
         let started = cpu_seconds();
         for chunk in pairs[range.clone()].chunks(16) {
@@ -202,12 +199,23 @@ pub async fn run(args: Args) -> Result<()> {
         let cpu = (cpu_seconds() - started).max(0.01);
         let hit_rate = (cache.hits - hits) as f64
             / ((cache.hits - hits) + (cache.misses - misses)).max(1) as f64;
+        let phase = format!(
+            "aion enricher, events {}–{}{}",
+            range.start + 1,
+            range.end,
+            if range.start == 0 {
+                " (cold cache)"
+            } else {
+                ""
+            }
+        );
         traffic.push((phase, range.len() as f64 / cpu, Some(hit_rate)));
     }
+    let steady = traffic.last().map_or(0.0, |t| t.1);
     let python_events = reference["pipeline"]["events_per_cpu_s"]
         .as_f64()
         .unwrap_or(0.0);
-    traffic.push(("Python pipeline (no cache)", python_events, None));
+    traffic.push(("Python pipeline (no cache)".into(), python_events, None));
 
     let rate = |runtime: &str, set: &str| {
         rows.iter()
@@ -220,7 +228,7 @@ pub async fn run(args: Args) -> Result<()> {
         .map(|(_, runtime, _)| rate(runtime, "realistic events") / shipped)
         .collect();
     let raw_ratio = raw_ratios.iter().copied().fold(0.0, f64::max);
-    let realistic_ratio = traffic[1].1 / python_events.max(1e-9);
+    let realistic_ratio = steady / python_events.max(1e-9);
     let entity_f1 = accuracy[0].2;
     let int8_entity_f1 = accuracy[1].2;
     // What the cache holds, next to the distinct segments' text it would hold if keyed by text.
@@ -342,6 +350,25 @@ fn realistic_events(n: usize) -> Vec<RetrievalEvent> {
     .collect()
 }
 
+/// The enricher's timed phases over `n` events: the first 100 (a sixth of a shorter run) with a
+/// cold cache, then phases three times as long as the one before, the last one (the steady state)
+/// taking what is left unless that is under half the phase before it.
+fn phases(n: usize) -> Vec<std::ops::Range<usize>> {
+    let mut bounds = vec![0];
+    let mut end = (n / 6).clamp(1, 100);
+    while end < n {
+        bounds.push(end);
+        end *= 3;
+    }
+    if let [.., before, last] = bounds[..] {
+        if 2 * (n - last) < last - before {
+            bounds.pop();
+        }
+    }
+    bounds.push(n);
+    bounds.windows(2).map(|w| w[0]..w[1]).collect()
+}
+
 /// `f`'s result and its median CPU seconds over `repeats` runs.
 fn timed<T>(repeats: usize, mut f: impl FnMut() -> Result<T>) -> Result<(T, f64)> {
     let mut times = Vec::new();
@@ -441,4 +468,20 @@ fn entity_f1(ours: &[Vec<Entity>], theirs: &[Vec<Entity>]) -> f64 {
         b += y.len();
     }
     2.0 * both as f64 / (a + b).max(1) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::phases;
+
+    #[test]
+    fn phases_cover_the_run_in_growing_lengths() {
+        assert_eq!(phases(3000), [0..100, 100..300, 300..900, 900..3000]);
+        assert_eq!(
+            phases(10_000),
+            [0..100, 100..300, 300..900, 900..2700, 2700..10_000]
+        );
+        assert_eq!(phases(12), [0..2, 2..6, 6..12]);
+        assert_eq!(phases(2), [0..1, 1..2]);
+    }
 }
