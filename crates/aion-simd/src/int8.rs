@@ -225,17 +225,22 @@ impl Activations {
             rows * inputs,
             "activations are not {rows} × {inputs}"
         );
+        let mut a = Self::zeroed(rows, inputs);
+        quantize_activations_fastest(x, &mut a);
+        a
+    }
+
+    /// Room for `rows · inputs` activations, every code, scale and start 0.
+    fn zeroed(rows: usize, inputs: usize) -> Self {
         let blocks = inputs.div_ceil(BLOCK);
-        let mut a = Self {
+        Self {
             rows,
             inputs,
             blocks,
             codes: vec![0; rows * blocks * BLOCK],
             scales: vec![0f32; rows * blocks],
             starts: vec![0; rows * blocks],
-        };
-        quantize_activations_fastest(x, &mut a);
-        a
+        }
     }
 
     /// Rows.
@@ -435,15 +440,7 @@ mod tests {
         x[1] = 0.5 * 2.0 / 127.0;
         x[2] = 2.0;
         let quantized = |quantize: &dyn Fn(&[f32], &mut Activations)| {
-            let blocks = inputs.div_ceil(BLOCK);
-            let mut a = Activations {
-                rows,
-                inputs,
-                blocks,
-                codes: vec![0; rows * blocks * BLOCK],
-                scales: vec![0.0; rows * blocks],
-                starts: vec![0; rows * blocks],
-            };
+            let mut a = Activations::zeroed(rows, inputs);
             quantize(&x, &mut a);
             a
         };
