@@ -6,6 +6,7 @@
 //! SSE2) without unsafe code or a `target-cpu` baked into the binary. Other devices use candle's
 //! ops.
 
+use aion_simd::int8::{Activations, Weights};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 
 /// Softmax over the last dimension.
@@ -329,34 +330,28 @@ impl CustomOp1 for Dense<'_> {
     }
 }
 
-/// A linear layer's weights and bias for [`dense_int8`]: the weights quantised once (blocks of 32
-/// inputs on their own integer grid, which for a 4-bit model are its own codes).
-#[derive(Debug)]
-pub struct Quantized {
-    weights: aion_simd::int8::Weights,
-    bias: Vec<f32>,
-}
-
-impl Quantized {
-    /// Quantises `weight` `[inputs, outputs]`; `bias` is `[outputs]`.
-    pub fn new(weight: &Tensor, bias: &Tensor) -> candle_core::Result<Self> {
-        let (inputs, outputs) = weight.dims2()?;
-        let values: Vec<f32> = weight.flatten_all()?.to_vec1()?;
-        Ok(Self {
-            weights: aion_simd::int8::Weights::quantize(&values, inputs, outputs),
-            bias: bias.to_vec1()?,
-        })
-    }
+/// Quantises a linear layer for [`dense_int8`]: `weight` `[inputs, outputs]` in blocks of 32 inputs
+/// on their own integer grid (for a 4-bit model, its own codes), `bias` `[outputs]`.
+pub fn quantize(weight: &Tensor, bias: &Tensor) -> candle_core::Result<Weights> {
+    let (inputs, outputs) = weight.dims2()?;
+    let values: Vec<f32> = weight.flatten_all()?.to_vec1()?;
+    Ok(Weights::quantize(
+        &values,
+        &bias.to_vec1::<f32>()?,
+        inputs,
+        outputs,
+    ))
 }
 
 /// [`dense`] in int8: the rows quantised per block of 32 to int8, multiplied by the quantised
-/// weights in integers ([`aion_simd::int8`]), then bias and GELU in f32.
-pub fn dense_int8(x: &Tensor, q: &Quantized, gelu: bool) -> candle_core::Result<Tensor> {
-    x.apply_op1_no_bwd(&DenseInt8 { q, gelu })
+/// weights in integers, the bias added as they are stored ([`aion_simd::int8`]), then GELU in f32
+/// if `gelu`.
+pub fn dense_int8(x: &Tensor, w: &Weights, gelu: bool) -> candle_core::Result<Tensor> {
+    x.apply_op1_no_bwd(&DenseInt8 { w, gelu })
 }
 
 struct DenseInt8<'a> {
-    q: &'a Quantized,
+    w: &'a Weights,
     gelu: bool,
 }
 
@@ -368,45 +363,31 @@ impl CustomOp1 for DenseInt8<'_> {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = contiguous(self.name(), s, l)?;
         let (rows, inputs) = l.shape().dims2()?;
-        let w = &self.q.weights;
+        let w = self.w;
         if inputs != w.inputs() {
             candle_core::bail!(
                 "dense: {inputs} input features, the weights take {}",
                 w.inputs()
             );
         }
-        let mut out =
-            aion_simd::int8::matmul(&aion_simd::int8::Activations::quantize(x, rows, inputs), w);
-        pulp::Arch::new().dispatch(BiasGelu {
-            out: &mut out,
-            bias: &self.q.bias,
-            gelu: self.gelu,
-        });
+        let mut out = aion_simd::int8::matmul(&Activations::quantize(x, rows, inputs), w);
+        if self.gelu {
+            pulp::Arch::new().dispatch(Gelu(&mut out));
+        }
         Ok((CpuStorage::F32(out), Shape::from((rows, w.outputs()))))
     }
 }
 
-/// Adds the bias to every row, then exact GELU if `gelu`; vectorised inside `pulp`'s dispatch.
-struct BiasGelu<'a> {
-    out: &'a mut [f32],
-    bias: &'a [f32],
-    gelu: bool,
-}
+/// Exact GELU in place, vectorised inside `pulp`'s dispatch.
+struct Gelu<'a>(&'a mut [f32]);
 
-impl pulp::WithSimd for BiasGelu<'_> {
+impl pulp::WithSimd for Gelu<'_> {
     type Output = ();
 
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, _: S) {
-        for row in self.out.chunks_exact_mut(self.bias.len().max(1)) {
-            for (v, b) in row.iter_mut().zip(self.bias) {
-                *v += b;
-            }
-            if self.gelu {
-                for v in row.iter_mut() {
-                    *v = gelu_erf_scalar(*v);
-                }
-            }
+        for v in self.0.iter_mut() {
+            *v = gelu_erf_scalar(*v);
         }
     }
 }
@@ -544,7 +525,8 @@ impl CustomOp2 for AddLayerNorm<'_> {
                 l2.shape()
             );
         }
-        let mut out = vec![0f32; x.len()];
+        // Filled row by row, not zeroed first.
+        let mut out = Vec::with_capacity(x.len());
         pulp::Arch::new().dispatch(AddNormRows {
             x,
             residual,
@@ -558,7 +540,7 @@ impl CustomOp2 for AddLayerNorm<'_> {
 struct AddNormRows<'a> {
     x: &'a [f32],
     residual: &'a [f32],
-    out: &'a mut [f32],
+    out: &'a mut Vec<f32>,
     norm: &'a AddLayerNorm<'a>,
 }
 
@@ -573,10 +555,10 @@ impl pulp::WithSimd for AddNormRows<'_> {
             .x
             .chunks_exact(width)
             .zip(self.residual.chunks_exact(width));
-        for ((x, r), out) in rows.zip(self.out.chunks_exact_mut(width)) {
-            for ((o, x), r) in out.iter_mut().zip(x).zip(r) {
-                *o = x + r;
-            }
+        for (x, r) in rows {
+            let at = self.out.len();
+            self.out.extend(x.iter().zip(r).map(|(x, r)| x + r));
+            let out = &mut self.out[at..];
             let mean = sum(out) / width as f32;
             for o in out.iter_mut() {
                 *o -= mean;
@@ -661,10 +643,21 @@ impl pulp::WithSimd for Rows<'_> {
 #[inline(always)]
 fn exp_shifted(xs: &mut [f32]) -> f32 {
     let max = max(xs);
-    for x in xs.iter_mut() {
-        *x = exp(*x - max);
+    // Summed as they are written, in 16 independent lanes (the order of [`sum`]).
+    let mut lanes = [0f32; 16];
+    let mut chunks = xs.chunks_exact_mut(16);
+    for chunk in &mut chunks {
+        for (l, x) in lanes.iter_mut().zip(chunk) {
+            *x = exp(*x - max);
+            *l += *x;
+        }
     }
-    1.0 / sum(xs)
+    let mut tail = 0f32;
+    for x in chunks.into_remainder() {
+        *x = exp(*x - max);
+        tail += *x;
+    }
+    1.0 / (lanes.iter().sum::<f32>() + tail)
 }
 
 /// The largest value, in 16 independent lanes: a comparison and a select per lane vectorise, a

@@ -36,40 +36,42 @@ pub fn quantize_activations_avx2(x: &[f32], a: &mut Activations) {
 #[target_feature(enable = "avx2,fma")]
 fn quantize_avx2(x: &[f32], a: &mut Activations) {
     let magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(i32::MAX));
-    for (values, codes, scale, start) in super::blocks(x, a) {
-        // A full block is read in place; only a row's last, partial block is copied (a copy of a
-        // run-time length is a `memmove` call per block).
-        let mut padded = [0f32; BLOCK];
-        let block: &[f32] = if values.len() == BLOCK {
-            values
-        } else {
-            padded[..values.len()].copy_from_slice(values);
-            &padded
-        };
-        let mut v = [_mm256_setzero_ps(); BLOCK / 8];
-        let mut max = _mm256_setzero_ps();
-        for (i, v) in v.iter_mut().enumerate() {
-            // SAFETY: `block` holds 32 f32: 8 from i · 8 are in bounds.
-            *v = unsafe { _mm256_loadu_ps(block[i * 8..].as_ptr()) };
-            max = _mm256_max_ps(max, _mm256_and_ps(*v, magnitude));
+    for row in super::rows(x, a) {
+        for (values, codes, scale, start) in row {
+            // A full block is read in place; only a row's last, partial block is copied (a copy
+            // of a run-time length is a `memmove` call per block).
+            let mut padded = [0f32; BLOCK];
+            let block: &[f32] = if values.len() == BLOCK {
+                values
+            } else {
+                padded[..values.len()].copy_from_slice(values);
+                &padded
+            };
+            let mut v = [_mm256_setzero_ps(); BLOCK / 8];
+            let mut max = _mm256_setzero_ps();
+            for (i, v) in v.iter_mut().enumerate() {
+                // SAFETY: `block` holds 32 f32: 8 from i · 8 are in bounds.
+                *v = unsafe { _mm256_loadu_ps(block[i * 8..].as_ptr()) };
+                max = _mm256_max_ps(max, _mm256_and_ps(*v, magnitude));
+            }
+            let mut lanes = [0f32; 8];
+            // SAFETY: `lanes` holds 8 f32.
+            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), max) };
+            let max = lanes.into_iter().fold(0f32, f32::max);
+            *scale = max / 127.0;
+            let inverse = _mm256_set1_ps(if max > 0.0 { 127.0 / max } else { 0.0 });
+            let mut q = [0i32; BLOCK];
+            for (i, v) in v.iter().enumerate() {
+                // Rounds half to even, as `round_ties_even`.
+                let r = _mm256_cvtps_epi32(_mm256_mul_ps(*v, inverse));
+                // SAFETY: `q` holds 32 i32: 8 from i · 8 are in bounds.
+                unsafe { _mm256_storeu_si256(q[i * 8..].as_mut_ptr().cast(), r) };
+            }
+            for (c, q) in codes.iter_mut().zip(q) {
+                *c = q as i8;
+            }
+            *start = -SHIFT * q.iter().sum::<i32>();
         }
-        let mut lanes = [0f32; 8];
-        // SAFETY: `lanes` holds 8 f32.
-        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), max) };
-        let max = lanes.into_iter().fold(0f32, f32::max);
-        *scale = max / 127.0;
-        let inverse = _mm256_set1_ps(if max > 0.0 { 127.0 / max } else { 0.0 });
-        let mut q = [0i32; BLOCK];
-        for (i, v) in v.iter().enumerate() {
-            // Rounds half to even, as `round_ties_even`.
-            let r = _mm256_cvtps_epi32(_mm256_mul_ps(*v, inverse));
-            // SAFETY: `q` holds 32 i32: 8 from i · 8 are in bounds.
-            unsafe { _mm256_storeu_si256(q[i * 8..].as_mut_ptr().cast(), r) };
-        }
-        for (c, q) in codes.iter_mut().zip(q) {
-            *c = q as i8;
-        }
-        *start = -SHIFT * q.iter().sum::<i32>();
     }
 }
 
@@ -83,25 +85,27 @@ pub fn quantize_activations_avx512(x: &[f32], a: &mut Activations) {
 /// round-half-to-even codes and block starts.
 #[target_feature(enable = "avx512f,avx512bw")]
 fn quantize_avx512(x: &[f32], a: &mut Activations) {
-    for (values, codes, scale, start) in super::blocks(x, a) {
-        // A row's last block may be partial: the rest of it reads as zeros.
-        let [low, high] = [0, 16].map(|first| {
-            let live = 16.min(values.len().saturating_sub(first));
-            let mask = ((1u32 << live) - 1) as __mmask16;
-            // SAFETY: the mask reads `live` f32 from `first`, inside `values`.
-            unsafe { _mm512_maskz_loadu_ps(mask, values.as_ptr().wrapping_add(first)) }
-        });
-        let max = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(low), _mm512_abs_ps(high)));
-        *scale = max / 127.0;
-        let inverse = _mm512_set1_ps(if max > 0.0 { 127.0 / max } else { 0.0 });
-        // Rounds half to even, as `round_ties_even`.
-        let [low, high] = [low, high].map(|v| _mm512_cvtps_epi32(_mm512_mul_ps(v, inverse)));
-        for (half, q) in codes.chunks_exact_mut(16).zip([low, high]) {
-            let bytes = _mm512_cvtsepi32_epi8(q);
-            // SAFETY: `half` holds 16 bytes, what the narrowed vector stores.
-            unsafe { _mm_storeu_si128(half.as_mut_ptr().cast(), bytes) };
+    for row in super::rows(x, a) {
+        for (values, codes, scale, start) in row {
+            // A row's last block may be partial: the rest of it reads as zeros.
+            let [low, high] = [0, 16].map(|first| {
+                let live = 16.min(values.len().saturating_sub(first));
+                let mask = ((1u32 << live) - 1) as __mmask16;
+                // SAFETY: the mask reads `live` f32 from `first`, inside `values`.
+                unsafe { _mm512_maskz_loadu_ps(mask, values.as_ptr().wrapping_add(first)) }
+            });
+            let max = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(low), _mm512_abs_ps(high)));
+            *scale = max / 127.0;
+            let inverse = _mm512_set1_ps(if max > 0.0 { 127.0 / max } else { 0.0 });
+            // Rounds half to even, as `round_ties_even`.
+            let [low, high] = [low, high].map(|v| _mm512_cvtps_epi32(_mm512_mul_ps(v, inverse)));
+            for (half, q) in codes.chunks_exact_mut(16).zip([low, high]) {
+                let bytes = _mm512_cvtsepi32_epi8(q);
+                // SAFETY: `half` holds 16 bytes, what the narrowed vector stores.
+                unsafe { _mm_storeu_si128(half.as_mut_ptr().cast(), bytes) };
+            }
+            *start = -SHIFT * _mm512_reduce_add_epi32(_mm512_add_epi32(low, high));
         }
-        *start = -SHIFT * _mm512_reduce_add_epi32(_mm512_add_epi32(low, high));
     }
 }
 
@@ -120,9 +124,9 @@ pub fn avx512_vnni(x: &Activations, w: &Weights, out: &mut [MaybeUninit<f32>]) {
     }
 }
 
-/// The AVX-512 tile: 4 rows × 4 panels of 16 columns. Its 16 integer sums, 4 weight vectors and a
-/// broadcast stay in the 32 registers through a block; per 16 `vpdpbusd`, 4 loads and 4
-/// broadcasts.
+/// The AVX-512 tile: 4 rows × 4 panels of 16 columns, the bias added as it is stored. Its 16
+/// integer sums, 4 weight vectors and a broadcast stay in the 32 registers through a block; per
+/// 16 `vpdpbusd`, 4 loads and 4 broadcasts.
 const ROWS_512: usize = 4;
 const PANELS_512: usize = 4;
 
@@ -186,6 +190,9 @@ fn avx512_panels<const P: usize>(
         for (r, acc) in acc.iter().take(n).enumerate() {
             let row = &mut out[(row0 + r) * w.outputs..][..w.outputs];
             for (p, &v) in acc.iter().enumerate() {
+                // SAFETY: a panel's bias is 16 f32, one unaligned 512-bit load.
+                let bias = unsafe { _mm512_loadu_ps(w.panel_bias(first + p).as_ptr()) };
+                let v = _mm512_add_ps(v, bias);
                 let col = (first + p) * PANEL;
                 // A panel starts inside the row; the last one may be partial.
                 let cols = PANEL.min(w.outputs - col);
@@ -290,9 +297,14 @@ macro_rules! avx256_kernel {
                             }
                         }
                     }
+                    let bias = w.panel_bias(panel);
                     for (r, acc) in acc.iter().take(n).enumerate() {
                         let row = &mut out[(row0 + r) * w.outputs..][..w.outputs];
                         for (h, &v) in acc.iter().enumerate() {
+                            // SAFETY: `bias` holds 16 f32: 8 from h · 8 are in bounds.
+                            let v = _mm256_add_ps(v, unsafe {
+                                _mm256_loadu_ps(bias[h * 8..].as_ptr())
+                            });
                             let col = panel * PANEL + h * 8;
                             if col < w.outputs {
                                 let cols = 8.min(w.outputs - col);
