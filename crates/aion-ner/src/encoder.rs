@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 
+use aion_simd::int8::Activations;
 use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 
@@ -115,23 +116,46 @@ impl Dense {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        match self {
-            Self::Packed(packed) => kernels::dense(x, packed, false),
-            Self::Quantized(w) => kernels::dense_int8(x, w, false),
-            Self::Tensors { weight, bias } => x.matmul(weight)?.broadcast_add(bias),
+    /// `activation(x · W + b)` of tensors on a device other than the CPU.
+    fn forward(&self, x: &Tensor, activation: Option<Activation>) -> candle_core::Result<Tensor> {
+        let Self::Tensors { weight, bias } = self else {
+            candle_core::bail!(
+                "dense: weights loaded for the CPU, input on {:?}",
+                x.device()
+            )
+        };
+        let y = x.matmul(weight)?.broadcast_add(bias)?;
+        match activation {
+            None => Ok(y),
+            Some(Activation::Gelu) => y.gelu_erf(),
+            Some(Activation::GeluTanh) => y.gelu(),
+            Some(Activation::Relu) => y.relu(),
         }
     }
 
-    /// `activation(x · W + b)`, exact GELU fused into the CPU kernels.
-    fn forward_activated(&self, x: &Tensor, activation: Activation) -> candle_core::Result<Tensor> {
-        match (self, activation) {
-            (Self::Packed(packed), Activation::Gelu) => kernels::dense(x, packed, true),
-            (Self::Quantized(w), Activation::Gelu) => kernels::dense_int8(x, w, true),
-            (_, Activation::Gelu) => self.forward(x)?.gelu_erf(),
-            (_, Activation::GeluTanh) => self.forward(x)?.gelu(),
-            (_, Activation::Relu) => self.forward(x)?.relu(),
+    /// `activation(x · W + b)` of row-major `x` on the CPU into `out`, exact GELU fused into the
+    /// kernels; `codes` is the int8 path's buffer for the quantised rows.
+    fn forward_cpu(
+        &self,
+        x: &[f32],
+        activation: Option<Activation>,
+        codes: &mut Activations,
+        out: &mut Vec<f32>,
+    ) -> candle_core::Result<()> {
+        let gelu = matches!(activation, Some(Activation::Gelu));
+        match self {
+            Self::Packed(packed) => kernels::dense(x, packed, gelu, out)?,
+            Self::Quantized(w) => kernels::dense_int8(x, w, gelu, codes, out)?,
+            Self::Tensors { weight, .. } => {
+                candle_core::bail!("dense: weights loaded for {:?}", weight.device())
+            }
         }
+        match activation {
+            Some(Activation::GeluTanh) => kernels::gelu_tanh(out),
+            Some(Activation::Relu) => out.iter_mut().for_each(|v| *v = v.max(0.0)),
+            Some(Activation::Gelu) | None => {}
+        }
+        Ok(())
     }
 }
 
@@ -139,14 +163,18 @@ struct Norm {
     weight: Tensor,
     bias: Tensor,
     /// The weight and bias as the CPU kernel reads them.
-    cpu: Option<(Vec<f32>, Vec<f32>)>,
+    cpu: Option<kernels::LayerNorm>,
     eps: f32,
 }
 
 impl Norm {
     fn new(weight: Tensor, bias: Tensor, eps: f64) -> candle_core::Result<Self> {
         let cpu = match weight.device() {
-            Device::Cpu => Some((weight.to_vec1()?, bias.to_vec1()?)),
+            Device::Cpu => Some(kernels::LayerNorm {
+                weight: weight.to_vec1()?,
+                bias: bias.to_vec1()?,
+                eps: eps as f32,
+            }),
             _ => None,
         };
         Ok(Self {
@@ -161,11 +189,16 @@ impl Norm {
         candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps)
     }
 
-    /// `LayerNorm(x + residual)`, one fused pass on the CPU.
-    fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> candle_core::Result<Tensor> {
+    /// `LayerNorm(x + residual)` of row-major buffers on the CPU, one fused pass, into `out`.
+    fn forward_residual_cpu(
+        &self,
+        x: &[f32],
+        residual: &[f32],
+        out: &mut Vec<f32>,
+    ) -> candle_core::Result<()> {
         match &self.cpu {
-            Some((weight, bias)) => kernels::add_layer_norm(x, residual, weight, bias, self.eps),
-            None => self.forward(&x.add(residual)?),
+            Some(norm) => kernels::add_layer_norm(x, residual, norm, out),
+            None => candle_core::bail!("layer norm: weights loaded for another device"),
         }
     }
 }
@@ -455,16 +488,45 @@ impl Encoder {
             x = x.broadcast_add(token_type)?;
         }
         let mut x = self.embedding_norm.forward(&x)?;
+        if device.is_cpu() {
+            let tokens = x.dim(0)?;
+            let x = self.layers_cpu(x.flatten_all()?.to_vec1()?, lengths)?;
+            return Tensor::from_vec(x, (tokens, self.hidden), device);
+        }
         for layer in &self.layers {
-            let qkv = layer.qkv.forward(&x)?;
-            let context = kernels::attention(&qkv, lengths, self.heads, self.bf16_attention)?;
-            let attended = layer
-                .attention_norm
-                .forward_residual(&layer.attention_out.forward(&context)?, &x)?;
-            let up = layer.up.forward_activated(&attended, self.activation)?;
+            let qkv = layer.qkv.forward(&x, None)?;
+            let context = kernels::attention_by_matmuls(&qkv, lengths, self.heads)?;
+            let attended = layer.attention_out.forward(&context, None)?.add(&x)?;
+            let attended = layer.attention_norm.forward(&attended)?;
+            let up = layer.up.forward(&attended, Some(self.activation))?;
             x = layer
                 .output_norm
-                .forward_residual(&layer.down.forward(&up)?, &attended)?;
+                .forward(&layer.down.forward(&up, None)?.add(&attended)?)?;
+        }
+        Ok(x)
+    }
+
+    /// The layers on the CPU, over row-major `[tokens, hidden]` buffers that every layer reuses.
+    fn layers_cpu(&self, mut x: Vec<f32>, lengths: &[usize]) -> candle_core::Result<Vec<f32>> {
+        let mut codes = Activations::default();
+        let [mut qkv, mut context, mut projected, mut attended, mut up] = Default::default();
+        for layer in &self.layers {
+            layer.qkv.forward_cpu(&x, None, &mut codes, &mut qkv)?;
+            kernels::attention(&qkv, lengths, self.heads, self.bf16_attention, &mut context)?;
+            let out = &layer.attention_out;
+            out.forward_cpu(&context, None, &mut codes, &mut projected)?;
+            let norm = &layer.attention_norm;
+            norm.forward_residual_cpu(&projected, &x, &mut attended)?;
+            let activation = Some(self.activation);
+            layer
+                .up
+                .forward_cpu(&attended, activation, &mut codes, &mut up)?;
+            layer
+                .down
+                .forward_cpu(&up, None, &mut codes, &mut projected)?;
+            layer
+                .output_norm
+                .forward_residual_cpu(&projected, &attended, &mut x)?;
         }
         Ok(x)
     }

@@ -214,7 +214,7 @@ fn quantize_weight_block(values: &[f32; BLOCK]) -> (f32, [i32; BLOCK]) {
 }
 
 /// Rows of activations `[rows, inputs]` quantised per block of 32 inputs.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Activations {
     rows: usize,
     inputs: usize,
@@ -228,32 +228,29 @@ pub struct Activations {
 }
 
 impl Activations {
-    /// Quantises `x`, row-major `[rows][inputs]`.
+    /// Quantises `x`, row-major `[rows][inputs]`, into this buffer: its memory is reused, so a
+    /// forward that quantises every layer's input allocates once.
     ///
     /// # Panics
     /// If `x` does not hold `rows · inputs` values.
-    pub fn quantize(x: &[f32], rows: usize, inputs: usize) -> Self {
+    pub fn quantize(&mut self, x: &[f32], rows: usize, inputs: usize) {
         assert_eq!(
             x.len(),
             rows * inputs,
             "activations are not {rows} × {inputs}"
         );
-        let mut a = Self::zeroed(rows, inputs);
-        quantize_activations_fastest(x, &mut a);
-        a
+        self.reshape(rows, inputs);
+        quantize_activations_fastest(x, self);
     }
 
-    /// Room for `rows · inputs` activations, every code, scale and start 0.
-    fn zeroed(rows: usize, inputs: usize) -> Self {
+    /// Room for `rows · inputs` activations. What it held stays until a quantiser overwrites it:
+    /// each writes every code (a partial block's padding too), scale and start.
+    fn reshape(&mut self, rows: usize, inputs: usize) {
         let blocks = inputs.div_ceil(BLOCK);
-        Self {
-            rows,
-            inputs,
-            blocks,
-            codes: vec![0; rows * blocks * BLOCK],
-            scales: vec![0f32; rows * blocks],
-            starts: vec![0; rows * blocks],
-        }
+        (self.rows, self.inputs, self.blocks) = (rows, inputs, blocks);
+        self.codes.resize(rows * blocks * BLOCK, 0);
+        self.scales.resize(rows * blocks, 0.0);
+        self.starts.resize(rows * blocks, 0);
     }
 
     /// Rows.
@@ -319,7 +316,8 @@ fn quantize_activations(x: &[f32], a: &mut Activations) {
             let max = max.into_iter().fold(0f32, f32::max);
             *scale = max / 127.0;
             let inverse = if max > 0.0 { 127.0 / max } else { 0.0 };
-            for (c, &v) in codes.iter_mut().zip(values) {
+            let padded = values.iter().chain(std::iter::repeat(&0.0));
+            for (c, &v) in codes.iter_mut().zip(padded) {
                 *c = (v * inverse).round_ties_even() as i8;
             }
             *start = -SHIFT * codes.iter().map(|&c| i32::from(c)).sum::<i32>();
@@ -327,19 +325,20 @@ fn quantize_activations(x: &[f32], a: &mut Activations) {
     }
 }
 
-/// `x · W + b`, row-major `[rows][outputs]`, with the fastest kernel of this CPU.
+/// `x · W + b`, row-major `[rows][outputs]`, into `out` (its memory reused), with the fastest
+/// kernel of this CPU.
 ///
 /// # Panics
 /// If the shapes do not match.
-pub fn matmul(x: &Activations, w: &Weights) -> Vec<f32> {
-    matmul_with(Kernel::detect(), x, w)
+pub fn matmul(x: &Activations, w: &Weights, out: &mut Vec<f32>) {
+    matmul_with(Kernel::detect(), x, w, out)
 }
 
 /// [`matmul`] with a chosen kernel.
 ///
 /// # Panics
 /// If the shapes do not match, or the CPU does not have the kernel's instructions.
-pub fn matmul_with(kernel: Kernel, x: &Activations, w: &Weights) -> Vec<f32> {
+pub fn matmul_with(kernel: Kernel, x: &Activations, w: &Weights, out: &mut Vec<f32>) {
     assert_eq!(
         x.inputs, w.inputs,
         "activations and weights differ in inputs"
@@ -352,7 +351,8 @@ pub fn matmul_with(kernel: Kernel, x: &Activations, w: &Weights) -> Vec<f32> {
     let len = x.rows * w.outputs;
     // Not zeroed first: every kernel writes each output once, straight from its registers (a
     // zeroed output plus a copy out of a tile cost a sixth of the dense layers' time).
-    let mut out = Vec::with_capacity(len);
+    out.clear();
+    out.reserve(len);
     let spare = &mut out.spare_capacity_mut()[..len];
     if cfg!(test) {
         // An output a kernel missed then shows as NaN in the tests, not as stale memory.
@@ -372,7 +372,6 @@ pub fn matmul_with(kernel: Kernel, x: &Activations, w: &Weights) -> Vec<f32> {
     // SAFETY: each kernel stores every row's `outputs` columns: rows in tiles with the last
     // partial tile's rows stored too, columns in panels whose last one is stored masked.
     unsafe { out.set_len(len) };
-    out
 }
 
 /// The reference kernel: per block the exact integer sum, then one fused multiply-add; then the
@@ -407,6 +406,18 @@ mod tests {
         (0..n).map(|_| rng.random_range(-2.0f32..2.0)).collect()
     }
 
+    fn quantized(x: &[f32], rows: usize, inputs: usize) -> Activations {
+        let mut a = Activations::default();
+        a.quantize(x, rows, inputs);
+        a
+    }
+
+    fn product(kernel: Kernel, x: &Activations, w: &Weights) -> Vec<f32> {
+        let mut out = Vec::new();
+        matmul_with(kernel, x, w, &mut out);
+        out
+    }
+
     /// Every kernel this CPU has equals the scalar one bit for bit, on shapes with partial blocks,
     /// partial panels and row counts that leave partial tiles.
     #[test]
@@ -424,15 +435,15 @@ mod tests {
         ] {
             let weight = random(&mut rng, inputs * outputs);
             let w = Weights::quantize(&weight, &random(&mut rng, outputs), inputs, outputs);
-            let x = Activations::quantize(&random(&mut rng, rows * inputs), rows, inputs);
-            let reference = matmul_with(Kernel::Scalar, &x, &w);
+            let x = quantized(&random(&mut rng, rows * inputs), rows, inputs);
+            let reference = product(Kernel::Scalar, &x, &w);
             assert!(
                 reference.iter().all(|v| !v.is_nan()),
                 "scalar missed an output"
             );
             for kernel in Kernel::ALL.into_iter().filter(|k| k.available()) {
                 // A missed output is NaN (see `matmul_with`), and NaN equals nothing.
-                let out = matmul_with(kernel, &x, &w);
+                let out = product(kernel, &x, &w);
                 let same = out
                     .iter()
                     .zip(&reference)
@@ -450,7 +461,8 @@ mod tests {
     }
 
     /// Every vectorised activation quantiser this CPU runs gives the portable one's codes, scales
-    /// and starts, halves rounded to even and partial blocks included.
+    /// and starts, halves rounded to even and partial blocks included; each writes all of them
+    /// over a reused buffer's stale values.
     #[test]
     fn every_activation_quantiser_agrees_with_the_portable_one() {
         let mut rng = StdRng::seed_from_u64(10);
@@ -460,11 +472,22 @@ mod tests {
         x[1] = 0.5 * 2.0 / 127.0;
         x[2] = 2.0;
         let quantized = |quantize: &dyn Fn(&[f32], &mut Activations)| {
-            let mut a = Activations::zeroed(rows, inputs);
+            let mut a = Activations::default();
+            a.reshape(rows + 1, inputs + 40);
+            a.codes.fill(77);
+            a.scales.fill(f32::NAN);
+            a.starts.fill(-5);
+            a.reshape(rows, inputs);
             quantize(&x, &mut a);
             a
         };
         let portable = quantized(&quantize_activations);
+        let mut fresh = Activations::default();
+        fresh.reshape(rows, inputs);
+        quantize_activations(&x, &mut fresh);
+        assert_eq!(portable.codes, fresh.codes);
+        assert_eq!(portable.scales, fresh.scales);
+        assert_eq!(portable.starts, fresh.starts);
         type Quantiser<'a> = &'a dyn Fn(&[f32], &mut Activations);
         let mut vectorised: Vec<(&str, Quantiser)> = Vec::new();
         #[cfg(target_arch = "x86_64")]
@@ -494,8 +517,8 @@ mod tests {
         let xs = random(&mut rng, rows * inputs);
         let bias = random(&mut rng, outputs);
         let w = Weights::quantize(&random(&mut rng, inputs * outputs), &bias, inputs, outputs);
-        let x = Activations::quantize(&xs, rows, inputs);
-        let out = matmul_with(Kernel::Scalar, &x, &w);
+        let x = quantized(&xs, rows, inputs);
+        let out = product(Kernel::Scalar, &x, &w);
         for r in 0..rows {
             let (codes, scales, _) = x.row(r);
             for n in 0..outputs {
@@ -569,8 +592,9 @@ mod tests {
     #[test]
     fn zero_rows_and_blocks_give_zeros() {
         let w = Weights::quantize(&[0.0; 64 * 3], &[0.0; 3], 64, 3);
-        let x = Activations::quantize(&[1.0; 2 * 64], 2, 64);
-        let out = matmul(&x, &w);
+        let x = quantized(&[1.0; 2 * 64], 2, 64);
+        let mut out = vec![f32::NAN; 100];
+        matmul(&x, &w, &mut out);
         assert_eq!(out, vec![0.0; 6]);
     }
 }
