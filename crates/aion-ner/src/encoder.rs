@@ -58,15 +58,15 @@ pub enum Precision {
     F32,
     /// Dense layers in int8: activations quantised per block of 32 inputs, weights on their own
     /// per-block grid (a 4-bit model's own codes), as onnxruntime's `accuracy_level = 4` computes
-    /// 4-bit models. Attention's two products in bf16 with f32 sums where the CPU has AVX-512 BF16;
-    /// the softmax, norms and the classifier stay f32.
+    /// 4-bit models. Where the CPU has AVX-512 BF16, attention's second product (probabilities ×
+    /// values) in bf16 with f32 sums; the scores, softmax, norms and the classifier stay f32.
     Int8,
 }
 
 impl Default for Precision {
     /// Int8 where the CPU has an int8 kernel (AVX2 or VNNI): on the offline model it runs about
-    /// 2.3× f32's tokens per CPU-second (with bf16 attention) at entity F1 0.992 against the
-    /// shipped model (see `aion-bench ner`). f32 elsewhere, where int8 would be plain scalar code.
+    /// 2.3× f32's tokens per CPU-second at entity F1 0.992 against the shipped model (see
+    /// `aion-bench ner`). f32 elsewhere, where int8 would be plain scalar code.
     fn default() -> Self {
         match aion_simd::int8::Kernel::detect() {
             aion_simd::int8::Kernel::Scalar => Self::F32,
@@ -225,7 +225,7 @@ pub(crate) struct Encoder {
     activation: Activation,
     /// XLM-RoBERTa counts positions from after the padding index.
     first_position: usize,
-    /// Attention's products in bf16 where the CPU has AVX-512 BF16 (the int8 precision).
+    /// Attention's second product in bf16 where the CPU has AVX-512 BF16 (the int8 precision).
     bf16_attention: bool,
     /// The longest sequence the position embeddings cover.
     pub max_len: usize,

@@ -28,8 +28,9 @@ pub fn softmax_last_dim(xs: &Tensor) -> candle_core::Result<Tensor> {
 /// 4 query rows with their scores in registers' reach: the sequences are short, and as matmuls
 /// they are too small for a GEMM to amortise its packing.
 ///
-/// With `bf16` (on CPUs with AVX-512 BF16, see [`aion_simd::bf16`]) the two products round their
-/// inputs to bf16 and sum in f32, at twice the multiply-adds per instruction; the softmax stays f32.
+/// With `bf16` (on CPUs with AVX-512 BF16, see [`aion_simd::bf16`]) the second product rounds the
+/// probabilities and values to bf16 and sums in f32, at twice the multiply-adds per instruction;
+/// the scores and the softmax stay f32.
 pub fn attention(
     qkv: &[f32],
     lengths: &[usize],
@@ -89,7 +90,7 @@ struct PackedAttention<'a> {
     lengths: &'a [usize],
     heads: usize,
     hidden: usize,
-    /// The products in bf16 ([`aion_simd::bf16`]); the CPU has the instructions.
+    /// The second product in bf16 ([`aion_simd::bf16`]); the CPU has the instructions.
     bf16: bool,
 }
 
@@ -97,11 +98,47 @@ struct PackedAttention<'a> {
 /// sums share each value vector, in independent registers.
 const QUERIES: usize = 4;
 
+impl PackedAttention<'_> {
+    /// [`aion_simd::bf16`]'s attention, head by head, [`bf16::QUERIES`] queries at a time.
+    ///
+    /// [`bf16::QUERIES`]: aion_simd::bf16::QUERIES
+    fn bf16(self) {
+        use aion_simd::bf16::{Head, QUERIES};
+        let (hidden, dim) = (self.hidden, self.hidden / self.heads);
+        let qkv = self.qkv;
+        let row = |t: usize| &qkv[t * 3 * hidden..][..3 * hidden];
+        let mut head = Head::default();
+        let mut start = 0;
+        for &n in self.lengths {
+            let tokens = start..start + n;
+            for at in (0..hidden).step_by(dim) {
+                head.pack(
+                    n,
+                    dim,
+                    |j| &row(start + j)[hidden + at..][..dim],
+                    |j| &row(start + j)[2 * hidden + at..][..dim],
+                );
+                for first_query in tokens.clone().step_by(QUERIES) {
+                    let live = QUERIES.min(tokens.end - first_query);
+                    let queries: [&[f32]; QUERIES] =
+                        std::array::from_fn(|q| &row(first_query + q.min(live - 1))[at..][..dim]);
+                    let out = &mut self.out[first_query * hidden + at..];
+                    head.attend(&queries[..live], out, hidden);
+                }
+            }
+            start += n;
+        }
+    }
+}
+
 impl pulp::WithSimd for PackedAttention<'_> {
     type Output = ();
 
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, simd: S) {
+        if self.bf16 {
+            return self.bf16();
+        }
         let lanes = S::F32_LANES;
         // Two vectors: the width of a context tile; four: of a score tile.
         let block = 2 * lanes;
@@ -118,79 +155,53 @@ impl pulp::WithSimd for PackedAttention<'_> {
         // A tile's scores, `[QUERIES][n rounded up]`.
         let mut scores = Vec::new();
         let mut tile = vec![0f32; block];
-        let mut bf16 = aion_simd::bf16::Head::default();
         let mut start = 0;
         for &n in self.lengths {
             let tokens = start..start + n;
-            let padded_n = match self.bf16 {
-                true => aion_simd::bf16::score_stride(n),
-                false => n.next_multiple_of(key_block),
-            };
+            let padded_n = n.next_multiple_of(key_block);
             scores.clear();
             scores.resize(QUERIES * padded_n, 0f32);
-            if !self.bf16 {
-                keys.clear();
-                keys.resize(dim * padded_n, 0f32);
-                values.clear();
-                values.resize(n * padded_dim, 0f32);
-            }
+            keys.clear();
+            keys.resize(dim * padded_n, 0f32);
+            values.clear();
+            values.resize(n * padded_dim, 0f32);
             for head in 0..self.heads {
                 let at = head * dim;
-                if self.bf16 {
-                    bf16.pack(
-                        n,
-                        dim,
-                        |j| &row(start + j)[hidden + at..][..dim],
-                        |j| &row(start + j)[2 * hidden + at..][..dim],
-                    );
-                } else {
-                    for (j, t) in tokens.clone().enumerate() {
-                        let r = row(t);
-                        for (c, &k) in r[hidden + at..hidden + at + dim].iter().enumerate() {
-                            keys[c * padded_n + j] = k;
-                        }
-                        values[j * padded_dim..j * padded_dim + dim]
-                            .copy_from_slice(&r[2 * hidden + at..2 * hidden + at + dim]);
+                for (j, t) in tokens.clone().enumerate() {
+                    let r = row(t);
+                    for (c, &k) in r[hidden + at..hidden + at + dim].iter().enumerate() {
+                        keys[c * padded_n + j] = k;
                     }
+                    values[j * padded_dim..j * padded_dim + dim]
+                        .copy_from_slice(&r[2 * hidden + at..2 * hidden + at + dim]);
                 }
                 for first_query in tokens.clone().step_by(QUERIES) {
                     let live = QUERIES.min(tokens.end - first_query);
                     // Queries past the sequence's end repeat its last one; they are not stored.
                     let queries: [&[f32]; QUERIES] =
                         std::array::from_fn(|q| &row(first_query + q.min(live - 1))[at..at + dim]);
-                    if self.bf16 {
-                        bf16.scores(&queries[..live], &mut scores, padded_n);
-                    } else {
-                        for first in (0..padded_n).step_by(key_block) {
-                            let mut acc = [[zero; 4]; QUERIES];
-                            for c in 0..dim {
-                                let at = c * padded_n + first;
-                                let (k, _) = S::as_simd_f32s(&keys[at..at + key_block]);
-                                for (acc, query) in acc.iter_mut().zip(&queries) {
-                                    let qc = simd.splat_f32s(query[c]);
-                                    for (acc, &k) in acc.iter_mut().zip(k) {
-                                        *acc = simd.mul_add_e_f32s(qc, k, *acc);
-                                    }
+                    for first in (0..padded_n).step_by(key_block) {
+                        let mut acc = [[zero; 4]; QUERIES];
+                        for c in 0..dim {
+                            let at = c * padded_n + first;
+                            let (k, _) = S::as_simd_f32s(&keys[at..at + key_block]);
+                            for (acc, query) in acc.iter_mut().zip(&queries) {
+                                let qc = simd.splat_f32s(query[c]);
+                                for (acc, &k) in acc.iter_mut().zip(k) {
+                                    *acc = simd.mul_add_e_f32s(qc, k, *acc);
                                 }
                             }
-                            for (q, acc) in acc.iter().enumerate() {
-                                let at = q * padded_n + first;
-                                S::as_mut_simd_f32s(&mut scores[at..at + key_block])
-                                    .0
-                                    .copy_from_slice(acc);
-                            }
+                        }
+                        for (q, acc) in acc.iter().enumerate() {
+                            let at = q * padded_n + first;
+                            S::as_mut_simd_f32s(&mut scores[at..at + key_block])
+                                .0
+                                .copy_from_slice(acc);
                         }
                     }
                     let mut scale = [0f32; QUERIES];
                     for (q, scale) in scale.iter_mut().enumerate() {
                         *scale = exp_shifted(&mut scores[q * padded_n..q * padded_n + n]);
-                    }
-                    if self.bf16 {
-                        let probs: [&[f32]; QUERIES] =
-                            std::array::from_fn(|q| &scores[q * padded_n..][..n]);
-                        let out = &mut self.out[first_query * hidden + at..];
-                        bf16.context(&probs[..live], &scale[..live], out, hidden);
-                        continue;
                     }
                     for first in (0..padded_dim).step_by(block) {
                         let mut acc = [[zero; 2]; QUERIES];
@@ -761,8 +772,9 @@ mod tests {
             let mut ours = vec![f32::NAN; 7];
             attention(&values(&qkv), &lengths, heads, false, &mut ours).unwrap();
             assert!(max_diff(&ours, &reference) < 1e-5);
-            // bf16 products: inputs rounded to 8 bits of mantissa, sums in f32. Queries scaled
-            // as the encoder scales them (by 1/√dim, folded into their weights).
+            // The second product in bf16: probabilities and values rounded to 8 bits of
+            // mantissa, sums in f32. Queries scaled as the encoder scales them (by 1/√dim, folded
+            // into their weights).
             if aion_simd::bf16::available() {
                 let hidden = dim * heads;
                 let scale = Tensor::cat(
