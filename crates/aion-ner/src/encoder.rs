@@ -7,6 +7,7 @@
 //!   attention and softmax are vectorised kernels too ([`crate::kernels`]).
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 
 use aion_simd::int8::Activations;
 use candle_core::{DType, Device, Tensor};
@@ -212,12 +213,41 @@ struct Layer {
     output_norm: Norm,
 }
 
+/// The embedding tables: row-major on the CPU, where a forward gathers rows from them itself;
+/// tensors elsewhere.
+enum Embeddings {
+    Cpu {
+        word: Vec<f32>,
+        position: Vec<f32>,
+        /// Token type 0's embedding (DistilBERT has none).
+        token_type: Option<Vec<f32>>,
+    },
+    Tensors {
+        word: Tensor,
+        position: Tensor,
+        token_type: Option<Tensor>,
+    },
+}
+
+/// What a CPU forward works in, row-major `[tokens, features]`: every layer reuses them, and the
+/// encoder keeps them from forward to forward (fresh buffers cost page faults and zeroing: 6 % of
+/// the int8 forward). At most [`CPU_GROUP_TOKENS`] tokens' worth, about 10 MB for a BERT-small
+/// shape.
+#[derive(Default)]
+struct Buffers {
+    x: Vec<f32>,
+    qkv: Vec<f32>,
+    context: Vec<f32>,
+    projected: Vec<f32>,
+    attended: Vec<f32>,
+    up: Vec<f32>,
+    /// The int8 path's quantised rows.
+    codes: Activations,
+}
+
 /// A loaded encoder: token ids in, hidden states out.
 pub(crate) struct Encoder {
-    word: Tensor,
-    position: Tensor,
-    /// Token type 0's embedding (DistilBERT has none).
-    token_type: Option<Tensor>,
+    embeddings: Embeddings,
     embedding_norm: Norm,
     layers: Vec<Layer>,
     heads: usize,
@@ -229,6 +259,9 @@ pub(crate) struct Encoder {
     bf16_attention: bool,
     /// The longest sequence the position embeddings cover.
     pub max_len: usize,
+    /// The CPU forward's buffers; a forward that finds them taken (another thread's forward)
+    /// allocates its own.
+    buffers: Mutex<Buffers>,
 }
 
 /// The most tokens one CPU forward packs. More share nothing (sequences are packed, not padded),
@@ -416,10 +449,29 @@ impl Encoder {
             "roberta." => c.pad_token_id + 1,
             _ => 0,
         };
+        let word = w.get(&format!("{}.weight", names.word))?;
+        let position = w.get(&format!("{}.weight", names.position))?;
+        let embeddings = match word.device() {
+            Device::Cpu => {
+                let rows = |t: &Tensor| -> Result<Vec<f32>, String> {
+                    t.flatten_all()
+                        .and_then(|t| t.to_vec1())
+                        .map_err(|e| format!("embeddings: {e}"))
+                };
+                Embeddings::Cpu {
+                    word: rows(&word)?,
+                    position: rows(&position)?,
+                    token_type: token_type.as_ref().map(rows).transpose()?,
+                }
+            }
+            _ => Embeddings::Tensors {
+                word,
+                position,
+                token_type,
+            },
+        };
         Ok(Self {
-            word: w.get(&format!("{}.weight", names.word))?,
-            position: w.get(&format!("{}.weight", names.position))?,
-            token_type,
+            embeddings,
             embedding_norm: w.norm(names.embedding_norm, c.layer_norm_eps)?,
             layers,
             heads: c.num_attention_heads,
@@ -428,6 +480,7 @@ impl Encoder {
             first_position,
             bf16_attention: precision == Precision::Int8,
             max_len: c.max_position_embeddings.saturating_sub(first_position),
+            buffers: Mutex::default(),
         })
     }
 
@@ -447,52 +500,125 @@ impl Encoder {
         lengths: &[usize],
         device: &Device,
     ) -> candle_core::Result<Tensor> {
-        if !device.is_cpu() || ids.len() <= CPU_GROUP_TOKENS {
-            return self.forward_packed(ids, lengths, device);
-        }
-        let mut groups = Vec::new();
+        let Embeddings::Cpu { .. } = self.embeddings else {
+            return self.forward_tensors(ids, lengths, device);
+        };
+        let mut taken = self.buffers.try_lock();
+        let mut own = Buffers::default();
+        let b = match &mut taken {
+            Ok(buffers) => &mut **buffers,
+            Err(_) => &mut own,
+        };
+        let mut hidden = Vec::with_capacity(ids.len() * self.hidden);
         let (mut first, mut start, mut tokens) = (0, 0, 0);
         for (i, &n) in lengths.iter().enumerate() {
             if tokens > 0 && tokens + n > CPU_GROUP_TOKENS {
-                groups.push(self.forward_packed(
-                    &ids[start..start + tokens],
-                    &lengths[first..i],
-                    device,
-                )?);
+                self.forward_cpu(&ids[start..start + tokens], &lengths[first..i], b)?;
+                hidden.extend_from_slice(&b.x);
                 (first, start, tokens) = (i, start + tokens, 0);
             }
             tokens += n;
         }
-        groups.push(self.forward_packed(&ids[start..], &lengths[first..], device)?);
-        Tensor::cat(&groups, 0)
+        self.forward_cpu(&ids[start..], &lengths[first..], b)?;
+        hidden.extend_from_slice(&b.x);
+        Tensor::from_vec(hidden, (ids.len(), self.hidden), device)
     }
 
-    /// [`Encoder::forward`] of one group of sequences.
-    fn forward_packed(
+    /// [`Encoder::forward`] of one group of sequences on the CPU, into `b.x`.
+    fn forward_cpu(
+        &self,
+        ids: &[u32],
+        lengths: &[usize],
+        b: &mut Buffers,
+    ) -> candle_core::Result<()> {
+        let Embeddings::Cpu {
+            word,
+            position,
+            token_type,
+        } = &self.embeddings
+        else {
+            candle_core::bail!("the embeddings are not on the CPU")
+        };
+        if lengths.iter().sum::<usize>() != ids.len() {
+            candle_core::bail!("the lengths do not add up to {} tokens", ids.len());
+        }
+        let h = self.hidden;
+        // (word + position) + token type, then the norm: the tensor path's order of additions.
+        b.projected.clear();
+        b.attended.clear();
+        let positions = lengths
+            .iter()
+            .flat_map(|&n| self.first_position..self.first_position + n);
+        for (&id, p) in ids.iter().zip(positions) {
+            let id = id as usize;
+            let w = word.get(id * h..(id + 1) * h);
+            let (Some(w), Some(p)) = (w, position.get(p * h..(p + 1) * h)) else {
+                candle_core::bail!("token {id} at position {p} is outside the embeddings");
+            };
+            b.projected.extend(w.iter().zip(p).map(|(w, p)| w + p));
+            match token_type {
+                Some(t) => b.attended.extend_from_slice(t),
+                None => b.attended.resize(b.attended.len() + h, 0.0),
+            }
+        }
+        let norm = &self.embedding_norm;
+        norm.forward_residual_cpu(&b.projected, &b.attended, &mut b.x)?;
+        for layer in &self.layers {
+            layer
+                .qkv
+                .forward_cpu(&b.x, None, &mut b.codes, &mut b.qkv)?;
+            kernels::attention(
+                &b.qkv,
+                lengths,
+                self.heads,
+                self.bf16_attention,
+                &mut b.context,
+            )?;
+            let out = &layer.attention_out;
+            out.forward_cpu(&b.context, None, &mut b.codes, &mut b.projected)?;
+            let norm = &layer.attention_norm;
+            norm.forward_residual_cpu(&b.projected, &b.x, &mut b.attended)?;
+            let activation = Some(self.activation);
+            layer
+                .up
+                .forward_cpu(&b.attended, activation, &mut b.codes, &mut b.up)?;
+            layer
+                .down
+                .forward_cpu(&b.up, None, &mut b.codes, &mut b.projected)?;
+            let norm = &layer.output_norm;
+            norm.forward_residual_cpu(&b.projected, &b.attended, &mut b.x)?;
+        }
+        Ok(())
+    }
+
+    /// [`Encoder::forward`] on another device, in candle tensor ops: all sequences at once.
+    fn forward_tensors(
         &self,
         ids: &[u32],
         lengths: &[usize],
         device: &Device,
     ) -> candle_core::Result<Tensor> {
+        let Embeddings::Tensors {
+            word,
+            position,
+            token_type,
+        } = &self.embeddings
+        else {
+            candle_core::bail!("the embeddings are on the CPU, not {device:?}")
+        };
         let positions: Vec<u32> = lengths
             .iter()
             .flat_map(|&n| (0..n).map(|p| (p + self.first_position) as u32))
             .collect();
         let ids = Tensor::new(ids, device)?;
         let positions = Tensor::new(positions.as_slice(), device)?;
-        let mut x = self
-            .word
+        let mut x = word
             .index_select(&ids, 0)?
-            .add(&self.position.index_select(&positions, 0)?)?;
-        if let Some(token_type) = &self.token_type {
+            .add(&position.index_select(&positions, 0)?)?;
+        if let Some(token_type) = token_type {
             x = x.broadcast_add(token_type)?;
         }
         let mut x = self.embedding_norm.forward(&x)?;
-        if device.is_cpu() {
-            let tokens = x.dim(0)?;
-            let x = self.layers_cpu(x.flatten_all()?.to_vec1()?, lengths)?;
-            return Tensor::from_vec(x, (tokens, self.hidden), device);
-        }
         for layer in &self.layers {
             let qkv = layer.qkv.forward(&x, None)?;
             let context = kernels::attention_by_matmuls(&qkv, lengths, self.heads)?;
@@ -502,31 +628,6 @@ impl Encoder {
             x = layer
                 .output_norm
                 .forward(&layer.down.forward(&up, None)?.add(&attended)?)?;
-        }
-        Ok(x)
-    }
-
-    /// The layers on the CPU, over row-major `[tokens, hidden]` buffers that every layer reuses.
-    fn layers_cpu(&self, mut x: Vec<f32>, lengths: &[usize]) -> candle_core::Result<Vec<f32>> {
-        let mut codes = Activations::default();
-        let [mut qkv, mut context, mut projected, mut attended, mut up] = Default::default();
-        for layer in &self.layers {
-            layer.qkv.forward_cpu(&x, None, &mut codes, &mut qkv)?;
-            kernels::attention(&qkv, lengths, self.heads, self.bf16_attention, &mut context)?;
-            let out = &layer.attention_out;
-            out.forward_cpu(&context, None, &mut codes, &mut projected)?;
-            let norm = &layer.attention_norm;
-            norm.forward_residual_cpu(&projected, &x, &mut attended)?;
-            let activation = Some(self.activation);
-            layer
-                .up
-                .forward_cpu(&attended, activation, &mut codes, &mut up)?;
-            layer
-                .down
-                .forward_cpu(&up, None, &mut codes, &mut projected)?;
-            layer
-                .output_norm
-                .forward_residual_cpu(&projected, &attended, &mut x)?;
         }
         Ok(x)
     }
