@@ -6,24 +6,23 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::{Linear, Module};
 use serde::Deserialize;
 use tokenizers::Tokenizer;
 
-use crate::encoder::{Encoder, Precision};
+use crate::encoder::{Encoder, Head, Precision};
 use crate::entities::{aggregate, Aggregation, Entity, TokenPrediction};
 use crate::{kernels, Error, Result};
 
 /// The parts of `config.json` beyond what the encoder reads.
 #[derive(Deserialize)]
-struct Head {
+struct LabelConfig {
     id2label: HashMap<String, String>,
 }
 
 /// A loaded token-classification model with its tokenizer.
 pub struct TokenClassifier {
     encoder: Encoder,
-    classifier: Linear,
+    classifier: Head,
     labels: Vec<String>,
     tokenizer: Tokenizer,
     max_len: usize,
@@ -52,7 +51,8 @@ impl TokenClassifier {
         let config_path = dir.join("config.json");
         let text =
             std::fs::read_to_string(&config_path).map_err(|e| load_error(&config_path, e))?;
-        let head: Head = serde_json::from_str(&text).map_err(|e| load_error(&config_path, e))?;
+        let head: LabelConfig =
+            serde_json::from_str(&text).map_err(|e| load_error(&config_path, e))?;
         let mut labels = vec![String::new(); head.id2label.len()];
         for (id, label) in &head.id2label {
             let i: usize = id
@@ -73,10 +73,9 @@ impl TokenClassifier {
         ) {
             (Some(w), Some(b)) if w.dims() == [labels.len(), encoder.hidden()] => {
                 let f32 = |t: &Tensor| t.to_dtype(DType::F32);
-                Linear::new(
-                    f32(w).map_err(|e| load_error(&weights, e))?,
-                    Some(f32(b).map_err(|e| load_error(&weights, e))?),
-                )
+                let (w, b) = (f32(w), f32(b));
+                w.and_then(|w| Head::new(&w, &b?))
+                    .map_err(|e| load_error(&weights, e))?
             }
             _ => {
                 return Err(load_error(
@@ -139,8 +138,10 @@ impl TokenClassifier {
 
     /// Logits `[tokens, labels]` for one sequence of token ids (special tokens included).
     pub fn logits(&self, ids: &[u32]) -> Result<Tensor> {
-        let hidden = self.encoder.forward(ids, &[ids.len()], &self.device)?;
-        Ok(self.classifier.forward(&hidden)?)
+        let head = Some(&self.classifier);
+        Ok(self
+            .encoder
+            .forward(ids, &[ids.len()], &self.device, head)?)
     }
 
     /// Label probabilities of every token of sequences run as one batch, packed one after
@@ -148,8 +149,9 @@ impl TokenClassifier {
     pub fn probabilities(&self, sequences: &[Vec<u32>]) -> Result<Vec<Vec<Vec<f32>>>> {
         let ids = sequences.concat();
         let lengths: Vec<usize> = sequences.iter().map(Vec::len).collect();
-        let hidden = self.encoder.forward(&ids, &lengths, &self.device)?;
-        let mut rows = kernels::softmax_last_dim(&self.classifier.forward(&hidden)?)?
+        let head = Some(&self.classifier);
+        let logits = self.encoder.forward(&ids, &lengths, &self.device, head)?;
+        let mut rows = kernels::softmax_last_dim(&logits)?
             .to_vec2::<f32>()?
             .into_iter();
         Ok(lengths

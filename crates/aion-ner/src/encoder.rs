@@ -160,6 +160,23 @@ impl Dense {
     }
 }
 
+/// A linear layer over the encoder's every output token, in f32 at any precision: a token
+/// classifier's head. On the CPU the encoder applies it group by group, so only the logits leave
+/// its buffers.
+pub(crate) struct Head {
+    dense: Dense,
+    outputs: usize,
+}
+
+impl Head {
+    /// `weight` `[outputs, inputs]` (as PyTorch stores a linear layer), `bias` `[outputs]`.
+    pub fn new(weight: &Tensor, bias: &Tensor) -> candle_core::Result<Self> {
+        let outputs = weight.dim(0)?;
+        let dense = Dense::new(weight.t()?.contiguous()?, bias.clone(), Precision::F32)?;
+        Ok(Self { dense, outputs })
+    }
+}
+
 struct Norm {
     weight: Tensor,
     bias: Tensor,
@@ -241,6 +258,8 @@ struct Buffers {
     projected: Vec<f32>,
     attended: Vec<f32>,
     up: Vec<f32>,
+    /// The head's outputs.
+    logits: Vec<f32>,
     /// The int8 path's quantised rows.
     codes: Activations,
 }
@@ -489,8 +508,9 @@ impl Encoder {
         self.hidden
     }
 
-    /// Hidden states `[tokens, hidden]` of sequences packed one after another: `ids` holds them
-    /// all, `lengths` says where each ends. Each row equals the sequence run alone.
+    /// Hidden states `[tokens, hidden]` of sequences packed one after another, or with a `head`
+    /// its outputs `[tokens, outputs]`: `ids` holds them all, `lengths` says where each ends. Each
+    /// row equals the sequence run alone.
     ///
     /// On the CPU, consecutive sequences run in groups of up to [`CPU_GROUP_TOKENS`] tokens (a
     /// longer sequence alone).
@@ -499,9 +519,14 @@ impl Encoder {
         ids: &[u32],
         lengths: &[usize],
         device: &Device,
+        head: Option<&Head>,
     ) -> candle_core::Result<Tensor> {
         let Embeddings::Cpu { .. } = self.embeddings else {
-            return self.forward_tensors(ids, lengths, device);
+            let x = self.forward_tensors(ids, lengths, device)?;
+            return match head {
+                Some(head) => head.dense.forward(&x, None),
+                None => Ok(x),
+            };
         };
         let mut taken = self.buffers.try_lock();
         let mut own = Buffers::default();
@@ -509,19 +534,30 @@ impl Encoder {
             Ok(buffers) => &mut **buffers,
             Err(_) => &mut own,
         };
-        let mut hidden = Vec::with_capacity(ids.len() * self.hidden);
+        let width = head.map_or(self.hidden, |h| h.outputs);
+        let mut out = Vec::with_capacity(ids.len() * width);
+        let mut group = |ids: &[u32], lengths: &[usize], b: &mut Buffers| {
+            self.forward_cpu(ids, lengths, b)?;
+            match head {
+                Some(head) => {
+                    let logits = &mut b.logits;
+                    head.dense.forward_cpu(&b.x, None, &mut b.codes, logits)?;
+                    out.extend_from_slice(logits);
+                }
+                None => out.extend_from_slice(&b.x),
+            }
+            candle_core::Result::Ok(())
+        };
         let (mut first, mut start, mut tokens) = (0, 0, 0);
         for (i, &n) in lengths.iter().enumerate() {
             if tokens > 0 && tokens + n > CPU_GROUP_TOKENS {
-                self.forward_cpu(&ids[start..start + tokens], &lengths[first..i], b)?;
-                hidden.extend_from_slice(&b.x);
+                group(&ids[start..start + tokens], &lengths[first..i], b)?;
                 (first, start, tokens) = (i, start + tokens, 0);
             }
             tokens += n;
         }
-        self.forward_cpu(&ids[start..], &lengths[first..], b)?;
-        hidden.extend_from_slice(&b.x);
-        Tensor::from_vec(hidden, (ids.len(), self.hidden), device)
+        group(&ids[start..], &lengths[first..], b)?;
+        Tensor::from_vec(out, (ids.len(), width), device)
     }
 
     /// [`Encoder::forward`] of one group of sequences on the CPU, into `b.x`.
@@ -757,7 +793,7 @@ mod tests {
             let encoder = Encoder::load(config, &weights, Precision::F32).unwrap();
             let lengths: Vec<usize> = sequences.iter().map(Vec::len).collect();
             let packed = encoder
-                .forward(&sequences.concat(), &lengths, &cpu)
+                .forward(&sequences.concat(), &lengths, &cpu, None)
                 .unwrap();
             let mut start = 0;
             for ids in &sequences {
@@ -799,13 +835,15 @@ mod tests {
         for precision in [Precision::F32, Precision::Int8] {
             let encoder = Encoder::load(config, &weights, precision).unwrap();
             let packed = encoder
-                .forward(&sequences.concat(), &lengths, &Device::Cpu)
+                .forward(&sequences.concat(), &lengths, &Device::Cpu, None)
                 .unwrap();
             assert_eq!(packed.dims2().unwrap(), (lengths.iter().sum(), 32));
             let mut start = 0;
             for ids in &sequences {
                 let ours = packed.narrow(0, start, ids.len()).unwrap();
-                let alone = encoder.forward(ids, &[ids.len()], &Device::Cpu).unwrap();
+                let alone = encoder
+                    .forward(ids, &[ids.len()], &Device::Cpu, None)
+                    .unwrap();
                 let diff = (ours - alone).unwrap().abs().unwrap().max_all().unwrap();
                 let diff = diff.to_scalar::<f32>().unwrap();
                 assert!(diff < 1e-5, "{precision}: max |Δ| {diff} at {start}");
