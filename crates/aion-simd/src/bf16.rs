@@ -90,24 +90,21 @@ impl Head {
         self.keys.resize(dim * padded_n, 0.0);
         self.values.resize(n.div_ceil(2) * padded_dim, 0);
         assert!(available(), "this CPU lacks AVX-512 BF16");
+        let width = |x: &'a [f32]| {
+            assert_eq!(x.len(), dim, "keys and values are {dim} wide");
+            x
+        };
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX-512 F, BW and BF16 (asserted above).
+        unsafe {
+            pack_values_avx512(self, |j| width(value(j)))
+        };
         for first in (0..n).step_by(16) {
             let live = 16.min(n - first);
             let keys: [&[f32]; 16] = std::array::from_fn(|r| match r < live {
-                true => key(first + r),
+                true => width(key(first + r)),
                 false => &[],
             });
-            for (r, k) in keys.iter().take(live).enumerate() {
-                let v = value(first + r);
-                assert!(
-                    k.len() == dim && v.len() == dim,
-                    "keys and values are {dim} wide"
-                );
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: the CPU has AVX-512 F, BW and BF16 (asserted above).
-                unsafe {
-                    pack_value_avx512(self, first + r, v)
-                };
-            }
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above.
             unsafe {
@@ -273,24 +270,25 @@ fn transpose(rows: [__m512i; 16]) -> [__m512i; 16] {
     out
 }
 
-/// Value `j` into its half of the values' pairs.
+/// Every value into the values' pairs: an even key's features in the low halves, the next
+/// key's (zero past the last) in the high ones.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-fn pack_value_avx512(head: &mut Head, j: usize, value: &[f32]) {
-    let padded_dim = head.padded_dim();
-    let row = &mut head.values[j / 2 * padded_dim..][..padded_dim];
-    for first in (0..head.dim).step_by(16) {
-        let bits = rounded(load_16(value, first));
-        let to = row[first..][..16].as_mut_ptr();
-        // An even key writes the pairs' low halves (the high ones zero, for an odd key count),
-        // the odd key after it adds the high halves.
-        let pair = match j % 2 {
-            0 => _mm512_srli_epi32::<16>(bits),
-            // SAFETY: `row` holds whole vectors: 16 u32 from `first` are in bounds.
-            _ => _mm512_or_si512(unsafe { _mm512_loadu_si512(to.cast()) }, bits),
+fn pack_values_avx512<'a>(head: &mut Head, value: impl Fn(usize) -> &'a [f32]) {
+    let (n, dim, padded_dim) = (head.n, head.dim, head.padded_dim());
+    for (pair, row) in head.values.chunks_exact_mut(padded_dim).enumerate() {
+        let even = value(2 * pair);
+        let odd = match 2 * pair + 1 < n {
+            true => value(2 * pair + 1),
+            false => &[],
         };
-        // SAFETY: as above.
-        unsafe { _mm512_storeu_si512(to.cast(), pair) };
+        for first in (0..dim).step_by(16) {
+            let low = _mm512_srli_epi32::<16>(rounded(load_16(even, first)));
+            let both = _mm512_or_si512(low, rounded(load_16(odd, first)));
+            let to = row[first..][..16].as_mut_ptr();
+            // SAFETY: `row` holds whole vectors: 16 u32 from `first` are in bounds.
+            unsafe { _mm512_storeu_si512(to.cast(), both) };
+        }
     }
 }
 
