@@ -72,7 +72,7 @@ pub async fn run(args: Args) -> Result<()> {
         (
             Precision::Int8,
             format!(
-                "aion int8 ({} kernel, {} attention)",
+                "aion int8 ({} kernel, {} probabilities × values)",
                 aion_simd::int8::Kernel::detect().name(),
                 if aion_simd::bf16::available() {
                     "bf16"

@@ -66,7 +66,7 @@ pub enum Precision {
 
 impl Default for Precision {
     /// Int8 where the CPU has an int8 kernel (AVX2 or VNNI): on the offline model it runs about
-    /// 2.3× f32's tokens per CPU-second at entity F1 0.992 against the shipped model (see
+    /// 2.4× f32's tokens per CPU-second at entity F1 0.992 against the shipped model (see
     /// `aion-bench ner`). f32 elsewhere, where int8 would be plain scalar code.
     fn default() -> Self {
         match aion_simd::int8::Kernel::detect() {

@@ -20,6 +20,9 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
+#[cfg(target_arch = "x86_64")]
+use crate::expf;
+
 /// Keys per score tile: 2 vectors of 16, 8 sums for 4 queries. Tiles of 64 keys computed a
 /// quarter more scores than a window of 188 keys (the realistic windows' mean) has, for nothing;
 /// tiles of 32 ran about 1 % faster, and tiles of 16 (4 sums) slower.
@@ -141,11 +144,13 @@ impl Head {
         self.scores.resize(QUERIES * self.padded_n(), 0.0);
         self.probs.resize(QUERIES * self.row_pairs(), 0);
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: the CPU has AVX-512 F, BW and BF16 (asserted above).
-        unsafe {
-            scores_avx512(self, queries);
-            let scale = softmax_avx512(self, n);
-            context_avx512(self, &scale[..n], out, out_stride);
+        {
+            // SAFETY: the CPU has AVX-512 F, BW and BF16 (asserted above).
+            unsafe { scores_avx512(self, queries) };
+            // SAFETY: as above.
+            let scale = unsafe { softmax_avx512(self, n) };
+            // SAFETY: as above.
+            unsafe { context_avx512(self, &scale[..n], out, out_stride) };
         }
     }
 }
@@ -199,8 +204,9 @@ fn load_16(x: &[f32], at: usize) -> __m512 {
 fn load_16_or(x: &[f32], at: usize, past: f32) -> __m512 {
     let live = 16.min(x.len().saturating_sub(at));
     let mask = ((1u32 << live) - 1) as __mmask16;
+    let past = _mm512_set1_ps(past);
     // SAFETY: the mask reads `live` f32 from `at`, inside `x` (none when `at` is past its end).
-    unsafe { _mm512_mask_loadu_ps(_mm512_set1_ps(past), mask, x.as_ptr().wrapping_add(at)) }
+    unsafe { _mm512_mask_loadu_ps(past, mask, x.as_ptr().wrapping_add(at)) }
 }
 
 /// Each lane of `v` rounded to bf16 (ties to even), in the lane's upper 16 bits; the lower 16 are
@@ -340,16 +346,10 @@ fn exp_non_positive(x: __m512) -> __m512 {
     let n = _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E));
     let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(n);
     // r = x − n · ln 2, ln 2 in two parts.
-    let r = _mm512_fmadd_ps(n, _mm512_set1_ps(-0.693_359_4), x);
-    let r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.121_944_4e-4), r);
-    let mut p = _mm512_set1_ps(1.987_569_1e-4);
-    for c in [
-        1.398_199_9e-3,
-        8.333_452e-3,
-        4.166_579_6e-2,
-        1.666_666_5e-1,
-        5e-1,
-    ] {
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(expf::LN2_HIGH), x);
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(expf::LN2_LOW), r);
+    let mut p = _mm512_set1_ps(expf::P[0]);
+    for &c in &expf::P[1..] {
         p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
     }
     let p = _mm512_add_ps(
@@ -483,6 +483,12 @@ mod tests {
         }
     }
 
+    /// [`exp_non_positive`] of one value.
+    #[target_feature(enable = "avx512f")]
+    fn exp_lane(x: f32) -> f32 {
+        _mm512_reduce_max_ps(exp_non_positive(_mm512_set1_ps(x)))
+    }
+
     /// The softmax's exponential against f64 down to −87 (below, f32 is subnormal), and about 0
     /// far below.
     #[test]
@@ -495,14 +501,14 @@ mod tests {
         for i in 0..=174_000 {
             let x = -(i as f32) * 0.5e-3;
             // SAFETY: the CPU has AVX-512 F (checked above).
-            let got = unsafe { _mm512_reduce_max_ps(exp_non_positive(_mm512_set1_ps(x))) };
+            let got = unsafe { exp_lane(x) };
             let want = f64::from(x).exp();
             worst = worst.max((f64::from(got) - want).abs() / want);
         }
         assert!(worst < 1e-7, "relative error {worst}");
         for x in [-104.0, -1e3, f32::NEG_INFINITY] {
             // SAFETY: as above.
-            let got = unsafe { _mm512_reduce_max_ps(exp_non_positive(_mm512_set1_ps(x))) };
+            let got = unsafe { exp_lane(x) };
             assert!((0.0..1e-44).contains(&got), "e^{x} = {got}");
         }
     }
