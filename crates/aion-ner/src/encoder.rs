@@ -4,7 +4,8 @@
 //!   all tokens of a batch, attention runs per sequence;
 //! - Q, K and V are one matmul, with the attention scale folded into Q's weights at load;
 //! - on the CPU, weights are packed once at load for the dense kernel, which fuses bias and GELU;
-//!   attention and softmax are vectorised kernels too ([`crate::kernels`]).
+//!   attention and softmax are vectorised kernels too ([`crate::kernels`]), and a forward works in
+//!   row-major buffers the encoder keeps, a token classifier's head included.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -264,7 +265,7 @@ struct Buffers {
     codes: Activations,
 }
 
-/// A loaded encoder: token ids in, hidden states out.
+/// A loaded encoder: token ids in, hidden states (or a head's outputs) out.
 pub(crate) struct Encoder {
     embeddings: Embeddings,
     embedding_norm: Norm,

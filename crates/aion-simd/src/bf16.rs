@@ -58,8 +58,8 @@ pub fn available() -> bool {
     false
 }
 
-/// One attention head of one sequence: its keys and values in bf16, packed once for every query.
-/// Its buffers are reused from head to head.
+/// One attention head of one sequence: its keys (f32) and values (bf16), packed once for every
+/// query. Its buffers are reused from head to head.
 #[derive(Debug, Default)]
 pub struct Head {
     keys: Vec<f32>,
