@@ -106,7 +106,7 @@ impl PackedAttention<'_> {
     /// [`aion_simd::bf16`]'s attention, head by head, [`bf16::QUERIES`] queries at a time.
     ///
     /// [`bf16::QUERIES`]: aion_simd::bf16::QUERIES
-    fn bf16(self) {
+    fn attend_bf16(self) {
         use aion_simd::bf16::{Head, QUERIES};
         let (hidden, dim) = (self.hidden, self.hidden / self.heads);
         let qkv = self.qkv;
@@ -141,7 +141,7 @@ impl pulp::WithSimd for PackedAttention<'_> {
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, simd: S) {
         if self.bf16 {
-            return self.bf16();
+            return self.attend_bf16();
         }
         let lanes = S::F32_LANES;
         // Two vectors: the width of a context tile; four: of a score tile.

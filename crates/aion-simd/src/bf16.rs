@@ -141,6 +141,9 @@ impl Head {
         assert!(n <= QUERIES && queries.iter().all(|q| q.len() == self.dim));
         assert!(n == 0 || out.len() >= (n - 1) * out_stride + self.dim);
         assert!(available(), "this CPU lacks AVX-512 BF16");
+        if n == 0 {
+            return;
+        }
         self.scores.resize(QUERIES * self.padded_n(), 0.0);
         self.probs.resize(QUERIES * self.row_pairs(), 0);
         #[cfg(target_arch = "x86_64")]
@@ -432,6 +435,7 @@ mod tests {
             (5, 17, 2, 2.0),
             (200, 32, 4, 12.0),
             (33, 32, 4, 0.01),
+            (9, 32, 0, 2.0),
         ] {
             let mut random = |len, scale: f32| -> Vec<f32> {
                 (0..len)
