@@ -6,8 +6,11 @@
 //! passages, up to 7,000 characters) from the Zipf-distributed corpus of `aion produce
 //! --corpus-passages`. Both sides run the exact same windows (aion's, sent to Python as token ids)
 //! and time only the model and its softmax: tokenizing, keyphrases and terms count on neither
-//! side. Then whole events: aion's enricher (tokenize, model, entities, keyphrases, terms, JSON;
-//! with its segment cache) against the Python pipeline (tokenize, model, entities; no cache).
+//! side. onnxruntime pads each batch to its longest window (aion packs windows unpadded), so
+//! with batches of more than one it also runs unbatched, and aion's ratios are taken against
+//! whichever of the two is faster on each set. Then whole events: aion's enricher (tokenize,
+//! model, entities, keyphrases, terms, JSON; with its segment cache) against the Python pipeline
+//! (tokenize, model, entities; no cache).
 
 use std::path::PathBuf;
 
@@ -53,6 +56,8 @@ pub struct Args {
 
 const SCRIPT: &str = include_str!("../../../scripts/checks/ner_onnx_bench.py");
 const SHIPPED: &str = "onnxruntime shipped (f32 compute)";
+/// The shipped model one window at a time (the reference script adds it for batches over one).
+const UNPADDED: &str = "onnxruntime shipped, batch 1 (no padding)";
 const F32_ROW: &str = "aion f32 (candle, packed)";
 
 /// One thread on both sides: candle reads this before every matmul, onnxruntime is told.
@@ -222,10 +227,16 @@ pub async fn run(args: Args) -> Result<()> {
             .find(|r| r.runtime == runtime && r.set == set)
             .map_or(0.0, |r| r.tokens_per_cpu_s)
     };
-    let shipped = rate(SHIPPED, "realistic events").max(1e-9);
+    // The shipped model at its faster batching on a set: the reference every ratio is taken to.
+    let shipped = |set: &str| rate(SHIPPED, set).max(rate(UNPADDED, set)).max(1e-9);
+    let reference_runtime =
+        match rate(UNPADDED, "realistic events") > rate(SHIPPED, "realistic events") {
+            true => UNPADDED,
+            false => SHIPPED,
+        };
     let raw_ratios: Vec<f64> = aion
         .iter()
-        .map(|(_, runtime, _)| rate(runtime, "realistic events") / shipped)
+        .map(|(_, runtime, _)| rate(runtime, "realistic events") / shipped("realistic events"))
         .collect();
     let raw_ratio = raw_ratios.iter().copied().fold(0.0, f64::max);
     let realistic_ratio = steady / python_events.max(1e-9);
@@ -243,6 +254,7 @@ pub async fn run(args: Args) -> Result<()> {
             "raw_ratio": raw_ratio,
             "raw_ratio_f32": raw_ratios[0],
             "raw_ratio_int8": raw_ratios[1],
+            "raw_ratio_reference": reference_runtime,
             "realistic_ratio": realistic_ratio,
             "enricher_precision": args.precision.to_string(),
             "entity_f1": entity_f1,
@@ -273,7 +285,7 @@ pub async fn run(args: Args) -> Result<()> {
         tokens(&sets[1].1)
     );
     println!();
-    println!("| runtime | set | tokens per CPU-s | × onnxruntime shipped |");
+    println!("| runtime | set | tokens per CPU-s | × onnxruntime shipped (its faster batching) |");
     println!("|---|---|---:|---:|");
     for r in &rows {
         println!(
@@ -281,7 +293,7 @@ pub async fn run(args: Args) -> Result<()> {
             r.runtime,
             r.set,
             r.tokens_per_cpu_s,
-            r.tokens_per_cpu_s / rate(SHIPPED, r.set).max(1e-9)
+            r.tokens_per_cpu_s / shipped(r.set)
         );
     }
     println!();
@@ -314,7 +326,7 @@ pub async fn run(args: Args) -> Result<()> {
     );
     println!();
     println!(
-        "raw_ratio f32 {:.2} (target ≥ 1.5, exact parity), int8 {:.2} (target ≥ 3 with entity F1 ≥ 0.99; F1 {int8_entity_f1:.4})",
+        "raw_ratio f32 {:.2} (target ≥ 1.5, exact parity), int8 {:.2} (target ≥ 3 with entity F1 ≥ 0.99; F1 {int8_entity_f1:.4}), against {reference_runtime}",
         raw_ratios[0], raw_ratios[1]
     );
     println!("realistic_ratio {realistic_ratio:.2} (target ≥ 10; enricher in {}), entity_f1 {entity_f1:.4}", args.precision);

@@ -38,8 +38,11 @@ fn the_ner_benchmark_reports_its_ratios_and_exact_entities() {
         report["token_agreement"].as_f64().unwrap() >= 0.995,
         "{report}"
     );
-    // aion f32 and int8, onnxruntime shipped and onnxruntime int8, on both sets.
-    assert_eq!(report["model"].as_array().unwrap().len(), 8, "{report}");
+    // aion f32 and int8; onnxruntime shipped in batches of 8 and unbatched, and its int8; on
+    // both sets. The ratios are taken against the faster of the shipped model's two batchings.
+    assert_eq!(report["model"].as_array().unwrap().len(), 10, "{report}");
+    let reference = report["raw_ratio_reference"].as_str().unwrap();
+    assert!(reference.starts_with("onnxruntime shipped"), "{report}");
     // The enricher's phases over 12 events (2, 4 and 6 of them), then the Python pipeline.
     assert_eq!(report["events"].as_array().unwrap().len(), 4, "{report}");
 }
